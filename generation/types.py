@@ -1,0 +1,73 @@
+"""The generation layer's data: what a request asks for and what comes back."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled", "timeout", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat turn as the model sees it."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """Everything the engine needs to produce one text."""
+
+    messages: tuple[Message, ...]
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_p: float = 0.95
+    repetition_penalty: float = 1.1
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    timeout_s: float = 120.0
+    # Who asked: fairness across users in the queue. Not sent to the model.
+    user_key: str = ""
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationChunk:
+    """A piece of streamed output; the last chunk has ``finished=True``."""
+
+    request_id: str
+    delta: str
+    text: str
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    ttft_ms: float | None = None
+    total_ms: float | None = None
+    model_id: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """A whole generation, as ``engine.generate`` returns it."""
+
+    request_id: str
+    text: str
+    finish_reason: FinishReason
+    tokens_in: int
+    tokens_out: int
+    ttft_ms: float | None
+    total_ms: float
+    model_id: str
+    error: str | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens_out / (self.total_ms / 1000) if self.total_ms > 0 else 0.0
