@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from dataclasses import dataclass, field
 from typing import Literal
@@ -29,8 +30,12 @@ class GenerationRequest:
     temperature: float = 0.8
     top_p: float = 0.95
     repetition_penalty: float = 1.1
-    seed: int | None = None
+    # Always set, so a record can say which seed produced a text (and reproduce it).
+    seed: int = field(default_factory=lambda: secrets.randbelow(2**31))
     stop: tuple[str, ...] = ()
+    # Words the answer starts with, fed after the prompt and shown as the text's start
+    # (e.g. "Innkeeper:" so a small model keeps to the dialogue format).
+    response_prefix: str = ""
     timeout_s: float = 120.0
     # Who asked: fairness across users in the queue. Not sent to the model.
     user_key: str = ""

@@ -1,0 +1,43 @@
+"""The `muse` command: run the bot, generate in a terminal, export and inspect the data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bot.settings import Settings, SettingsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="muse", description="Muse: a self-hosted generative-AI bot for Discord communities."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from bot import cli_generate
+
+    cli_generate.add_subcommand(commands)
+    try:
+        from bot import cli_data
+    except ImportError:  # pragma: no cover - the storage CLI is optional while it is built
+        cli_data = None
+    if cli_data is not None:
+        cli_data.add_subcommands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_fields", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    try:
+        args.settings = Settings.load()
+    except SettingsError as exc:
+        print(f"muse: {exc}", file=sys.stderr)
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

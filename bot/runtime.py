@@ -1,0 +1,50 @@
+"""Building the long-lived parts from settings: logging, presets and the generation engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from functools import partial
+
+from bot.settings import Settings
+from generation.engine import Engine, EngineConfig
+from generation.models import load_model
+from generation.presets import Preset, load_presets
+
+log = logging.getLogger("muse.bot.runtime")
+
+EXIT_ENGINE_DEAD = 70  # EX_SOFTWARE: tells systemd / docker to restart Muse
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    # Libraries are noisy at INFO; Muse's own loggers keep the chosen level.
+    for noisy in ("transformers", "accelerate", "discord.gateway", "discord.client"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def presets_from(settings: Settings) -> dict[str, Preset]:
+    return load_presets(settings.presets_path or None)
+
+
+def exit_on_fatal(reason: str) -> None:
+    """The engine hung: nothing in this process can be trusted to recover, so let the
+    supervisor (systemd, docker) start a fresh one."""
+    log.critical("exiting for a restart: %s", reason)
+    logging.shutdown()
+    os._exit(EXIT_ENGINE_DEAD)
+
+
+def build_engine(settings: Settings, on_fatal=exit_on_fatal) -> Engine:
+    """An engine whose worker thread loads the configured model (the caller does not wait)."""
+    config = EngineConfig(
+        max_batch=settings.max_batch,
+        queue_size=settings.queue_size,
+        max_new_tokens=settings.max_tokens,
+        step_timeout_s=settings.timeout_s,
+    )
+    loader = partial(load_model, settings.model or None, settings.device, settings.cache_dir)
+    return Engine(loader, config, on_fatal=on_fatal).start()

@@ -1,0 +1,121 @@
+"""Muse's settings: the environment, or a `.env` file (python-dotenv); the environment wins.
+
+Names and defaults are those of ARCHITECTURE.md. The token is held in a field that never prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+
+class SettingsError(ValueError):
+    """A setting has a value Muse cannot use; the message names it."""
+
+
+class Secret(str):
+    """A string whose repr and str never show its value (the Discord token)."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self else "Secret('')"
+
+    def __str__(self) -> str:
+        return "***" if self else ""
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    discord_token: Secret = field(default_factory=lambda: Secret(""))
+    discord_api_base: str = ""
+    discord_gateway_url: str = ""
+    guild_ids: tuple[int, ...] = ()
+    model: str = ""
+    device: str = "auto"
+    db_path: Path = Path("muse.db")
+    cache_dir: Path = Path.home() / ".cache" / "muse"
+    presets_path: str = ""
+    queue_size: int = 64
+    max_batch: int = 16
+    user_per_minute: int = 6
+    guild_concurrency: int = 0
+    max_tokens: int = 512
+    timeout_s: float = 120.0
+    retention_days: int = 0
+    message_content: bool = False
+    backend: str = "local"
+    openai_base_url: str = ""
+    openai_api_key: Secret = field(default_factory=lambda: Secret(""))
+    openai_model: str = ""
+    shards: str = ""
+    shard_ids: tuple[int, ...] = ()
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(cls, env_file: str | Path | None = ".env") -> Settings:
+        """Read the settings; `.env` fills in only what the environment does not set."""
+        if env_file and Path(env_file).is_file():
+            load_dotenv(env_file, override=False)
+        env = os.environ
+        return cls(
+            discord_token=Secret(env.get("DISCORD_TOKEN", "").strip()),
+            discord_api_base=env.get("DISCORD_API_BASE", ""),
+            discord_gateway_url=env.get("DISCORD_GATEWAY_URL", ""),
+            guild_ids=_ints("MUSE_GUILD_IDS", env.get("MUSE_GUILD_IDS", "")),
+            model=env.get("MUSE_MODEL", ""),
+            device=env.get("MUSE_DEVICE", "auto"),
+            db_path=Path(env.get("MUSE_DB") or "muse.db"),
+            cache_dir=Path(env.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse"),
+            presets_path=env.get("MUSE_PRESETS", ""),
+            queue_size=_int("MUSE_QUEUE_SIZE", 64, minimum=1),
+            max_batch=_int("MUSE_MAX_BATCH", 16, minimum=1),
+            user_per_minute=_int("MUSE_USER_PER_MINUTE", 6, minimum=0),
+            guild_concurrency=_int("MUSE_GUILD_CONCURRENCY", 0, minimum=0),
+            max_tokens=_int("MUSE_MAX_TOKENS", 512, minimum=1),
+            timeout_s=float(_int("MUSE_TIMEOUT_S", 120, minimum=1)),
+            retention_days=_int("MUSE_RETENTION_DAYS", 0, minimum=0),
+            message_content=env.get("MUSE_MESSAGE_CONTENT", "0").strip() in {"1", "true", "yes"},
+            backend=_choice("MUSE_BACKEND", "local", ("local", "openai")),
+            openai_base_url=env.get("MUSE_OPENAI_BASE_URL", ""),
+            openai_api_key=Secret(env.get("MUSE_OPENAI_API_KEY", "")),
+            openai_model=env.get("MUSE_OPENAI_MODEL", ""),
+            shards=env.get("MUSE_SHARDS", ""),
+            shard_ids=_ints("MUSE_SHARD_IDS", env.get("MUSE_SHARD_IDS", "")),
+            log_level=_choice(
+                "MUSE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+            ),
+        )
+
+
+def _int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number.") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, not {value}.")
+    return value
+
+
+def _ints(name: str, raw: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in raw.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise SettingsError(f"{name} must be a comma-separated list of numeric ids.") from None
+
+
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = os.environ.get(name, "").strip() or default
+    if name == "MUSE_LOG_LEVEL":
+        value = value.upper()
+    if value not in allowed:
+        raise SettingsError(f"{name}={value!r} must be one of {', '.join(allowed)}.")
+    return value

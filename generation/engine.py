@@ -1,0 +1,413 @@
+"""The engine: one worker thread owns the model and decodes every running request together.
+
+The event loop only enqueues requests and receives chunks (`call_soon_threadsafe`); tokenising,
+prefill, decoding and detokenising all happen on the worker. Each step the worker admits waiting
+requests into the running batch (fairly across users), retires finished, cancelled and timed-out
+rows, and decodes one token for every row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import torch
+
+from generation.errors import EngineBusy, EngineDead, GenerationFailed
+from generation.jobs import Job
+from generation.kv_batch import BatchRunner, KVBatch
+from generation.models import LoadedModel
+from generation.prompting import encode_messages
+from generation.sampling import RowSampler
+from generation.types import GenerationChunk, GenerationRequest, GenerationResult
+
+log = logging.getLogger("muse.generation.engine")
+
+FaultHook = Callable[[str, list[GenerationRequest]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    max_batch: int = 16  # MUSE_MAX_BATCH
+    queue_size: int = 64  # MUSE_QUEUE_SIZE: waiting + running
+    max_new_tokens: int = 512  # MUSE_MAX_TOKENS: cap on any request
+    step_timeout_s: float = 120.0  # a single step longer than this means the engine is hung
+
+
+class Engine:
+    """`stream` / `generate` / `abort` over a model loaded by `loader` on the worker thread."""
+
+    def __init__(
+        self,
+        loader: Callable[[], LoadedModel],
+        config: EngineConfig | None = None,
+        on_fatal: Callable[[str], None] | None = None,
+        fault_hook: FaultHook | None = None,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self._loader = loader
+        self._on_fatal = on_fatal
+        self._fault_hook = fault_hook  # tests inject failures and hangs here
+        self._lock = threading.Condition()
+        self._waiting: list[Job] = []
+        self._running: list[Job] = []
+        self._jobs: dict[str, Job] = {}
+        self._seq = itertools.count()
+        self._batch: KVBatch | None = None
+        self._batch_cap = self.config.max_batch
+        self._last_tag: dict[str, int] = {}  # fair-queuing tag of each user's latest request
+        self._stopping = False
+        self._dead: str | None = None
+        self._step_started: float | None = None
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self._avg_job_s = 10.0
+        self.loaded: LoadedModel | None = None
+        self.steps = 0
+        self.max_rows_seen = 0  # largest batch decoded together (observability and tests)
+        self._worker = threading.Thread(target=self._run, name="muse-engine", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, name="muse-watchdog", daemon=True)
+
+    # -- the event loop's side -------------------------------------------------------------
+    def start(self) -> Engine:
+        self._worker.start()
+        self._watchdog.start()
+        return self
+
+    async def wait_ready(self) -> LoadedModel:
+        """Wait (off the loop) until the model is loaded; raises the loader's error."""
+        await asyncio.to_thread(self._ready.wait)
+        if self._load_error is not None:
+            raise self._load_error
+        assert self.loaded is not None
+        return self.loaded
+
+    @property
+    def model_id(self) -> str:
+        return self.loaded.model_id if self.loaded else ""
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Queue `request` now (raising `EngineBusy` at once when full) and return its chunks."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._dead or self._load_error:
+                raise EngineDead(self._dead or f"the model failed to load: {self._load_error}")
+            if self._stopping:
+                raise EngineBusy(30.0, "Muse is shutting down")
+            # _jobs also holds requests being prefilled (neither waiting nor running yet).
+            if len(self._jobs) >= self.config.queue_size:
+                raise EngineBusy(self._retry_after())
+            cap = min(request.max_new_tokens, self.config.max_new_tokens)
+            job = Job(request, loop, next(self._seq), max(1, cap))
+            job.tag = self._fair_tag(job.user_key)
+            self._waiting.append(job)
+            self._jobs[request.request_id] = job
+            self._lock.notify_all()
+        return self._consume(job)
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """The whole text of `request`; raises `GenerationFailed` if the worker failed it."""
+        last: GenerationChunk | None = None
+        async for chunk in self.stream(request):
+            last = chunk
+        assert last is not None and last.finish_reason is not None
+        return GenerationResult(
+            request_id=last.request_id,
+            text=last.text,
+            finish_reason=last.finish_reason,
+            tokens_in=last.tokens_in,
+            tokens_out=last.tokens_out,
+            ttft_ms=last.ttft_ms,
+            total_ms=last.total_ms or 0.0,
+            model_id=last.model_id,
+            error=last.error,
+        )
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request: a waiting one leaves the queue, a running one leaves the batch."""
+        with self._lock:
+            job = self._jobs.get(request_id)
+            if job is None:
+                return
+            job.aborted = True
+            if job in self._waiting:
+                self._waiting.remove(job)
+                self._retire(job, "cancelled")
+            self._lock.notify_all()
+
+    def queue_position(self, request_id: str) -> int | None:
+        """1-based place in the waiting line; 0 once running; None when unknown or finished."""
+        with self._lock:
+            job = self._jobs.get(request_id)
+            if job is None:
+                return None
+            if job not in self._waiting:
+                return 0  # being prefilled or decoded
+            return self._admission_order().index(job) + 1
+
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) right now."""
+        with self._lock:
+            return len(self._jobs) - len(self._waiting), len(self._waiting)
+
+    def close(self) -> None:
+        """Cancel everything and let the worker exit."""
+        with self._lock:
+            self._stopping = True
+            for job in [*self._waiting, *self._running]:
+                job.aborted = True
+            self._lock.notify_all()
+
+    async def aclose(self, grace_s: float = 0.0) -> None:
+        """Stop accepting; let running requests finish for up to `grace_s`, then cancel the rest."""
+        with self._lock:
+            self._stopping = True
+        if grace_s > 0:
+            await asyncio.to_thread(self._wait_idle, grace_s)
+        self.close()
+        await asyncio.to_thread(self._worker.join, 5.0)
+
+    def _wait_idle(self, timeout: float) -> bool:
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._jobs, timeout)
+
+    async def _consume(self, job: Job) -> AsyncIterator[GenerationChunk]:
+        try:
+            while True:
+                item = await job.outbox.get()
+                if isinstance(item, BaseException):
+                    raise GenerationFailed(str(item)) from item
+                yield item
+                if item.finished:
+                    return
+        finally:
+            if not job.done:
+                self.abort(job.request.request_id)  # the consumer left: free its row
+
+    # -- the worker's side -----------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.loaded = self._loader()
+            tokenizer = self.loaded.tokenizer
+            pad = tokenizer.pad_token_id
+            self._runner = BatchRunner(self.loaded.model, pad if pad is not None else 0)
+            if not self._runner.supports_merging:
+                log.warning("this model's cache cannot merge rows: decoding one request at a time")
+                self._batch_cap = 1
+            self._eos = _eos_ids(self.loaded)
+            self._context = int(getattr(self.loaded.model.config, "max_position_embeddings", 2048))
+        except BaseException as exc:
+            log.exception("model failed to load")
+            self._load_error = exc
+            with self._lock:
+                for job in [*self._waiting]:
+                    job.fail(exc)
+                self._waiting.clear()
+            self._ready.set()
+            return
+        self._ready.set()
+        while True:
+            with self._lock:
+                while not self._stopping and not self._waiting and not self._running:
+                    self._lock.wait()
+                if self._dead or (self._stopping and not self._waiting and not self._running):
+                    return
+                self._sweep()
+                newcomers = self._admit()
+            if newcomers:
+                self._prefill(newcomers)
+            if self._running:
+                self._decode()
+
+    def _admission_order(self) -> list[Job]:
+        """Waiting jobs in the order they will run: by fair-share tag, then arrival."""
+        return sorted(self._waiting, key=lambda job: (job.tag, job.seq))
+
+    def _fair_tag(self, user: str) -> int:
+        """Start-time fair queuing: a request's tag is one past its user's previous request, but
+        never below the oldest tag still in the system; so users take turns, and being away
+        earns no credit."""
+        now = min((job.tag for job in self._jobs.values()), default=0)
+        if not self._jobs:
+            self._last_tag.clear()
+        tag = max(now, self._last_tag.get(user, -1) + 1)
+        self._last_tag[user] = tag
+        return tag
+
+    def _admit(self) -> list[Job]:
+        free = self._batch_cap - len(self._running)
+        chosen = self._admission_order()[: max(0, free)]
+        for job in chosen:
+            self._waiting.remove(job)
+        return chosen
+
+    def _sweep(self) -> None:
+        """Retire running rows that were cancelled or ran out of time."""
+        now = time.monotonic()
+        for job in list(self._running):
+            if job.aborted or self._stopping:
+                self._drop(job, "cancelled")
+            elif now > job.deadline:
+                self._drop(job, "timeout")
+        for job in list(self._waiting):
+            if job.aborted or self._stopping or now > job.deadline:
+                self._waiting.remove(job)
+                self._retire(job, "timeout" if now > job.deadline else "cancelled")
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            if not job.prompt_ids:
+                budget = max(16, self._context - job.max_new_tokens)
+                job.prompt_ids = encode_messages(
+                    self.loaded.tokenizer, job.request.messages, budget, job.request.response_prefix
+                )
+                job.max_new_tokens = min(job.max_new_tokens, self._context - len(job.prompt_ids))
+                job.sampler = RowSampler(job.request, self._runner.device)
+        try:
+            self._timed("prefill", jobs)
+            batch, logits = self._runner.prefill([job.cached_tokens() for job in jobs])
+        except torch.OutOfMemoryError:
+            self._out_of_memory(jobs, "prefill")
+            return
+        except Exception as exc:
+            log.exception("prefill failed for %d request(s)", len(jobs))
+            for job in jobs:
+                self._fail(job, exc)
+            return
+        finally:
+            self._step_started = None
+        with self._lock:
+            self._batch = batch if self._batch is None else self._batch.merge(batch)
+            self._running.extend(jobs)
+        fresh = [(row, job) for row, job in enumerate(jobs) if job.pending is None]
+        self._sample([(job, logits[row]) for row, job in fresh])
+
+    def _decode(self) -> None:
+        jobs = list(self._running)
+        assert self._batch is not None and self._batch.size == len(jobs)
+        try:
+            self._timed("decode", jobs)
+            logits = self._runner.step(self._batch, [job.pending for job in jobs])
+        except torch.OutOfMemoryError:
+            self._out_of_memory(jobs, "decode")
+            return
+        except Exception as exc:
+            log.exception("decoding step failed for %d request(s)", len(jobs))
+            for job in jobs:
+                self._fail(job, exc)
+            return
+        finally:
+            self._step_started = None
+        self.steps += 1
+        self.max_rows_seen = max(self.max_rows_seen, len(jobs))
+        if self._batch_cap < self.config.max_batch and self.steps % 64 == 0:
+            self._batch_cap += 1  # recover slowly after an out-of-memory
+        self._sample(list(zip(jobs, logits, strict=True)))
+
+    def _sample(self, rows: list[tuple[Job, torch.Tensor]]) -> None:
+        tokenizer, model_id = self.loaded.tokenizer, self.loaded.model_id
+        for job, logits in rows:
+            token = job.sampler.choose(logits, job.seen(logits.device))
+            text = tokenizer.decode(job.generated + [token], skip_special_tokens=True)
+            reason = job.accept(token, text, self._eos)
+            if reason is None:
+                job.emit_progress(model_id)
+            else:
+                with self._lock:
+                    self._drop(job, reason)
+
+    def _timed(self, phase: str, jobs: list[Job]) -> None:
+        self._step_started = time.monotonic()
+        if self._fault_hook is not None:
+            self._fault_hook(phase, [job.request for job in jobs])
+
+    def _drop(self, job: Job, reason: str) -> None:
+        """Take a running job out of the batch and finish it (lock held)."""
+        row = self._running.index(job)
+        self._running.pop(row)
+        keep = [i for i in range(self._batch.size) if i != row]
+        self._batch = self._batch.keep(keep) if keep else None
+        self._retire(job, reason)
+
+    def _retire(self, job: Job, reason: str, error: str | None = None) -> None:
+        """Finish a job that left the batch or the queue (lock held)."""
+        job.finish(reason, self.model_id, error)
+        self._jobs.pop(job.request.request_id, None)
+        self._lock.notify_all()
+        elapsed = time.monotonic() - job.submitted
+        self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * elapsed
+
+    def _fail(self, job: Job, exc: BaseException) -> None:
+        with self._lock:
+            if job in self._running:
+                self._running.remove(job)
+                if not self._running:
+                    self._batch = None
+            self._jobs.pop(job.request.request_id, None)
+            self._lock.notify_all()
+        job.fail(exc)
+        if not self._running:
+            self._batch = None
+
+    def _out_of_memory(self, jobs: list[Job], phase: str) -> None:
+        """Halve the batch and requeue; a lone request that still does not fit fails."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(jobs) == 1:
+            self._fail(jobs[0], RuntimeError("out of memory even for this request alone"))
+            return
+        log.warning(
+            "out of memory in %s with %d rows: retrying in smaller batches", phase, len(jobs)
+        )
+        with self._lock:
+            self._batch_cap = max(1, len(jobs) // 2)
+            for job in jobs:
+                if job in self._running:
+                    self._running.remove(job)
+            # Requeued rows keep their tokens and sampler state; a re-prefill resumes them exactly.
+            self._waiting.extend(jobs)
+            if not self._running:
+                self._batch = None
+
+    def _retry_after(self) -> float:
+        rounds = math.ceil((len(self._waiting) + 1) / max(1, self._batch_cap))
+        return max(1.0, round(rounds * self._avg_job_s))
+
+    def _watch(self) -> None:
+        """Declare the engine dead when one step hangs: fail everyone, tell the supervisor."""
+        limit = self.config.step_timeout_s
+        while not self._dead and not (self._stopping and not self._worker.is_alive()):
+            time.sleep(min(0.5, limit / 4))
+            started = self._step_started
+            if started is None or time.monotonic() - started <= limit:
+                continue
+            reason = f"a model step hung for more than {limit:.0f} s"
+            log.critical("engine watchdog: %s; failing every request", reason)
+            with self._lock:
+                self._dead = reason
+                for job in [*self._waiting, *self._running]:
+                    job.fail(EngineDead(reason))
+                self._waiting.clear()
+                self._running.clear()
+                self._jobs.clear()
+            if self._on_fatal is not None:
+                self._on_fatal(reason)
+            return
+
+
+def _eos_ids(loaded: LoadedModel) -> set[int]:
+    ids: set[int] = set()
+    configured = getattr(loaded.model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if loaded.tokenizer.eos_token_id is not None:
+        ids.add(loaded.tokenizer.eos_token_id)
+    return ids

@@ -1,0 +1,19 @@
+"""What the generation layer raises to its callers."""
+
+from __future__ import annotations
+
+
+class EngineBusy(Exception):
+    """The queue is full; `retry_after_s` estimates when a slot frees up."""
+
+    def __init__(self, retry_after_s: float, reason: str = "Muse is busy") -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(f"{reason} — try again in {retry_after_s:.0f} s")
+
+
+class EngineDead(Exception):
+    """The engine stopped serving (a hung step or a model that failed to load)."""
+
+
+class GenerationFailed(Exception):
+    """The worker failed this request; the cause is chained."""
