@@ -61,6 +61,7 @@ class Engine:
         self._seq = itertools.count()
         self._batch: KVBatch | None = None
         self._batch_cap = self.config.max_batch
+        self._calm_steps = 0  # decoding steps since the last out-of-memory
         self._last_tag: dict[str, int] = {}  # fair-queuing tag of each user's latest request
         self._stopping = False
         self._dead: str | None = None
@@ -306,8 +307,9 @@ class Engine:
             self._step_started = None
         self.steps += 1
         self.max_rows_seen = max(self.max_rows_seen, len(jobs))
-        if self._batch_cap < self.config.max_batch and self.steps % 64 == 0:
-            self._batch_cap += 1  # recover slowly after an out-of-memory
+        self._calm_steps += 1
+        if self._batch_cap < self.config.max_batch and self._calm_steps % 64 == 0:
+            self._batch_cap += 1  # grow back slowly after an out-of-memory
         self._sample(list(zip(jobs, logits, strict=True)))
 
     def _sample(self, rows: list[tuple[Job, torch.Tensor]]) -> None:
@@ -367,6 +369,7 @@ class Engine:
         )
         with self._lock:
             self._batch_cap = max(1, len(jobs) // 2)
+            self._calm_steps = 0
             for job in jobs:
                 if job in self._running:
                     self._running.remove(job)

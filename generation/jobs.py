@@ -49,7 +49,7 @@ class Job:
         """Record a sampled token and the decoded text; return why the job ends, if it does."""
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
-        if token in eos_ids:
+        if token in eos_ids and not self.request.ignore_eos:
             return "stop"
         self.generated.append(token)
         self.pending = token

@@ -96,6 +96,9 @@ def load_model(
     spec: str | None = None, device: str = "auto", cache_dir: Path | str | None = None
 ) -> LoadedModel:
     """Load `spec` (None: the bundled default) onto `device`, converting a GGUF once."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # Muse logs one line per load instead
     started = time.perf_counter()
     target = resolve_device(device)
     dtype = dtype_for(target)
@@ -127,9 +130,6 @@ def load_model(
 
 def _from_pretrained(folder: str, dtype: torch.dtype) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # Muse logs one line per load instead
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)

@@ -37,6 +37,8 @@ class GenerationRequest:
     # (e.g. "Innkeeper:" so a small model keeps to the dialogue format).
     response_prefix: str = ""
     timeout_s: float = 120.0
+    # Generate past the end-of-text token (benchmarks, as vLLM's `ignore_eos`).
+    ignore_eos: bool = False
     # Who asked: fairness across users in the queue. Not sent to the model.
     user_key: str = ""
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
