@@ -1,0 +1,45 @@
+"""Exceptions the store raises; the bot turns them into short answers."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class of every error the store raises on purpose."""
+
+
+class DatabaseTooNew(StorageError):
+    """The file was written by a newer Muse: its schema has migrations this code does not know."""
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        self.path = path
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"{path} has schema version {found}, but this Muse knows only versions up to "
+            f"{supported}. Upgrade Muse (or use a backup made by this version) to open it."
+        )
+
+
+class NotFound(StorageError, LookupError):
+    """A row the caller refers to does not exist (any more)."""
+
+
+class GenerationGone(NotFound):
+    """The generation is missing, forgotten or deleted: it can no longer be rated or changed."""
+
+    def __init__(self, generation_id: int, reason: str = "missing") -> None:
+        self.generation_id = generation_id
+        self.reason = reason
+        super().__init__(f"generation {generation_id} is {reason}")
+
+
+class ConversationGone(NotFound):
+    """The conversation is missing or was forgotten."""
+
+    def __init__(self, conversation_id: int) -> None:
+        self.conversation_id = conversation_id
+        super().__init__(f"conversation {conversation_id} is missing")
+
+
+class StoreClosed(StorageError, RuntimeError):
+    """The store was closed (or its writer died); no more writes are accepted."""

@@ -1,0 +1,101 @@
+"""The SQL of the exports: which generations are eligible, their scores, and raw rows.
+
+Scores count only raters who have not opted out. `pseudonym(user_id)` is a function the
+exporter registers on its connection (salted hash, see `export_rows.Pseudonyms`).
+"""
+
+from __future__ import annotations
+
+SCORE = """(SELECT COALESCE(SUM(f.verdict), 0) FROM feedback AS f
+    LEFT JOIN users AS fu ON fu.user_id = f.user_id
+    WHERE f.generation_id = g.id AND COALESCE(fu.opted_out, 0) = 0)"""
+
+SELF_VOTE = """EXISTS (SELECT 1 FROM feedback AS f
+    WHERE f.generation_id = g.id AND f.is_self = 1 AND f.verdict != 0)"""
+
+# Requester, owner of the root prompt and owner of the conversation must not have opted out.
+ELIGIBLE = """
+FROM generations AS g
+    LEFT JOIN users AS u ON u.user_id = g.user_id
+    LEFT JOIN generations AS root ON root.id = g.root_id
+    LEFT JOIN users AS ru ON ru.user_id = root.user_id
+    LEFT JOIN conversations AS c ON c.id = g.conversation_id
+    LEFT JOIN users AS cu ON cu.user_id = c.user_id
+WHERE COALESCE(u.opted_out, 0) = 0 AND COALESCE(ru.opted_out, 0) = 0
+    AND COALESCE(cu.opted_out, 0) = 0
+    AND (:since IS NULL OR g.created_utc >= :since)
+    AND (:guild_id IS NULL OR g.guild_id = :guild_id)
+    AND (:task IS NULL OR g.task = :task)
+"""
+
+TRAINING = " AND g.status = 'done' AND COALESCE(g.output, '') != ''"
+
+# The columns `_Exporter._generation` reads, in this order; score and self_vote follow.
+BASE_COLUMNS = """g.id, g.root_id, g.user_id, g.task, g.model_id, g.model_revision,
+    g.params_json, g.messages_json, g.output, g.created_utc"""
+
+
+def scored(where: str, condition: str, order: str) -> str:
+    """Eligible generations with `where`, then `condition` on their score, in `order`."""
+    return f"""SELECT * FROM (SELECT {BASE_COLUMNS}, {SCORE} AS score, {SELF_VOTE} AS self_vote
+                   {ELIGIBLE} {where})
+               WHERE {condition} ORDER BY {order}"""
+
+
+COMPARISON_VOTES = """
+SELECT k.generation_a_id, k.generation_b_id, SUM(k.winner = 'A'), SUM(k.winner = 'B'),
+    MAX(k.user_id IN (ga.user_id, gb.user_id))
+FROM comparisons AS k
+    JOIN generations AS ga ON ga.id = k.generation_a_id
+    JOIN generations AS gb ON gb.id = k.generation_b_id
+    LEFT JOIN users AS ku ON ku.user_id = k.user_id
+WHERE COALESCE(ku.opted_out, 0) = 0
+GROUP BY k.generation_a_id, k.generation_b_id
+ORDER BY k.generation_a_id, k.generation_b_id
+"""
+
+_FEEDBACK = """(SELECT json_group_array(json(item)) FROM (
+    SELECT json_object('user', pseudonym(f.user_id), 'thumbs', f.thumbs, 'stars', f.stars,
+        'comment', f.comment, 'verdict', f.verdict,
+        'is_self', json(IIF(f.is_self, 'true', 'false')),
+        'created_utc', f.created_utc, 'updated_utc', f.updated_utc) AS item
+    FROM feedback AS f LEFT JOIN users AS fu ON fu.user_id = f.user_id
+    WHERE f.generation_id = g.id AND COALESCE(fu.opted_out, 0) = 0
+    ORDER BY f.user_id))"""
+
+_COMPARISONS = """(SELECT json_group_array(json(item)) FROM (
+    SELECT json_object('id', k.id, 'prompt', k.prompt, 'generation_a_id', k.generation_a_id,
+        'generation_b_id', k.generation_b_id, 'winner', k.winner,
+        'user', pseudonym(k.user_id), 'created_utc', k.created_utc,
+        'updated_utc', k.updated_utc) AS item
+    FROM comparisons AS k LEFT JOIN users AS ku ON ku.user_id = k.user_id
+    WHERE (k.generation_a_id = g.id OR k.generation_b_id = g.id)
+        AND COALESCE(ku.opted_out, 0) = 0
+    ORDER BY k.id))"""
+
+# Raw rows are assembled by SQLite's JSON functions: decoding and re-encoding the JSON columns
+# and the nested ratings in Python costs about 60 µs a row, several times the whole query.
+# The metadata object has the keys of `export_rows.metadata` (a test holds them equal).
+RAW_ROWS = f"""
+SELECT id, json_object(
+    'id', id, 'root_id', root_id, 'user', pseudonym(user_id), 'task', task,
+    'messages', json(messages_json), 'params', json(params_json), 'model_id', model_id,
+    'model_revision', model_revision, 'output', output, 'created_utc', created_utc,
+    'parent_id', parent_id, 'conversation_id', conversation_id, 'guild_id', guild_id,
+    'channel_id', channel_id, 'message_id', message_id, 'finish_reason', finish_reason,
+    'tokens_in', tokens_in, 'tokens_out', tokens_out, 'ttft_ms', ttft_ms,
+    'total_ms', total_ms, 'status', status, 'error', error, 'finished_utc', finished_utc,
+    'deleted_utc', deleted_utc, 'fields', json(fields_json), 'score', score,
+    'self_vote', json(IIF(self_vote, 'true', 'false')),
+    'feedback', json(feedback), 'comparisons', json(comparisons),
+    'metadata', json_object(
+        'generation_id', id, 'task', task, 'model', model_id,
+        'model_revision', model_revision, 'params', json(params_json), 'score', score,
+        'self_vote', json(IIF(self_vote, 'true', 'false')), 'user', pseudonym(user_id),
+        'created_utc', created_utc))
+FROM (SELECT g.*, {SCORE} AS score, {SELF_VOTE} AS self_vote, {_FEEDBACK} AS feedback,
+          {_COMPARISONS} AS comparisons
+      {ELIGIBLE} AND g.status != 'deleted')
+WHERE :min_score IS NULL OR score >= :min_score
+ORDER BY id
+"""

@@ -1,0 +1,168 @@
+"""Schema migrations: an ordered list of plain functions, never edited once released.
+
+`PRAGMA user_version` is how many have run. Each migration runs with its version bump in one
+`BEGIN IMMEDIATE` transaction, so a crash leaves the file at the old or the new version, never
+between. Migrations use `conn.execute` only: `executescript` would commit halfway.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+from collections.abc import Callable, Sequence
+
+from storage.errors import DatabaseTooNew
+
+log = logging.getLogger("muse.storage.migrations")
+
+Migration = Callable[[sqlite3.Connection], None]
+
+_SCHEMA_1 = [
+    """CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE users (
+        user_id INTEGER PRIMARY KEY,
+        opted_out INTEGER NOT NULL DEFAULT 0 CHECK (opted_out IN (0, 1)),
+        notice_shown_utc TEXT,
+        updated_utc TEXT NOT NULL
+    )""",
+    """CREATE TABLE guild_settings (
+        guild_id INTEGER PRIMARY KEY,
+        settings_json TEXT NOT NULL DEFAULT '{}',
+        updated_utc TEXT NOT NULL
+    )""",
+    """CREATE TABLE conversations (
+        id INTEGER PRIMARY KEY,
+        thread_id INTEGER NOT NULL UNIQUE,
+        user_id INTEGER NOT NULL,
+        guild_id INTEGER,
+        channel_id INTEGER,
+        created_utc TEXT NOT NULL
+    )""",
+    "CREATE INDEX conversations_user ON conversations (user_id)",
+    """CREATE TABLE generations (
+        id INTEGER PRIMARY KEY,
+        parent_id INTEGER REFERENCES generations (id) ON DELETE SET NULL,
+        root_id INTEGER NOT NULL,
+        conversation_id INTEGER REFERENCES conversations (id) ON DELETE SET NULL,
+        user_id INTEGER NOT NULL,
+        guild_id INTEGER,
+        channel_id INTEGER,
+        message_id INTEGER,
+        task TEXT NOT NULL,
+        fields_json TEXT NOT NULL DEFAULT '{}',
+        messages_json TEXT NOT NULL,
+        params_json TEXT NOT NULL DEFAULT '{}',
+        model_id TEXT NOT NULL,
+        model_revision TEXT,
+        output TEXT,
+        finish_reason TEXT,
+        tokens_in INTEGER,
+        tokens_out INTEGER,
+        ttft_ms REAL,
+        total_ms REAL,
+        status TEXT NOT NULL DEFAULT 'running' CHECK (status IN
+            ('running', 'done', 'failed', 'cancelled', 'interrupted', 'deleted')),
+        error TEXT,
+        created_utc TEXT NOT NULL,
+        finished_utc TEXT,
+        deleted_utc TEXT
+    )""",
+    "CREATE INDEX generations_parent ON generations (parent_id)",
+    "CREATE INDEX generations_root ON generations (root_id)",
+    "CREATE INDEX generations_conversation ON generations (conversation_id)",
+    "CREATE INDEX generations_user ON generations (user_id, id)",
+    "CREATE INDEX generations_created ON generations (created_utc)",
+    "CREATE INDEX generations_running ON generations (status) WHERE status = 'running'",
+    """CREATE TABLE feedback (
+        generation_id INTEGER NOT NULL REFERENCES generations (id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL,
+        thumbs TEXT CHECK (thumbs IN ('up', 'down')),
+        stars INTEGER CHECK (stars BETWEEN 1 AND 5),
+        comment TEXT,
+        verdict INTEGER NOT NULL DEFAULT 0 CHECK (verdict IN (-1, 0, 1)),
+        is_self INTEGER NOT NULL CHECK (is_self IN (0, 1)),
+        created_utc TEXT NOT NULL,
+        updated_utc TEXT NOT NULL,
+        PRIMARY KEY (generation_id, user_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX feedback_user ON feedback (user_id)",
+    """CREATE TABLE feedback_events (
+        id INTEGER PRIMARY KEY,
+        generation_id INTEGER NOT NULL REFERENCES generations (id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL,
+        thumbs TEXT,
+        stars INTEGER,
+        comment TEXT,
+        verdict INTEGER,
+        created_utc TEXT NOT NULL
+    )""",
+    "CREATE INDEX feedback_events_generation ON feedback_events (generation_id)",
+    "CREATE INDEX feedback_events_user ON feedback_events (user_id)",
+    """CREATE TABLE comparisons (
+        id INTEGER PRIMARY KEY,
+        prompt TEXT NOT NULL,
+        generation_a_id INTEGER NOT NULL REFERENCES generations (id) ON DELETE CASCADE,
+        generation_b_id INTEGER NOT NULL REFERENCES generations (id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL,
+        winner TEXT NOT NULL CHECK (winner IN ('A', 'B', 'tie')),
+        created_utc TEXT NOT NULL,
+        updated_utc TEXT NOT NULL,
+        UNIQUE (generation_a_id, generation_b_id, user_id)
+    )""",
+    "CREATE INDEX comparisons_b ON comparisons (generation_b_id)",
+    "CREATE INDEX comparisons_user ON comparisons (user_id)",
+]
+
+
+def _initial_schema(conn: sqlite3.Connection) -> None:
+    """Version 1: every table, and the random salt that pseudonymises user ids in exports."""
+    for statement in _SCHEMA_1:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('export_salt', ?)", (secrets.token_hex(16),)
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_initial_schema,)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """How many migrations have run on this file."""
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(
+    conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS, *, path: str = ""
+) -> int:
+    """Run the migrations this file has not had yet; return the final version.
+
+    Safe when two processes open the same file at once: the version is re-read inside each
+    write transaction. Raises `DatabaseTooNew` for a file from a newer Muse.
+    """
+    supported = len(migrations)
+    version = schema_version(conn)  # fast path without the write lock: nothing to do
+    if version > supported:
+        raise DatabaseTooNew(path, version, supported)
+    if version == supported:
+        return version
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = schema_version(conn)
+            if version > supported:
+                raise DatabaseTooNew(path, version, supported)
+            if version == supported:
+                conn.execute("COMMIT")
+                return version
+            log.info("migrating %s to schema version %d", path or "database", version + 1)
+            migrations[version](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise

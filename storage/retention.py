@@ -1,0 +1,86 @@
+"""Deleting data: `/forget` (everything about one user) and the retention purge.
+
+Both are write operations for the single writer. Counts are taken before deleting because
+SQLite does not report rows removed by `ON DELETE CASCADE`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+# Generations that carry the user's words: their own, every descendant of those (a regeneration,
+# continuation or branch repeats the prompt), every generation in a conversation the user
+# started, and every later turn of a conversation the user spoke in (the history repeats it).
+_DOOMED_SQL = """
+WITH RECURSIVE doomed (id) AS (
+    SELECT id FROM generations WHERE user_id = :user_id
+    UNION
+    SELECT g.id FROM generations AS g
+        JOIN conversations AS c ON c.id = g.conversation_id
+        WHERE c.user_id = :user_id
+    UNION
+    SELECT later.id FROM generations AS later
+        JOIN generations AS mine ON mine.conversation_id = later.conversation_id
+        WHERE mine.user_id = :user_id AND later.id > mine.id
+    UNION
+    SELECT g.id FROM generations AS g JOIN doomed AS d ON g.parent_id = d.id
+)
+SELECT id FROM doomed ORDER BY id
+"""
+
+_IDS = "(SELECT value FROM json_each(:ids))"
+
+
+def forget_user(conn: sqlite3.Connection, user_id: int) -> dict[str, int]:
+    """Remove every row about the user; returns how many rows of each table went."""
+    ids = [row[0] for row in conn.execute(_DOOMED_SQL, {"user_id": user_id})]
+    params = {"user_id": user_id, "ids": json.dumps(ids)}
+    counts = {"generations": len(ids)}
+    for table in ("feedback", "feedback_events"):
+        counts[table] = conn.execute(
+            f"SELECT COUNT(*) FROM {table} WHERE user_id = :user_id OR generation_id IN {_IDS}",
+            params,
+        ).fetchone()[0]
+    counts["comparisons"] = conn.execute(
+        f"""SELECT COUNT(*) FROM comparisons WHERE user_id = :user_id
+            OR generation_a_id IN {_IDS} OR generation_b_id IN {_IDS}""",
+        params,
+    ).fetchone()[0]
+    for table in ("feedback", "feedback_events", "comparisons"):
+        conn.execute(f"DELETE FROM {table} WHERE user_id = :user_id", params)
+    # Cascades remove the feedback and comparisons of other users on these generations.
+    conn.execute(f"DELETE FROM generations WHERE id IN {_IDS}", params)
+    counts["conversations"] = conn.execute(
+        "DELETE FROM conversations WHERE user_id = :user_id", params
+    ).rowcount
+    counts["users"] = conn.execute("DELETE FROM users WHERE user_id = :user_id", params).rowcount
+    return counts
+
+
+def purge_older_than(conn: sqlite3.Connection, cutoff_utc: str) -> dict[str, int]:
+    """Delete generations created before `cutoff_utc` (with their ratings), and conversations
+    older than that with no generation left. Returns counts per table."""
+    params = {"cutoff": cutoff_utc}
+    old = "(SELECT id FROM generations WHERE created_utc < :cutoff)"
+    counts = {
+        "generations": conn.execute(
+            "SELECT COUNT(*) FROM generations WHERE created_utc < :cutoff", params
+        ).fetchone()[0]
+    }
+    for table in ("feedback", "feedback_events"):
+        counts[table] = conn.execute(
+            f"SELECT COUNT(*) FROM {table} WHERE generation_id IN {old}", params
+        ).fetchone()[0]
+    counts["comparisons"] = conn.execute(
+        f"""SELECT COUNT(*) FROM comparisons
+            WHERE generation_a_id IN {old} OR generation_b_id IN {old}""",
+        params,
+    ).fetchone()[0]
+    conn.execute("DELETE FROM generations WHERE created_utc < :cutoff", params)
+    counts["conversations"] = conn.execute(
+        """DELETE FROM conversations WHERE created_utc < :cutoff AND NOT EXISTS
+               (SELECT 1 FROM generations AS g WHERE g.conversation_id = conversations.id)""",
+        params,
+    ).rowcount
+    return counts

@@ -1,0 +1,370 @@
+"""The async store the bot talks to: one writer thread with group commit, one read connection.
+
+    async with Store.open("muse.db") as store:
+        generation_id = await store.record_generation(user_id=..., task="story", ...)
+
+Writes go through `Writer` (see `storage.writer`) and return only after their transaction
+committed. Reads use a separate aiosqlite connection; in WAL mode they never block writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiosqlite
+
+from storage import reads, retention, writes
+from storage.db import Clock, connect, create_file, format_utc, utc_now
+from storage.export import ExportFilters, export_jsonl
+from storage.migrations import MIGRATIONS, Migration, migrate
+from storage.models import (
+    FINISHED_STATUSES,
+    ROLES,
+    Conversation,
+    FeedbackOutcome,
+    Generation,
+    GuildSettings,
+    Thumbs,
+    Winner,
+    verdict_of,
+)
+from storage.stats import TaskModelStats, task_stats
+from storage.writer import Writer
+
+log = logging.getLogger("muse.storage.store")
+
+
+def approximate_tokens(text: str) -> int:
+    """A tokenizer-free estimate (about four characters a token) for `conversation_history`."""
+    return len(text) // 4 + 1
+
+
+class Store:
+    """Everything the bot stores. Open with `Store.open(path)`; all methods are coroutines."""
+
+    def __init__(
+        self, path: Path, writer: Writer, reader: aiosqlite.Connection, clock: Clock
+    ) -> None:
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._clock = clock
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        mark_interrupted: bool = True,
+        clock: Clock = utc_now,
+        migrations: Sequence[Migration] = MIGRATIONS,
+        max_batch: int = 1024,
+    ) -> _Opening:
+        """Open (creating mode 0600 and migrating if needed) the database at `path`.
+
+        Use as `async with Store.open(path) as store:` or `store = await Store.open(path)`.
+        `mark_interrupted=False` is for tools (export, stats) that run beside a live bot and
+        must not mark its running generations `interrupted`. Raises `DatabaseTooNew`.
+        """
+        return _Opening(cls._open(Path(path), mark_interrupted, clock, migrations, max_batch))
+
+    @classmethod
+    async def _open(
+        cls,
+        path: Path,
+        mark_interrupted: bool,
+        clock: Clock,
+        migrations: Sequence[Migration],
+        max_batch: int,
+    ) -> Store:
+        def opener() -> sqlite3.Connection:
+            create_file(path)
+            conn = connect(path)
+            try:
+                conn.execute("PRAGMA secure_delete = ON")  # forgotten data is overwritten
+                migrate(conn, migrations, path=str(path))
+                if mark_interrupted:
+                    conn.execute("BEGIN IMMEDIATE")
+                    count = writes.interrupt_running(conn, format_utc(clock()))
+                    conn.execute("COMMIT")
+                    if count:
+                        log.warning("%d generations left running by a crash: interrupted", count)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        writer = Writer(opener, max_batch=max_batch)
+        await writer.start()
+        try:
+            reader = await aiosqlite.connect(path, isolation_level=None)
+        except BaseException:
+            await writer.close()
+            raise
+        reader.row_factory = sqlite3.Row
+        await reader.execute("PRAGMA query_only = ON")
+        await reader.execute("PRAGMA busy_timeout = 30000")
+        return cls(path, writer, reader, clock)
+
+    async def close(self) -> None:
+        """Commit queued writes, then close both connections."""
+        await self._writer.close()
+        await self._reader.close()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _now(self) -> str:
+        return format_utc(self._clock())
+
+    def _write(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        return self._writer.submit(fn, *args)
+
+    # --- generations -----------------------------------------------------------------
+
+    async def record_generation(
+        self,
+        *,
+        user_id: int,
+        task: str,
+        messages: Sequence[Mapping[str, str]],
+        params: Mapping[str, Any],
+        model_id: str,
+        model_revision: str | None = None,
+        fields: Mapping[str, Any] | None = None,
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+        message_id: int | None = None,
+        conversation_id: int | None = None,
+        parent_id: int | None = None,
+    ) -> int:
+        """Record a generation before streaming it (status `running`); returns its id.
+
+        `messages` are exactly what the model sees ({role, content}); `params` the sampling
+        parameters including the seed; `fields` the command's prompt fields. Raises
+        `GenerationGone` for a gone parent, `ConversationGone` for a gone conversation.
+        """
+        for message in messages:
+            if message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+                raise ValueError(f"not a chat message: {message!r}")
+        values = {
+            "parent_id": parent_id,
+            "conversation_id": conversation_id,
+            "user_id": user_id,
+            "guild_id": guild_id,
+            "channel_id": channel_id,
+            "message_id": message_id,
+            "task": task,
+            "fields_json": writes.encode_json(dict(fields or {})),
+            "messages_json": writes.encode_json([dict(m) for m in messages]),
+            "params_json": writes.encode_json(dict(params)),
+            "model_id": model_id,
+            "model_revision": model_revision,
+            "created_utc": self._now(),
+        }
+        return await self._write(writes.record_generation, values)
+
+    async def finish_generation(
+        self,
+        generation_id: int,
+        output: str,
+        finish_reason: str,
+        tokens_in: int,
+        tokens_out: int,
+        ttft_ms: float | None,
+        total_ms: float,
+        status: str = "done",
+        error: str | None = None,
+    ) -> None:
+        """Store the result. `status`: done, failed, cancelled or interrupted."""
+        if status not in FINISHED_STATUSES:
+            raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}, not {status!r}")
+        values = {
+            "output": output,
+            "finish_reason": finish_reason,
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "ttft_ms": ttft_ms,
+            "total_ms": total_ms,
+            "status": status,
+            "error": error,
+            "finished_utc": self._now(),
+        }
+        await self._write(writes.finish_generation, generation_id, values)
+
+    async def set_message_id(self, generation_id: int, message_id: int) -> None:
+        """Remember the Discord message showing the generation."""
+        await self._write(writes.set_message_id, generation_id, message_id)
+
+    async def mark_deleted(self, generation_id: int) -> None:
+        """The reply was deleted (🗑): status `deleted`, never rated or exported again."""
+        await self._write(writes.mark_deleted, generation_id, self._now())
+
+    async def get_generation(self, generation_id: int) -> Generation | None:
+        """Any generation by id (deleted included); None if missing or forgotten."""
+        return await reads.get_generation(self._reader, generation_id)
+
+    async def recent_generations(
+        self, user_id: int, guild_id: int | None = None, limit: int = 10
+    ) -> list[Generation]:
+        """The user's newest generations (not deleted), newest first, optionally in one guild."""
+        return await reads.recent_generations(self._reader, user_id, guild_id, limit)
+
+    # --- ratings ---------------------------------------------------------------------
+
+    async def record_feedback(
+        self,
+        generation_id: int,
+        user_id: int,
+        thumbs: Thumbs | None = None,
+        stars: int | None = None,
+        comment: str | None = None,
+    ) -> FeedbackOutcome:
+        """One rating action: thumbs OR stars (optionally with a comment), or a comment alone.
+
+        The rater's latest thumbs/stars action decides their verdict. A comment of None keeps
+        the previous one, "" clears it. Raises `GenerationGone` (deleted/forgotten/missing)
+        and `ValueError` for a malformed action.
+        """
+        if thumbs is not None or stars is not None:
+            verdict_of(thumbs, stars)  # validate here, in the caller's task
+        elif comment is None:
+            raise ValueError("a rating action needs thumbs, stars or a comment")
+        return await self._write(
+            writes.record_feedback, generation_id, user_id, thumbs, stars, comment, self._now()
+        )
+
+    async def record_comparison(
+        self, prompt: str, generation_a: int, generation_b: int, user_id: int, winner: Winner
+    ) -> None:
+        """A /compare vote; one per user per pair, a second vote changes it."""
+        if winner not in ("A", "B", "tie"):
+            raise ValueError(f"winner must be 'A', 'B' or 'tie', not {winner!r}")
+        if generation_a == generation_b:
+            raise ValueError("a comparison needs two different generations")
+        await self._write(
+            writes.record_comparison,
+            prompt,
+            generation_a,
+            generation_b,
+            user_id,
+            winner,
+            self._now(),
+        )
+
+    # --- conversations ---------------------------------------------------------------
+
+    async def create_conversation(
+        self,
+        thread_id: int,
+        *,
+        user_id: int,
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+    ) -> Conversation:
+        """The conversation of a Discord thread, created if new (idempotent)."""
+        return await self._write(
+            writes.create_conversation, thread_id, user_id, guild_id, channel_id, self._now()
+        )
+
+    async def get_conversation(self, thread_id: int) -> Conversation | None:
+        """The conversation bound to a Discord thread, if any."""
+        return await reads.get_conversation(self._reader, thread_id)
+
+    async def conversation_history(
+        self,
+        conversation_id: int,
+        token_budget: int,
+        count_tokens: Callable[[str], int] = approximate_tokens,
+    ) -> list[dict[str, str]]:
+        """Newest finished turns that fit `token_budget`, as chat messages, oldest first."""
+        return await reads.conversation_history(
+            self._reader, conversation_id, token_budget, count_tokens
+        )
+
+    # --- guilds and users ------------------------------------------------------------
+
+    async def get_guild_settings(self, guild_id: int) -> GuildSettings:
+        """The guild's /settings (None or empty = the bot's default)."""
+        return await reads.get_guild_settings(self._reader, guild_id)
+
+    async def update_guild_settings(self, guild_id: int, **changes: Any) -> GuildSettings:
+        """Change some settings (a None value resets one); returns the new settings."""
+        GuildSettings().updated(changes)  # validate in the caller's task
+        return await self._write(writes.update_guild_settings, guild_id, changes, self._now())
+
+    async def is_opted_out(self, user_id: int) -> bool:
+        """Whether the user opted out of training exports."""
+        return await reads.is_opted_out(self._reader, user_id)
+
+    async def set_opted_out(self, user_id: int, opted_out: bool) -> None:
+        """/privacy training:deny (True) or allow (False)."""
+        await self._write(writes.set_opted_out, user_id, opted_out, self._now())
+
+    async def mark_notice_shown(self, user_id: int) -> bool:
+        """Record the first-use notice; True if this was the first time (show it)."""
+        return await self._write(writes.mark_notice_shown, user_id, self._now())
+
+    # --- statistics, retention, privacy, export --------------------------------------
+
+    async def stats(self, guild_id: int | None = None) -> list[TaskModelStats]:
+        """Per task and model: generations, ratings, 👍 share, ★ histogram, latency, tokens/s."""
+        return await task_stats(self._reader, guild_id)
+
+    async def purge_older_than(self, days: float) -> dict[str, int]:
+        """Retention: delete generations older than `days` (> 0) with their ratings; counts."""
+        if not days > 0:
+            raise ValueError("days must be positive")
+        cutoff = format_utc(self._clock() - timedelta(days=days))
+        return await self._write(retention.purge_older_than, cutoff)
+
+    async def forget_user(self, user_id: int) -> dict[str, int]:
+        """/forget: delete every row about the user (see `storage.retention`); counts per table."""
+        counts = await self._write(retention.forget_user, user_id)
+        log.info("forgot a user: %s", counts)
+        return counts
+
+    async def export(
+        self,
+        fmt: str,
+        out: TextIO,
+        filters: ExportFilters | None = None,
+        *,
+        progress: bool = False,
+    ) -> int:
+        """Write an export (sft, dpo, kto, raw) as JSONL to `out`; returns the rows written.
+
+        Runs in a worker thread on its own read-only connection: the bot keeps serving.
+        """
+        return await asyncio.to_thread(
+            export_jsonl, self.path, fmt, out, filters or ExportFilters(), progress=progress
+        )
+
+
+class _Opening:
+    """What `Store.open` returns: awaitable, or usable as `async with`."""
+
+    def __init__(self, opening: Awaitable[Store]) -> None:
+        self._opening = opening
+        self._store: Store | None = None
+
+    def __await__(self) -> Generator[Any, None, Store]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> Store:
+        self._store = await self._opening
+        return self._store
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._store is not None:
+            await self._store.close()

@@ -1,0 +1,159 @@
+"""Opening a file: creation mode, WAL, migrations, refusal of newer files, crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from storage.errors import DatabaseTooNew
+from storage.migrations import MIGRATIONS, migrate, schema_version
+from storage.store import Store
+
+TABLES = {
+    "meta",
+    "users",
+    "guild_settings",
+    "conversations",
+    "generations",
+    "feedback",
+    "feedback_events",
+    "comparisons",
+}
+
+
+def _mode(path: Path | str) -> int:
+    return stat.S_IMODE(Path(path).stat().st_mode)
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows}
+
+
+async def test_new_file_is_private_wal_and_fully_migrated(db_path: Path) -> None:
+    async with Store.open(db_path) as store:
+        await store.mark_notice_shown(1)  # makes SQLite create the -wal and -shm files
+        for suffix in ("", "-wal", "-shm"):
+            mode = _mode(f"{db_path}{suffix}")
+            assert mode == 0o600, (suffix, oct(mode))
+        pragmas = await store._write(
+            lambda conn: [
+                conn.execute(f"PRAGMA {name}").fetchone()[0]
+                for name in ("journal_mode", "synchronous", "foreign_keys")
+            ]
+        )
+        assert pragmas == ["wal", 1, 1]  # synchronous 1 = NORMAL
+    with sqlite3.connect(db_path) as conn:
+        assert schema_version(conn) == len(MIGRATIONS)
+        salt = conn.execute("SELECT value FROM meta WHERE key = 'export_salt'").fetchone()[0]
+    assert len(salt) == 32
+    assert _tables(db_path) >= TABLES
+
+
+async def test_existing_file_keeps_its_mode(db_path: Path) -> None:
+    os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o640))
+    os.chmod(db_path, 0o640)
+    async with Store.open(db_path):
+        pass
+    assert _mode(db_path) == 0o640
+
+
+@pytest.mark.parametrize("version", range(len(MIGRATIONS)))
+async def test_migrates_from_every_earlier_version(db_path: Path, version: int) -> None:
+    with sqlite3.connect(db_path, isolation_level=None) as conn:
+        migrate(conn, MIGRATIONS[:version])
+        assert schema_version(conn) == version
+    async with Store.open(db_path) as store:
+        assert await store.mark_notice_shown(5) is True
+    with sqlite3.connect(db_path) as conn:
+        assert schema_version(conn) == len(MIGRATIONS)
+    assert _tables(db_path) >= TABLES
+
+
+def _synthetic() -> list:
+    def one(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE a (x INTEGER)")
+
+    def two(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO a (x) VALUES (2)")
+
+    def three(conn: sqlite3.Connection) -> None:
+        conn.execute("ALTER TABLE a ADD COLUMN y TEXT")
+        conn.execute("UPDATE a SET y = 'three'")
+
+    return [one, two, three]
+
+
+@pytest.mark.parametrize("start", range(4))
+def test_synthetic_migrations_run_in_order_from_any_version(tmp_path: Path, start: int) -> None:
+    migrations = _synthetic()
+    with sqlite3.connect(tmp_path / "s.db", isolation_level=None) as conn:
+        migrate(conn, migrations[:start])
+        assert schema_version(conn) == start
+        assert migrate(conn, migrations) == 3
+        assert conn.execute("SELECT x, y FROM a").fetchall() == [(2, "three")]
+        assert migrate(conn, migrations) == 3  # nothing left to do: idempotent
+
+
+def test_failed_migration_rolls_back_with_its_version(tmp_path: Path) -> None:
+    def half_done(conn: sqlite3.Connection) -> None:
+        conn.execute("CREATE TABLE b (x INTEGER)")
+        raise RuntimeError("boom in the middle")
+
+    migrations = [*_synthetic()[:2], half_done]
+    with sqlite3.connect(tmp_path / "s.db", isolation_level=None) as conn:
+        with pytest.raises(RuntimeError, match="boom"):
+            migrate(conn, migrations)
+        assert schema_version(conn) == 2  # the first two committed, the third not at all
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "b" not in tables
+        assert not conn.in_transaction
+
+
+async def test_refuses_a_file_from_a_newer_muse(db_path: Path) -> None:
+    async with Store.open(db_path):
+        pass
+    newer = len(MIGRATIONS) + 1
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(f"PRAGMA user_version = {newer}")
+    with pytest.raises(DatabaseTooNew) as caught:
+        await Store.open(db_path)
+    assert caught.value.found == newer and caught.value.supported == len(MIGRATIONS)
+    assert f"schema version {newer}" in str(caught.value)
+    assert "Upgrade Muse" in str(caught.value)
+    with sqlite3.connect(db_path) as conn:
+        assert schema_version(conn) == newer  # untouched
+
+
+async def test_two_stores_opening_a_new_file_at_once(db_path: Path) -> None:
+    stores = await asyncio.gather(Store.open(db_path), Store.open(db_path))
+    for store in stores:
+        await store.close()
+    with sqlite3.connect(db_path) as conn:
+        assert schema_version(conn) == len(MIGRATIONS)
+        assert conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0] == 1
+
+
+async def test_running_generations_become_interrupted_on_reopen(db_path, clock) -> None:
+    async with Store.open(db_path, clock=clock) as store:
+        running = await store.record_generation(
+            user_id=1, task="story", messages=[{"role": "user", "content": "hi"}],
+            params={"seed": 1}, model_id="m",
+        )  # fmt: skip
+        finished = await store.record_generation(
+            user_id=1, task="story", messages=[{"role": "user", "content": "hi"}],
+            params={"seed": 2}, model_id="m",
+        )  # fmt: skip
+        await store.finish_generation(finished, "ok", "stop", 1, 1, 1.0, 2.0)
+    async with Store.open(db_path, mark_interrupted=False) as store:
+        assert (await store.get_generation(running)).status == "running"
+    async with Store.open(db_path, clock=clock) as store:
+        assert (await store.get_generation(running)).status == "interrupted"
+        assert (await store.get_generation(running)).finished_utc == clock.now
+        assert (await store.get_generation(finished)).status == "done"

@@ -1,0 +1,122 @@
+"""/forget removes every row about a user; the retention purge removes old generations."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+
+import pytest
+
+from storage.export_rows import Pseudonyms
+from storage.store import Store
+
+SECRET = "the secret words of user one"
+
+
+def _user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _rows_mentioning(db_path, user_id: int) -> dict[str, int]:
+    with sqlite3.connect(db_path) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        found = {}
+        for table in tables:
+            columns = [
+                r[0] for r in conn.execute("SELECT name FROM pragma_table_info(?)", (table,))
+            ]
+            if "user_id" in columns:
+                count = conn.execute(
+                    f"SELECT COUNT(*) FROM {table} WHERE user_id = ?", (user_id,)
+                ).fetchone()[0]
+                if count:
+                    found[table] = count
+        return found
+
+
+async def test_forget_user_removes_everything_about_them(store: Store, db_path, make_generation):
+    g1 = await make_generation(user_id=1, messages=_user(SECRET))
+    await store.record_feedback(g1, 2, thumbs="up")
+    await store.record_feedback(g1, 1, thumbs="up")  # a self-vote
+    g2 = await make_generation(user_id=2, messages=_user(SECRET), parent_id=g1)  # 🔁 by user 2
+    await store.record_feedback(g2, 3, stars=5)
+    g3 = await make_generation(user_id=2, messages=_user("user two's own prompt"))
+    g4 = await make_generation(user_id=2, messages=_user("user two's own prompt"))
+    await store.record_feedback(g3, 1, thumbs="down")  # user 1's vote on someone else's
+    await store.record_feedback(g3, 3, thumbs="up")
+    await store.record_comparison("two", g3, g4, 1, "A")
+    await store.record_comparison("two", g3, g4, 3, "B")
+    mine = await store.create_conversation(500, user_id=1)  # user 1's thread
+    await make_generation(user_id=1, task="chat", messages=_user(SECRET), conversation_id=mine.id)
+    await make_generation(user_id=2, task="chat", messages=_user("hi"), conversation_id=mine.id)
+    theirs = await store.create_conversation(600, user_id=3)  # user 3's thread
+    g7 = await make_generation(
+        user_id=3, task="chat", messages=_user("q"), conversation_id=theirs.id
+    )
+    await make_generation(user_id=1, task="chat", messages=_user(SECRET), conversation_id=theirs.id)
+    await make_generation(
+        user_id=3, task="chat", messages=_user(SECRET), conversation_id=theirs.id
+    )  # a later turn whose history repeats user 1's words
+    await store.set_opted_out(1, True)
+    await store.mark_notice_shown(1)
+
+    counts = await store.forget_user(1)
+
+    assert counts == {
+        "generations": 6,  # g1, its regeneration g2, two in user 1's thread, two in user 3's
+        "feedback": 4,  # on g1 by users 2 and 1, on g2 by user 3, user 1's on g3
+        "feedback_events": 4,
+        "comparisons": 1,
+        "conversations": 1,
+        "users": 1,
+    }
+    assert _rows_mentioning(db_path, 1) == {}
+    with sqlite3.connect(db_path) as conn:
+        assert sorted(r[0] for r in conn.execute("SELECT id FROM generations")) == [g3, g4, g7]
+        assert conn.execute("SELECT user_id FROM feedback").fetchall() == [(3,)]
+        assert conn.execute("SELECT user_id FROM comparisons").fetchall() == [(3,)]
+        assert conn.execute("SELECT thread_id FROM conversations").fetchall() == [(600,)]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        salt = conn.execute("SELECT value FROM meta").fetchone()[0]
+    raw = io.StringIO()
+    await store.export("raw", raw)
+    assert raw.getvalue().count("\n") == 3
+    assert SECRET not in raw.getvalue()
+    assert Pseudonyms(salt).of(1) not in raw.getvalue()
+    assert await store.forget_user(1) == dict.fromkeys(counts, 0)
+    assert await store.mark_notice_shown(1) is True  # a forgotten user is a new user
+
+
+async def test_forgotten_generation_cannot_be_rated(store: Store, make_generation) -> None:
+    generation_id = await make_generation(user_id=1)
+    await store.forget_user(1)
+    with pytest.raises(LookupError):
+        await store.record_feedback(generation_id, 2, thumbs="up")
+    assert await store.get_generation(generation_id) is None
+
+
+async def test_purge_older_than(store: Store, db_path, clock, make_generation) -> None:
+    old_thread = await store.create_conversation(1, user_id=1)
+    old = await make_generation(user_id=1, conversation_id=old_thread.id)
+    old_b = await make_generation(user_id=2)
+    await store.record_feedback(old, 2, thumbs="up")
+    await store.record_feedback(old, 3, thumbs="down")
+    await store.record_comparison("p", old, old_b, 3, "A")
+    clock.advance(days=40)
+    child = await make_generation(user_id=2, parent_id=old)  # a recent regeneration of it
+    new_thread = await store.create_conversation(2, user_id=1)
+    await store.record_feedback(child, 1, stars=4)
+
+    counts = await store.purge_older_than(30)
+
+    assert counts == {
+        "generations": 2, "feedback": 2, "feedback_events": 2, "comparisons": 1,
+        "conversations": 1,
+    }  # fmt: skip
+    assert await store.get_generation(old) is None
+    survivor = await store.get_generation(child)
+    assert survivor is not None and survivor.parent_id is None and survivor.root_id == old
+    assert await store.get_conversation(2) == new_thread
+    assert await store.purge_older_than(30) == dict.fromkeys(counts, 0)
+    with pytest.raises(ValueError):
+        await store.purge_older_than(0)

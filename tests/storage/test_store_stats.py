@@ -1,0 +1,59 @@
+"""Statistics per task and model, per guild, and the ratings chart."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.stats import TaskModelStats, format_table, ratings_chart_png
+from storage.store import Store
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+async def test_stats_per_task_and_model(store: Store, rated, make_generation) -> None:
+    slow = await make_generation(user_id=9, model_id="other-model", guild_id=200)
+    await store.record_feedback(slow, 1, thumbs="down")
+    stats = {(s.task, s.model_id): s for s in await store.stats()}
+    assert sorted(stats) == [
+        ("describe", "smollm2-135m"), ("poem", "smollm2-135m"), ("story", "other-model"),
+        ("story", "smollm2-135m"),
+    ]  # fmt: skip
+    story = stats["story", "smollm2-135m"]
+    # g1 g2 g4 g5 g6 g9 g10 g11; g6 failed, the rest done (g5 deleted after finishing).
+    assert (story.generations, story.done) == (8, 6)
+    # g1: up, ⭐5; g2: down; g4: up; g5: up; g6: up; g9: ⭐3; g10: up; g11: up
+    assert story.ratings == 9
+    assert (story.thumbs_up, story.thumbs_down) == (6, 1)
+    assert story.share_up == pytest.approx(6 / 7)
+    assert story.stars == (0, 0, 1, 0, 1)
+    assert (story.good, story.neutral, story.bad) == (7, 1, 1)
+    assert story.mean_latency_ms == pytest.approx(2000.0)
+    assert story.tokens_per_s == pytest.approx(20.0)  # 40 tokens in 2 s
+    other = stats["story", "other-model"]
+    assert (other.ratings, other.thumbs_down, other.share_up) == (1, 1, 0.0)
+
+    in_guild = await store.stats(guild_id=200)
+    assert [(s.task, s.model_id, s.generations, s.ratings) for s in in_guild] == [
+        ("poem", "smollm2-135m", 1, 1), ("story", "other-model", 1, 1),
+    ]  # fmt: skip
+
+
+async def test_stats_without_ratings(store: Store, make_generation) -> None:
+    await make_generation(status="running")
+    (only,) = await store.stats()
+    assert (only.generations, only.done, only.ratings, only.share_up) == (1, 0, 0, None)
+    assert (only.mean_latency_ms, only.tokens_per_s) == (None, None)
+    assert "story" in format_table([only])
+    assert await store.stats(guild_id=12345) == []
+
+
+def test_chart_is_a_png() -> None:
+    stats = [
+        TaskModelStats("story", "m", 3, 3, ratings=4, good=2, neutral=1, bad=1),
+        TaskModelStats("poem", "m", 1, 1, ratings=1, good=1),
+    ]
+    png = ratings_chart_png(stats)
+    assert png.startswith(PNG) and len(png) > 2000
+    empty = ratings_chart_png([])
+    assert empty.startswith(PNG)
+    assert format_table([]) == "No generations yet."
