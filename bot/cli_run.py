@@ -1,0 +1,88 @@
+"""`muse run`: connect to Discord and serve Muse until SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import discord
+import yarl
+
+from bot.runtime import build_engine, presets_from, setup_logging
+from bot.settings import Settings
+from storage.store import Store
+
+log = logging.getLogger("muse.bot.cli_run")
+
+EXIT_NO_TOKEN = 2
+SHUTDOWN_GRACE_S = 5.0
+
+NO_TOKEN = """\
+muse run: DISCORD_TOKEN is not set.
+
+To get a bot token:
+  1. Open the Discord Developer Portal: https://discord.com/developers/applications
+  2. New Application → Bot → Reset Token, and copy the token.
+  3. Put it in the environment or in .env:  DISCORD_TOKEN=...
+  4. Invite the bot with the scopes `bot` and `applications.commands`
+     (OAuth2 → URL Generator), then run `muse run` again.
+
+Console mode (the same commands in a terminal) arrives in a later release.
+"""
+
+
+def add_subcommand(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("run", help="run the Discord bot")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings: Settings = args.settings
+    if not settings.discord_token:
+        print(NO_TOKEN, file=sys.stderr)
+        return EXIT_NO_TOKEN
+    setup_logging(settings.log_level)
+    return asyncio.run(main(settings))
+
+
+def redirect_discord(settings: Settings) -> None:
+    """`DISCORD_API_BASE` / `DISCORD_GATEWAY_URL`: talk to a proxy (or the test emulator)."""
+    if settings.discord_api_base:
+        discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+async def main(settings: Settings) -> int:
+    """Own the store, the engine and the bot; close them all on a signal."""
+    from bot.client import MuseBot
+
+    redirect_discord(settings)
+    presets = presets_from(settings)
+    async with Store.open(settings.db_path) as store:
+        engine = build_engine(settings)
+        bot = MuseBot(settings=settings, store=store, engine=engine, presets=presets)
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stopping.set)
+        runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
+        stopper = asyncio.create_task(stopping.wait())
+        try:
+            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if runner.done() and runner.exception() is not None:
+                log.error("the bot stopped: %s", runner.exception())
+                return 1
+            log.info("shutting down")
+        finally:
+            stopper.cancel()
+            await engine.aclose(SHUTDOWN_GRACE_S)
+            await bot.close()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+    return 0

@@ -1,0 +1,164 @@
+"""The generation commands: /story, /poem, /dialogue, /describe, /generate, /compare."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.compare import run_compare
+from bot.streaming import answer_ephemeral, make_plan, run_generation
+from generation.presets import PresetError
+
+if TYPE_CHECKING:
+    from bot.client import MuseBot
+
+log = logging.getLogger("muse.bot.cogs.generation")
+
+Text = app_commands.Range[str, 1, 1000]
+
+
+def check_range(name: str, value: float | None, low: float, high: float) -> None:
+    """Re-validate a numeric option (Discord clients validate; the API does not promise to)."""
+    if value is not None and not low <= value <= high:
+        raise PresetError(f"{name} must be from {low:g} to {high:g}, not {value:g}.")
+
+
+class GenerationCog(commands.Cog):
+    """Single-shot generation commands."""
+
+    def __init__(self, bot: MuseBot) -> None:
+        self.bot = bot
+
+    async def start(
+        self,
+        interaction: discord.Interaction[MuseBot],
+        task: str,
+        fields: dict[str, Any],
+        **kw: Any,
+    ) -> None:
+        """Validate, then generate into the interaction's reply."""
+        fields = {k: v for k, v in fields.items() if v is not None}
+        try:
+            plan = make_plan(self.bot, interaction.user.id, task, fields, **kw)
+        except PresetError as exc:
+            await answer_ephemeral(interaction, f"⚠️ {exc}")
+            return
+        await run_generation(interaction, plan)
+
+    @app_commands.command()
+    @app_commands.guild_only()
+    @app_commands.describe(prompt="What the story is about", length="How long the story is")
+    async def story(
+        self,
+        interaction: discord.Interaction[MuseBot],
+        prompt: Text,
+        length: Literal["short", "medium", "long"] | None = None,
+    ) -> None:
+        """Write a short story."""
+        await self.start(interaction, "story", {"prompt": prompt, "length": length})
+
+    @app_commands.command()
+    @app_commands.guild_only()
+    @app_commands.describe(topic="What the poem is about", form="The poem's form")
+    async def poem(
+        self,
+        interaction: discord.Interaction[MuseBot],
+        topic: Text,
+        form: Literal["free", "haiku", "sonnet", "limerick"] | None = None,
+    ) -> None:
+        """Write a poem."""
+        await self.start(interaction, "poem", {"topic": topic, "form": form})
+
+    @app_commands.command()
+    @app_commands.guild_only()
+    @app_commands.describe(
+        scene="Where and what is happening",
+        characters="Who speaks, comma-separated (e.g. Innkeeper, Stranger)",
+        lines="How many lines (2–20)",
+        tone="The mood, e.g. tense or funny",
+    )
+    async def dialogue(
+        self,
+        interaction: discord.Interaction[MuseBot],
+        scene: Text,
+        characters: Text,
+        lines: app_commands.Range[int, 2, 20] | None = None,
+        tone: app_commands.Range[str, 1, 100] | None = None,
+    ) -> None:
+        """Write NPC dialogue for a scene."""
+        fields = {"scene": scene, "characters": characters, "lines": lines, "tone": tone}
+        try:
+            check_range("lines", lines, 2, 20)
+            if len(characters.split(",")) < 1 or not characters.strip(" ,"):
+                raise PresetError("characters needs at least one name.")
+        except PresetError as exc:
+            await answer_ephemeral(interaction, f"⚠️ {exc}")
+            return
+        await self.start(interaction, "dialogue", fields)
+
+    @app_commands.command()
+    @app_commands.guild_only()
+    @app_commands.describe(product="The product to describe", audience="Who it is for")
+    async def describe(
+        self,
+        interaction: discord.Interaction[MuseBot],
+        product: Text,
+        audience: app_commands.Range[str, 1, 200] | None = None,
+    ) -> None:
+        """Write product / marketing copy."""
+        await self.start(interaction, "describe", {"product": product, "audience": audience})
+
+    @app_commands.command()
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt="Anything to write",
+        temperature="Randomness, 0.0 (predictable) to 2.0 (wild)",
+        max_tokens="The most tokens to write (16–1024)",
+    )
+    async def generate(
+        self,
+        interaction: discord.Interaction[MuseBot],
+        prompt: Text,
+        temperature: app_commands.Range[float, 0.0, 2.0] | None = None,
+        max_tokens: app_commands.Range[int, 16, 1024] | None = None,
+    ) -> None:
+        """Write from a free prompt."""
+        try:
+            check_range("temperature", temperature, 0.0, 2.0)
+            check_range("max_tokens", max_tokens, 16, 1024)
+        except PresetError as exc:
+            await answer_ephemeral(interaction, f"⚠️ {exc}")
+            return
+        await self.start(
+            interaction,
+            "generate",
+            {"prompt": prompt},
+            temperature=temperature,
+            max_new_tokens=max_tokens,
+        )
+
+    @app_commands.command()
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt="What to write about", task="Which kind of text (default generate)"
+    )
+    async def compare(
+        self,
+        interaction: discord.Interaction[MuseBot],
+        prompt: Text,
+        task: Literal["story", "poem", "describe", "generate"] | None = None,
+    ) -> None:
+        """Two takes side by side: vote for the better one."""
+        task = task or "generate"
+        if task not in ("story", "poem", "describe", "generate"):
+            await answer_ephemeral(interaction, "⚠️ task must be story, poem, describe or generate.")
+            return
+        await run_compare(interaction, task, prompt)
+
+
+async def setup(bot: MuseBot) -> None:
+    await bot.add_cog(GenerationCog(bot))

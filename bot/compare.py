@@ -1,0 +1,169 @@
+"""/compare: two takes of one prompt (two seeds, decoded together), as embeds A and B."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot import rendering
+from bot.streaming import (
+    NO_MENTIONS,
+    POLL_S,
+    STATUS_BY_REASON,
+    Plan,
+    answer_ephemeral,
+    fail,
+    make_plan,
+    maybe_notice,
+    open_stream,
+    record,
+)
+from bot.views import compare_view
+from generation.presets import PresetError
+from generation.requests import finish_text
+from generation.types import GenerationChunk
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from bot.client import MuseBot
+
+log = logging.getLogger("muse.bot.compare")
+
+EMBED_LIMIT = 4000
+NAMES = ("A", "B")
+
+
+def take_embed(name: str, text: str, footer: str | None = None) -> discord.Embed:
+    """One take as an embed titled A or B."""
+    shown = text if len(text) <= EMBED_LIMIT else text[: EMBED_LIMIT - 1] + "…"
+    embed = discord.Embed(title=name, description=shown or "…")
+    if footer:
+        embed.set_footer(text=footer.removeprefix("-# "))
+    return embed
+
+
+async def run_compare(interaction: discord.Interaction[MuseBot], task: str, prompt: str) -> None:
+    """Two takes with different seeds; A/B/Tie buttons when both finished."""
+    bot = interaction.client
+    try:
+        first = make_plan(bot, interaction.user.id, task, {bot.presets[task].main_field: prompt})
+    except PresetError as exc:
+        await answer_ephemeral(interaction, f"⚠️ {exc}")
+        return
+    second = replace(
+        first,
+        request=replace(
+            first.request, seed=first.request.seed + 1, request_id=first.request.request_id + "b"
+        ),
+    )
+    plans = (first, second)
+    streams = []
+    for plan in plans:
+        stream, refusal = open_stream(bot, plan.request)
+        if stream is None:
+            for p in plans:
+                bot.engine.abort(p.request.request_id)
+            await answer_ephemeral(interaction, refusal or "")
+            return
+        streams.append(stream)
+    ids: list[int] = []
+    try:
+        await interaction.response.defer(thinking=True)
+        ids = [await record(bot, interaction, plan) for plan in plans]
+        finals = await _stream_both(interaction, bot, streams)
+        await _finish(interaction, bot, plans, ids, finals)
+    except Exception as exc:  # noqa: BLE001 - every failure ends with a visible answer
+        for generation_id in ids[1:]:
+            await fail_quietly(bot, generation_id, exc)
+        await fail(interaction, bot, ids[0] if ids else None, exc)
+    finally:
+        for plan in plans:
+            bot.engine.abort(plan.request.request_id)
+    await maybe_notice(interaction, bot)
+
+
+async def fail_quietly(bot: MuseBot, generation_id: int, exc: BaseException) -> None:
+    try:
+        await bot.store.finish_generation(
+            generation_id, "", "error", 0, 0, None, 0.0, status="failed", error=repr(exc)
+        )
+    except Exception:  # noqa: BLE001
+        log.exception("could not record the failure of generation %s", generation_id)
+
+
+async def _stream_both(
+    interaction: discord.Interaction[MuseBot],
+    bot: MuseBot,
+    streams: list[AsyncIterator[GenerationChunk]],
+) -> list[GenerationChunk]:
+    """Consume both streams together, editing the two embeds at most once per interval."""
+    latest: list[GenerationChunk | None] = [None, None]
+
+    async def consume(index: int) -> GenerationChunk:
+        async for chunk in streams[index]:
+            latest[index] = chunk
+            if chunk.finished:
+                return chunk
+        raise RuntimeError("the stream ended without a final chunk")
+
+    pumps = [asyncio.create_task(consume(i)) for i in range(2)]
+    shown: list[str] = []
+    last_edit = 0.0
+    try:
+        while not all(p.done() for p in pumps):
+            await asyncio.wait(pumps, timeout=POLL_S, return_when=asyncio.ALL_COMPLETED)
+            if any(p.done() and p.exception() for p in pumps):
+                break
+            if time.monotonic() - last_edit < bot.edit_interval_s:
+                continue
+            texts = [rendering.in_progress(c.text if c else "") for c in latest]
+            if texts != shown and not all(p.done() for p in pumps):
+                last_edit = time.monotonic()
+                embeds = [take_embed(n, t) for n, t in zip(NAMES, texts, strict=True)]
+                await interaction.edit_original_response(
+                    embeds=embeds, allowed_mentions=NO_MENTIONS
+                )
+                shown = texts
+        return [p.result() for p in pumps]
+    finally:
+        for p in pumps:
+            p.cancel()
+
+
+async def _finish(
+    interaction: discord.Interaction[MuseBot],
+    bot: MuseBot,
+    plans: tuple[Plan, Plan],
+    ids: list[int],
+    finals: list[GenerationChunk],
+) -> None:
+    embeds = []
+    for name, plan, generation_id, last in zip(NAMES, plans, ids, finals, strict=True):
+        output = finish_text(bot.presets[plan.task], plan.fields, last.text)
+        await bot.store.finish_generation(
+            generation_id,
+            output,
+            last.finish_reason or "error",
+            last.tokens_in,
+            last.tokens_out,
+            last.ttft_ms,
+            last.total_ms or 0.0,
+            status=STATUS_BY_REASON.get(last.finish_reason or "", "failed"),
+            error=last.error,
+        )
+        tail = rendering.footer(last.model_id, last.tokens_out, last.total_ms)
+        embeds.append(take_embed(name, output or "*(no text)*", tail))
+    message = await interaction.edit_original_response(
+        content="Which take is better?",
+        embeds=embeds,
+        view=compare_view(ids[0], ids[1]),
+        allowed_mentions=NO_MENTIONS,
+    )
+    for generation_id in ids:
+        await bot.store.set_message_id(generation_id, message.id)

@@ -1,0 +1,59 @@
+"""The ⭐ modal: stars 1–5 and an optional comment."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+
+from bot.streaming import answer_ephemeral
+from storage.errors import GenerationGone
+
+log = logging.getLogger("muse.bot.modals")
+
+GONE = "That generation was deleted or forgotten, so it can no longer be rated."
+
+
+def parse_stars(text: str) -> int | None:
+    """`"4"` → 4; anything but a whole number 1–5 → None."""
+    text = text.strip().rstrip("⭐").strip()
+    return int(text) if text.isdigit() and 1 <= int(text) <= 5 else None
+
+
+class StarsModal(discord.ui.Modal, title="Rate this text"):
+    """Stars and a comment for one generation."""
+
+    stars: discord.ui.TextInput = discord.ui.TextInput(
+        label="Stars (1–5)", custom_id="stars", placeholder="4", min_length=1, max_length=2
+    )
+    comment: discord.ui.TextInput = discord.ui.TextInput(
+        label="Comment (optional)",
+        custom_id="comment",
+        style=discord.TextStyle.long,
+        required=False,
+        max_length=1000,
+    )
+
+    def __init__(self, generation_id: int) -> None:
+        super().__init__(custom_id=f"muse:starsmodal:{generation_id}")
+        self.generation_id = generation_id
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        stars = parse_stars(self.stars.value)
+        if stars is None:
+            await answer_ephemeral(interaction, "Stars must be a whole number from 1 to 5.")
+            return
+        comment = self.comment.value.strip() or None
+        try:
+            await interaction.client.store.record_feedback(  # type: ignore[attr-defined]
+                self.generation_id, interaction.user.id, stars=stars, comment=comment
+            )
+        except GenerationGone:
+            await answer_ephemeral(interaction, GONE)
+            return
+        await answer_ephemeral(interaction, f"Thanks — saved {'⭐' * stars}")
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        from bot.errors import report
+
+        await answer_ephemeral(interaction, report(error, "stars modal"))

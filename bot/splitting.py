@@ -1,0 +1,77 @@
+"""Splitting long text into Discord-sized messages, never inside a ``` code block."""
+
+from __future__ import annotations
+
+import re
+
+LIMIT = 2000
+_SENTENCE_END = re.compile(r"[.!?…](?=\s)")
+
+
+def split_message(text: str, limit: int = LIMIT) -> list[str]:
+    """`text` in pieces of at most `limit` characters, cut at a line break, else a sentence end,
+    else a space. A cut never falls inside a code block: a block too long for one message is
+    closed at the cut and reopened in the next piece."""
+    if limit < 20:
+        raise ValueError("limit must be at least 20 characters")
+    pieces: list[str] = []
+    rest = text.strip("\n")
+    while len(rest) > limit:
+        cut = _cut_point(rest, limit)
+        head, rest = rest[:cut].rstrip(), rest[cut:].lstrip("\n ")
+        if _open_fence(head):
+            head, rest = _close_block(head, rest, limit)
+        pieces.append(head)
+    if rest.strip():
+        pieces.append(rest)
+    return pieces or [""]
+
+
+def _cut_point(text: str, limit: int) -> int:
+    """The best place to cut `text[:limit]`: outside code blocks, at the latest break."""
+    window = text[:limit]
+    blocks = _code_spans(text)
+    for finder in (_line_breaks, _sentence_ends, _spaces):
+        for pos in sorted(finder(window), reverse=True):
+            if pos > limit // 4 and not any(start < pos < end for start, end in blocks):
+                return pos
+    return limit
+
+
+def _line_breaks(window: str) -> list[int]:
+    return [m.start() for m in re.finditer("\n", window)]
+
+
+def _sentence_ends(window: str) -> list[int]:
+    return [m.end() for m in _SENTENCE_END.finditer(window)]
+
+
+def _spaces(window: str) -> list[int]:
+    return [m.start() for m in re.finditer(" ", window)]
+
+
+def _code_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each ``` block; an unclosed one runs to the end."""
+    fences = [m.start() for m in re.finditer("```", text)]
+    spans = []
+    for i in range(0, len(fences), 2):
+        end = fences[i + 1] + 3 if i + 1 < len(fences) else len(text) + 1
+        spans.append((fences[i], end))
+    return spans
+
+
+def _open_fence(text: str) -> str | None:
+    """The opening fence line (```lang) if `text` ends inside a code block."""
+    fences = list(re.finditer(r"```(\w*)", text))
+    if len(fences) % 2 == 0:
+        return None
+    return "```" + fences[-1].group(1)
+
+
+def _close_block(head: str, rest: str, limit: int) -> tuple[str, str]:
+    """Close the code block a forced cut fell into, and reopen it in the rest."""
+    fence = _open_fence(head) or "```"
+    if len(head) + 4 > limit:
+        rest = head[limit - 4 :] + rest
+        head = head[: limit - 4]
+    return head + "\n```", fence + "\n" + rest

@@ -1,0 +1,292 @@
+"""One generation from a Discord interaction: defer, record, stream edits, finish, buttons.
+
+The reply is the interaction's original response (a slash command's, or a button's new
+"thinking…" message); text beyond one message continues in follow-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot import rendering
+from bot.errors import busy_message, report
+from bot.splitting import split_message
+from generation.errors import EngineBusy, EngineDead
+from generation.presets import Preset
+from generation.requests import build_request, finish_text
+from generation.types import GenerationChunk, GenerationRequest
+
+if TYPE_CHECKING:
+    from bot.client import MuseBot
+
+log = logging.getLogger("muse.bot.streaming")
+
+NO_MENTIONS = discord.AllowedMentions.none()
+EDIT_INTERVAL_S = 1.2
+POLL_S = 0.2
+STATUS_BY_REASON = {"stop": "done", "length": "done", "cancelled": "cancelled"}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to generate: the task, its fields, the request, and the generation it follows."""
+
+    task: str
+    fields: dict[str, Any]
+    request: GenerationRequest
+    parent_id: int | None = None
+    finish_fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shown_fields(self) -> dict[str, Any]:
+        return self.finish_fields or self.fields
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    """A generation being streamed (⏹ needs its request id and requester)."""
+
+    request_id: str
+    user_id: int
+
+
+def make_plan(
+    bot: MuseBot,
+    user_id: int,
+    task: str,
+    fields: dict[str, Any],
+    parent_id: int | None = None,
+    **overrides: Any,
+) -> Plan:
+    """A plan from a preset; raises `PresetError` for bad fields."""
+    preset: Preset = bot.presets[task]
+    preset.resolve(fields)
+    request = build_request(
+        preset, fields, timeout_s=bot.settings.timeout_s, user_key=str(user_id), **overrides
+    )
+    if request.max_new_tokens > bot.settings.max_tokens:
+        request = replace(request, max_new_tokens=bot.settings.max_tokens)
+    return Plan(task, fields, request, parent_id)
+
+
+async def answer_ephemeral(interaction: discord.Interaction, text: str, **kwargs: Any) -> None:
+    """An ephemeral answer, whether or not the interaction was answered already."""
+    if interaction.response.is_done():
+        await interaction.followup.send(
+            text, ephemeral=True, allowed_mentions=NO_MENTIONS, **kwargs
+        )
+    else:
+        await interaction.response.send_message(
+            text, ephemeral=True, allowed_mentions=NO_MENTIONS, **kwargs
+        )
+
+
+def open_stream(
+    bot: MuseBot, request: GenerationRequest
+) -> tuple[AsyncIterator[GenerationChunk] | None, str | None]:
+    """Queue the request; (stream, None) or (None, the refusal to show)."""
+    try:
+        return bot.engine.stream(request), None
+    except EngineBusy as exc:
+        return None, busy_message(exc.retry_after_s)
+    except EngineDead as exc:
+        return None, report(exc, "engine.stream")
+
+
+async def record(bot: MuseBot, interaction: discord.Interaction, plan: Plan) -> int:
+    """The generation's row (status running), written before streaming."""
+    request = plan.request
+    params = {
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "repetition_penalty": request.repetition_penalty,
+        "max_new_tokens": request.max_new_tokens,
+        "seed": request.seed,
+        "response_prefix": request.response_prefix,
+    }
+    return await bot.store.record_generation(
+        user_id=interaction.user.id,
+        task=plan.task,
+        messages=[m.as_dict() for m in request.messages],
+        params=params,
+        model_id=bot.engine.model_id or bot.settings.model or "default",
+        fields=plan.fields,
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        parent_id=plan.parent_id,
+    )
+
+
+async def run_generation(interaction: discord.Interaction[MuseBot], plan: Plan) -> int | None:
+    """Generate `plan` into a new reply to `interaction`; returns the generation id."""
+    bot = interaction.client
+    stream, refusal = open_stream(bot, plan.request)
+    if stream is None:
+        await answer_ephemeral(interaction, refusal or "")
+        return None
+    generation_id: int | None = None
+    try:
+        await interaction.response.defer(thinking=True)
+        generation_id = await record(bot, interaction, plan)
+        bot.active[generation_id] = ActiveRun(plan.request.request_id, interaction.user.id)
+        last = await stream_edits(interaction, bot, stream, plan, generation_id)
+        await finish(interaction, bot, plan, generation_id, last)
+    except Exception as exc:  # noqa: BLE001 - every failure ends with a visible answer
+        await fail(interaction, bot, generation_id, exc)
+    finally:
+        bot.engine.abort(plan.request.request_id)
+        if generation_id is not None:
+            bot.active.pop(generation_id, None)
+    await maybe_notice(interaction, bot)
+    return generation_id
+
+
+async def stream_edits(
+    interaction: discord.Interaction[MuseBot],
+    bot: MuseBot,
+    stream: AsyncIterator[GenerationChunk],
+    plan: Plan,
+    generation_id: int,
+) -> GenerationChunk:
+    """Edit the reply with the text so far, at most once per `EDIT_INTERVAL_S`."""
+    from bot.views import streaming_view
+
+    latest: list[GenerationChunk] = []
+
+    async def consume() -> GenerationChunk:
+        async for chunk in stream:
+            latest.append(chunk)
+            if chunk.finished:
+                return chunk
+        raise RuntimeError("the stream ended without a final chunk")
+
+    pump = asyncio.create_task(consume())
+    view: discord.ui.View | None = streaming_view(generation_id)
+    shown, last_edit = "", 0.0
+    interval = bot.edit_interval_s
+    try:
+        while not pump.done():
+            await asyncio.wait({pump}, timeout=POLL_S)
+            if pump.done() or time.monotonic() - last_edit < interval:
+                continue
+            content = progress_text(bot, plan, latest)
+            if content == shown:
+                continue
+            kwargs = {"view": view} if view is not None else {}
+            last_edit = time.monotonic()
+            await interaction.edit_original_response(
+                content=content, allowed_mentions=NO_MENTIONS, **kwargs
+            )
+            shown, view = content, None
+        return pump.result()
+    finally:
+        pump.cancel()
+
+
+def progress_text(bot: MuseBot, plan: Plan, latest: list[GenerationChunk]) -> str:
+    """ "Queued — position N" while waiting, else the partial text with a marker."""
+    if not latest:
+        position = bot.engine.queue_position(plan.request.request_id)
+        if position:
+            return rendering.queued(position)
+        return rendering.in_progress("")
+    text = latest[-1].text
+    if plan.task == "dialogue":
+        text = rendering.render_dialogue(text)
+    return rendering.in_progress(text)
+
+
+def final_pieces(plan: Plan, bot: MuseBot, last: GenerationChunk) -> tuple[str, list[str]]:
+    """(the stored output, the messages to show) for a finished chunk."""
+    preset = bot.presets[plan.task]
+    output = finish_text(preset, plan.shown_fields, last.text)
+    body = rendering.render_output(plan.task, output) or "*(no text)*"
+    note = rendering.finish_note(last.finish_reason)
+    if note:
+        body = f"{body}\n\n{note}"
+    tail = rendering.footer(last.model_id, last.tokens_out, last.total_ms)
+    pieces = split_message(body, limit=2000 - len(tail) - 2)
+    pieces[-1] = f"{pieces[-1]}\n{tail}"
+    return output, pieces
+
+
+async def finish(
+    interaction: discord.Interaction[MuseBot],
+    bot: MuseBot,
+    plan: Plan,
+    generation_id: int,
+    last: GenerationChunk,
+) -> None:
+    """The final edit (text, footer, buttons), follow-ups, and the finished row."""
+    from bot.views import finished_view
+
+    output, pieces = final_pieces(plan, bot, last)
+    status = STATUS_BY_REASON.get(last.finish_reason or "", "failed")
+    await bot.store.finish_generation(
+        generation_id,
+        output,
+        last.finish_reason or "error",
+        last.tokens_in,
+        last.tokens_out,
+        last.ttft_ms,
+        last.total_ms or 0.0,
+        status=status,
+        error=last.error,
+    )
+    message = await interaction.edit_original_response(
+        content=pieces[0],
+        view=finished_view(generation_id, plan.task),
+        allowed_mentions=NO_MENTIONS,
+    )
+    await bot.store.set_message_id(generation_id, message.id)
+    for piece in pieces[1:]:
+        await interaction.followup.send(piece, allowed_mentions=NO_MENTIONS)
+
+
+async def fail(
+    interaction: discord.Interaction[MuseBot],
+    bot: MuseBot,
+    generation_id: int | None,
+    exc: BaseException,
+) -> None:
+    """Record the failure, and replace "thinking…" with what happened."""
+    message = report(exc, f"generation {generation_id}")
+    if generation_id is not None:
+        try:
+            await bot.store.finish_generation(
+                generation_id, "", "error", 0, 0, None, 0.0, status="failed", error=repr(exc)
+            )
+        except Exception:  # noqa: BLE001 - the store may be the thing that failed
+            log.exception("could not record the failure of generation %s", generation_id)
+    try:
+        if interaction.response.is_done():
+            await interaction.edit_original_response(
+                content=message, view=None, allowed_mentions=NO_MENTIONS
+            )
+        else:
+            await answer_ephemeral(interaction, message)
+    except discord.HTTPException:
+        log.warning("could not show the failure of generation %s", generation_id)
+
+
+async def maybe_notice(interaction: discord.Interaction[MuseBot], bot: MuseBot) -> None:
+    """The first-use notice, once per user, ephemeral."""
+    try:
+        if await bot.store.mark_notice_shown(interaction.user.id):
+            await interaction.followup.send(NOTICE, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    except Exception as exc:  # noqa: BLE001 - a missing notice must not break a reply
+        report(exc, "first-use notice")
+
+
+NOTICE = (
+    "👋 First time with Muse? Your prompts, the generated texts and your ratings are stored "
+    "by this server's Muse and may be used to train models. See `/privacy` for what is kept "
+    "(and to opt out of training), and `/forget` to delete all your data."
+)

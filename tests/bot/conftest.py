@@ -1,0 +1,74 @@
+"""Bot test fixtures: the real default model (loaded once), the emulator, a MuseBot factory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.client import MuseBot
+from bot.runtime import presets_from
+from bot.settings import Settings
+from generation.engine import Engine, EngineConfig
+from generation.models import LoadedModel, load_model
+from storage.store import Store
+from tests.discord_emulator import DiscordEmulator, run_bot
+
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="session")
+def loaded_model() -> LoadedModel:
+    cache = Path(os.environ.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse")
+    return load_model(None, "cpu", cache)
+
+
+@pytest.fixture(scope="session")
+async def engine(loaded_model: LoadedModel) -> AsyncIterator[Engine]:
+    """One real engine shared by the bot tests (small token cap)."""
+    real = Engine(lambda: loaded_model, EngineConfig(max_new_tokens=MAX_TOKENS)).start()
+    await real.wait_ready()
+    yield real
+    await real.aclose()
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[DiscordEmulator]:
+    async with DiscordEmulator() as emulator:
+        yield emulator
+
+
+def make_settings(emu: DiscordEmulator, db_path: Path, **changes: Any) -> Settings:
+    values: dict[str, Any] = {
+        "guild_ids": (emu.guild.id,),
+        "db_path": db_path,
+        "max_tokens": MAX_TOKENS,
+        "timeout_s": 60.0,
+    }
+    return Settings(**(values | changes))
+
+
+BotFactory = Callable[..., contextlib.AbstractAsyncContextManager[MuseBot]]
+
+
+@pytest.fixture
+def start_bot(emu: DiscordEmulator, tmp_path: Path) -> BotFactory:
+    """`async with start_bot(engine) as bot:` a MuseBot on a real SQLite file in tmp_path."""
+
+    @contextlib.asynccontextmanager
+    async def start(engine: Any, edit_interval_s: float | None = None) -> AsyncIterator[MuseBot]:
+        settings = make_settings(emu, tmp_path / "muse.db")
+        async with Store.open(settings.db_path) as store:
+            bot = MuseBot(
+                settings=settings, store=store, engine=engine, presets=presets_from(settings)
+            )
+            if edit_interval_s is not None:
+                bot.edit_interval_s = edit_interval_s
+            async with run_bot(bot, emu):
+                yield bot
+
+    return start
