@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot import scenes
+from bot.guild_policy import admitted, texts_of
 from bot.modals import GONE, StarsModal
 from bot.streaming import ActiveRun, answer_ephemeral, make_plan, run_generation
 from generation.types import Message
@@ -76,21 +77,25 @@ async def regenerate(interaction: discord.Interaction[MuseBot], generation_id: i
     if parent is None:
         return
     params = parent.params
-    plan = make_plan(
-        interaction.client,
-        interaction.user.id,
-        parent.task,
-        parent.fields,
-        parent_id=parent.id,
-        temperature=params.get("temperature"),
-        max_new_tokens=params.get("max_new_tokens"),
-    )
-    request = replace(
-        plan.request,
-        messages=tuple(Message(m["role"], m["content"]) for m in parent.messages),  # type: ignore[arg-type]
-        response_prefix=str(params.get("response_prefix") or ""),
-    )
-    await run_generation(interaction, replace(plan, request=request))
+    async with admitted(interaction, parent.task, texts_of(parent.fields)) as guild:
+        if guild is None:
+            return
+        plan = make_plan(
+            interaction.client,
+            interaction.user.id,
+            parent.task,
+            parent.fields,
+            parent_id=parent.id,
+            guild=guild,
+            temperature=params.get("temperature"),
+            max_new_tokens=params.get("max_new_tokens"),
+        )
+        request = replace(
+            plan.request,
+            messages=tuple(Message(m["role"], m["content"]) for m in parent.messages),  # type: ignore[arg-type]
+            response_prefix=str(params.get("response_prefix") or ""),
+        )
+        await run_generation(interaction, replace(plan, request=request))
 
 
 async def continue_scene(
@@ -101,11 +106,14 @@ async def continue_scene(
     if parent is None:
         return
     fields, messages, prefix = scenes.follow_up(parent, branch=branch)
-    plan = make_plan(
-        interaction.client, interaction.user.id, "dialogue", fields, parent_id=parent.id
-    )
-    request = replace(plan.request, messages=messages, response_prefix=prefix)
-    await run_generation(interaction, replace(plan, request=request))
+    async with admitted(interaction, "dialogue", texts_of(fields)) as guild:
+        if guild is None:
+            return
+        plan = make_plan(
+            interaction.client, interaction.user.id, "dialogue", fields, parent.id, guild=guild
+        )
+        request = replace(plan.request, messages=messages, response_prefix=prefix)
+        await run_generation(interaction, replace(plan, request=request))
 
 
 async def script(interaction: discord.Interaction[MuseBot], generation_id: int) -> None:

@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bot import cli_run
 
     cli_run.add_subcommand(commands)
+    from bot import console
+
+    console.add_subcommand(commands)
     try:
         from bot import cli_data
     except ImportError:  # pragma: no cover - the storage CLI is optional while it is built

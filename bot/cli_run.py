@@ -1,4 +1,5 @@
-"""`muse run`: connect to Discord and serve Muse until SIGTERM / SIGINT."""
+"""`muse run`: connect to Discord and serve Muse until SIGTERM / SIGINT (console mode
+without a token)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli_run")
 
-EXIT_NO_TOKEN = 2
 SHUTDOWN_GRACE_S = 5.0
 
 NO_TOKEN = """\
@@ -31,7 +31,8 @@ To get a bot token:
   4. Invite the bot with the scopes `bot` and `applications.commands`
      (OAuth2 → URL Generator), then run `muse run` again.
 
-Console mode (the same commands in a terminal) arrives in a later release.
+Starting console mode instead: the same commands in a terminal
+(/help lists them, /quit or Ctrl-D leaves).
 """
 
 
@@ -43,8 +44,10 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
     if not settings.discord_token:
-        print(NO_TOKEN, file=sys.stderr)
-        return EXIT_NO_TOKEN
+        print(NO_TOKEN, file=sys.stderr, flush=True)
+        from bot.console import run_console
+
+        return run_console(settings, serving=True)
     setup_logging(settings.log_level)
     return asyncio.run(main(settings))
 

@@ -8,6 +8,7 @@ from typing import Any
 import discord
 from discord.ext import commands
 
+from bot.limits import Limits
 from bot.settings import Settings
 from bot.streaming import EDIT_INTERVAL_S, ActiveRun
 from bot.views import DYNAMIC_ITEMS
@@ -16,7 +17,19 @@ from storage.store import Store
 
 log = logging.getLogger("muse.bot.client")
 
-EXTENSIONS = ("bot.cogs.generation",)
+EXTENSIONS = (
+    "bot.cogs.generation",
+    "bot.cogs.chat",
+    "bot.cogs.account",
+    "bot.cogs.admin",
+)
+
+
+def intents_for(settings: Settings) -> discord.Intents:
+    """The default intents; the privileged Message Content one only with `MUSE_MESSAGE_CONTENT`."""
+    intents = discord.Intents.default()
+    intents.message_content = settings.message_content
+    return intents
 
 
 class MuseBot(commands.Bot):
@@ -33,7 +46,7 @@ class MuseBot(commands.Bot):
     ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
-            intents=intents or discord.Intents.default(),
+            intents=intents or intents_for(settings),
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
         )
@@ -42,6 +55,7 @@ class MuseBot(commands.Bot):
         self.engine = engine
         self.presets = presets
         self.active: dict[int, ActiveRun] = {}
+        self.limits = Limits(guild_concurrency=settings.guild_concurrency)
         self.edit_interval_s = EDIT_INTERVAL_S
 
     async def setup_hook(self) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot import rendering
+from bot.guild_policy import blocked_by, withheld_text
 from bot.streaming import (
     NO_MENTIONS,
     POLL_S,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from bot.client import MuseBot
+    from storage.models import GuildSettings
 
 log = logging.getLogger("muse.bot.compare")
 
@@ -48,11 +50,17 @@ def take_embed(name: str, text: str, footer: str | None = None) -> discord.Embed
     return embed
 
 
-async def run_compare(interaction: discord.Interaction[MuseBot], task: str, prompt: str) -> None:
+async def run_compare(
+    interaction: discord.Interaction[MuseBot],
+    task: str,
+    prompt: str,
+    guild: GuildSettings | None = None,
+) -> None:
     """Two takes with different seeds; A/B/Tie buttons when both finished."""
     bot = interaction.client
+    fields = {bot.presets[task].main_field: prompt}
     try:
-        first = make_plan(bot, interaction.user.id, task, {bot.presets[task].main_field: prompt})
+        first = make_plan(bot, interaction.user.id, task, fields, guild=guild)
     except PresetError as exc:
         await answer_ephemeral(interaction, f"⚠️ {exc}")
         return
@@ -76,7 +84,7 @@ async def run_compare(interaction: discord.Interaction[MuseBot], task: str, prom
     try:
         await interaction.response.defer(thinking=True)
         ids = [await record(bot, interaction, plan) for plan in plans]
-        finals = await _stream_both(interaction, bot, streams)
+        finals = await _stream_both(interaction, bot, streams, first.blocklist)
         await _finish(interaction, bot, plans, ids, finals)
     except Exception as exc:  # noqa: BLE001 - every failure ends with a visible answer
         for generation_id in ids[1:]:
@@ -101,6 +109,7 @@ async def _stream_both(
     interaction: discord.Interaction[MuseBot],
     bot: MuseBot,
     streams: list[AsyncIterator[GenerationChunk]],
+    blocklist: tuple[str, ...] = (),
 ) -> list[GenerationChunk]:
     """Consume both streams together, editing the two embeds at most once per interval."""
     latest: list[GenerationChunk | None] = [None, None]
@@ -108,8 +117,8 @@ async def _stream_both(
     async def consume(index: int) -> GenerationChunk:
         async for chunk in streams[index]:
             latest[index] = chunk
-            if chunk.finished:
-                return chunk
+            if chunk.finished or blocked_by(blocklist, chunk.text):
+                return chunk  # a blocked text is never shown, even in part
         raise RuntimeError("the stream ended without a final chunk")
 
     pumps = [asyncio.create_task(consume(i)) for i in range(2)]
@@ -146,6 +155,10 @@ async def _finish(
     embeds = []
     for name, plan, generation_id, last in zip(NAMES, plans, ids, finals, strict=True):
         output = finish_text(bot.presets[plan.task], plan.fields, last.text)
+        status, error = STATUS_BY_REASON.get(last.finish_reason or "", "failed"), last.error
+        rule = blocked_by(plan.blocklist, output) or blocked_by(plan.blocklist, last.text)
+        if rule is not None:  # withheld: not stored, not shown
+            output, status, error = "", "failed", f"withheld: the blocklist {rule!r}"
         await bot.store.finish_generation(
             generation_id,
             output,
@@ -154,11 +167,12 @@ async def _finish(
             last.tokens_out,
             last.ttft_ms,
             last.total_ms or 0.0,
-            status=STATUS_BY_REASON.get(last.finish_reason or "", "failed"),
-            error=last.error,
+            status=status,
+            error=error,
         )
         tail = rendering.footer(last.model_id, last.tokens_out, last.total_ms)
-        embeds.append(take_embed(name, output or "*(no text)*", tail))
+        shown = withheld_text(rule) if rule else output or "*(no text)*"
+        embeds.append(take_embed(name, shown, tail))
     message = await interaction.edit_original_response(
         content="Which take is better?",
         embeds=embeds,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,7 @@ import discord
 
 from bot import rendering
 from bot.errors import busy_message, report
+from bot.guild_policy import blocked_by, withheld_text
 from bot.splitting import split_message
 from generation.errors import EngineBusy, EngineDead
 from generation.presets import Preset
@@ -25,6 +26,7 @@ from generation.types import GenerationChunk, GenerationRequest
 
 if TYPE_CHECKING:
     from bot.client import MuseBot
+    from storage.models import GuildSettings
 
 log = logging.getLogger("muse.bot.streaming")
 
@@ -43,6 +45,8 @@ class Plan:
     request: GenerationRequest
     parent_id: int | None = None
     finish_fields: dict[str, Any] = field(default_factory=dict)
+    conversation_id: int | None = None
+    blocklist: tuple[str, ...] = ()  # the guild's: an output that hits it is withheld
 
     @property
     def shown_fields(self) -> dict[str, Any]:
@@ -63,17 +67,25 @@ def make_plan(
     task: str,
     fields: dict[str, Any],
     parent_id: int | None = None,
+    *,
+    guild: GuildSettings | None = None,
     **overrides: Any,
 ) -> Plan:
-    """A plan from a preset; raises `PresetError` for bad fields."""
+    """A plan from a preset (the guild's temperature / max_tokens as defaults); raises
+    `PresetError` for bad fields."""
     preset: Preset = bot.presets[task]
+    if guild is not None:
+        if overrides.get("temperature") is None and guild.temperature is not None:
+            overrides["temperature"] = guild.temperature
+        if overrides.get("max_new_tokens") is None and guild.max_tokens:
+            overrides["max_new_tokens"] = guild.max_tokens
     preset.resolve(fields)
     request = build_request(
         preset, fields, timeout_s=bot.settings.timeout_s, user_key=str(user_id), **overrides
     )
     if request.max_new_tokens > bot.settings.max_tokens:
         request = replace(request, max_new_tokens=bot.settings.max_tokens)
-    return Plan(task, fields, request, parent_id)
+    return Plan(task, fields, request, parent_id, blocklist=guild.blocklist if guild else ())
 
 
 async def answer_ephemeral(interaction: discord.Interaction, text: str, **kwargs: Any) -> None:
@@ -102,6 +114,15 @@ def open_stream(
 
 async def record(bot: MuseBot, interaction: discord.Interaction, plan: Plan) -> int:
     """The generation's row (status running), written before streaming."""
+    return await record_as(
+        bot, plan, interaction.user.id, interaction.guild_id, interaction.channel_id
+    )
+
+
+async def record_as(
+    bot: MuseBot, plan: Plan, user_id: int, guild_id: int | None, channel_id: int | None
+) -> int:
+    """`record` for a generation that is not an interaction's reply (a thread message)."""
     request = plan.request
     params = {
         "temperature": request.temperature,
@@ -112,15 +133,16 @@ async def record(bot: MuseBot, interaction: discord.Interaction, plan: Plan) -> 
         "response_prefix": request.response_prefix,
     }
     return await bot.store.record_generation(
-        user_id=interaction.user.id,
+        user_id=user_id,
         task=plan.task,
         messages=[m.as_dict() for m in request.messages],
         params=params,
         model_id=bot.engine.model_id or bot.settings.model or "default",
         fields=plan.fields,
-        guild_id=interaction.guild_id,
-        channel_id=interaction.channel_id,
+        guild_id=guild_id,
+        channel_id=channel_id,
         parent_id=plan.parent_id,
+        conversation_id=plan.conversation_id,
     )
 
 
@@ -136,7 +158,8 @@ async def run_generation(interaction: discord.Interaction[MuseBot], plan: Plan) 
         await interaction.response.defer(thinking=True)
         generation_id = await record(bot, interaction, plan)
         bot.active[generation_id] = ActiveRun(plan.request.request_id, interaction.user.id)
-        last = await stream_edits(interaction, bot, stream, plan, generation_id)
+        edit = interaction.edit_original_response
+        last = await stream_edits(edit, bot, stream, plan, generation_id)
         await finish(interaction, bot, plan, generation_id, last)
     except Exception as exc:  # noqa: BLE001 - every failure ends with a visible answer
         await fail(interaction, bot, generation_id, exc)
@@ -149,7 +172,7 @@ async def run_generation(interaction: discord.Interaction[MuseBot], plan: Plan) 
 
 
 async def stream_edits(
-    interaction: discord.Interaction[MuseBot],
+    edit: Callable[..., Awaitable[Any]],
     bot: MuseBot,
     stream: AsyncIterator[GenerationChunk],
     plan: Plan,
@@ -163,8 +186,8 @@ async def stream_edits(
     async def consume() -> GenerationChunk:
         async for chunk in stream:
             latest.append(chunk)
-            if chunk.finished:
-                return chunk
+            if chunk.finished or blocked_by(plan.blocklist, chunk.text):
+                return chunk  # a blocked text is never shown, even in part
         raise RuntimeError("the stream ended without a final chunk")
 
     pump = asyncio.create_task(consume())
@@ -181,9 +204,7 @@ async def stream_edits(
                 continue
             kwargs = {"view": view} if view is not None else {}
             last_edit = time.monotonic()
-            await interaction.edit_original_response(
-                content=content, allowed_mentions=NO_MENTIONS, **kwargs
-            )
+            await edit(content=content, allowed_mentions=NO_MENTIONS, **kwargs)
             shown, view = content, None
         return pump.result()
     finally:
@@ -227,8 +248,27 @@ async def finish(
     """The final edit (text, footer, buttons), follow-ups, and the finished row."""
     from bot.views import finished_view
 
+    pieces = await settle(bot, plan, generation_id, last)
+    message = await interaction.edit_original_response(
+        content=pieces[0],
+        view=finished_view(generation_id, plan.task),
+        allowed_mentions=NO_MENTIONS,
+    )
+    await bot.store.set_message_id(generation_id, message.id)
+    for piece in pieces[1:]:
+        await interaction.followup.send(piece, allowed_mentions=NO_MENTIONS)
+
+
+async def settle(bot: MuseBot, plan: Plan, generation_id: int, last: GenerationChunk) -> list[str]:
+    """Store the finished row; the messages to show. An output that hits the guild's
+    blocklist is withheld: not stored, not shown, the row `failed` with the rule."""
     output, pieces = final_pieces(plan, bot, last)
     status = STATUS_BY_REASON.get(last.finish_reason or "", "failed")
+    error = last.error
+    rule = blocked_by(plan.blocklist, output) or blocked_by(plan.blocklist, last.text)
+    if rule is not None:
+        output, status, error = "", "failed", f"withheld: the output matched the blocklist {rule!r}"
+        pieces = [withheld_text(rule)]
     await bot.store.finish_generation(
         generation_id,
         output,
@@ -238,16 +278,9 @@ async def finish(
         last.ttft_ms,
         last.total_ms or 0.0,
         status=status,
-        error=last.error,
+        error=error,
     )
-    message = await interaction.edit_original_response(
-        content=pieces[0],
-        view=finished_view(generation_id, plan.task),
-        allowed_mentions=NO_MENTIONS,
-    )
-    await bot.store.set_message_id(generation_id, message.id)
-    for piece in pieces[1:]:
-        await interaction.followup.send(piece, allowed_mentions=NO_MENTIONS)
+    return pieces
 
 
 async def fail(

@@ -10,6 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.compare import run_compare
+from bot.guild_policy import admitted, texts_of
 from bot.streaming import answer_ephemeral, make_plan, run_generation
 from generation.presets import PresetError
 
@@ -40,14 +41,17 @@ class GenerationCog(commands.Cog):
         fields: dict[str, Any],
         **kw: Any,
     ) -> None:
-        """Validate, then generate into the interaction's reply."""
+        """Check the guild's rules and limits, validate, then generate into the reply."""
         fields = {k: v for k, v in fields.items() if v is not None}
-        try:
-            plan = make_plan(self.bot, interaction.user.id, task, fields, **kw)
-        except PresetError as exc:
-            await answer_ephemeral(interaction, f"⚠️ {exc}")
-            return
-        await run_generation(interaction, plan)
+        async with admitted(interaction, task, texts_of(fields)) as guild:
+            if guild is None:
+                return
+            try:
+                plan = make_plan(self.bot, interaction.user.id, task, fields, guild=guild, **kw)
+            except PresetError as exc:
+                await answer_ephemeral(interaction, f"⚠️ {exc}")
+                return
+            await run_generation(interaction, plan)
 
     @app_commands.command()
     @app_commands.guild_only()
@@ -157,7 +161,9 @@ class GenerationCog(commands.Cog):
         if task not in ("story", "poem", "describe", "generate"):
             await answer_ephemeral(interaction, "⚠️ task must be story, poem, describe or generate.")
             return
-        await run_compare(interaction, task, prompt)
+        async with admitted(interaction, task, [prompt]) as guild:
+            if guild is not None:
+                await run_compare(interaction, task, prompt, guild)
 
 
 async def setup(bot: MuseBot) -> None:

@@ -49,6 +49,21 @@ async def test_commands_are_synced_to_the_guild(
         "describe": ["product", "audience"],
         "generate": ["prompt", "temperature", "max_tokens"],
         "compare": ["prompt", "task"],
+        "chat": ["message"],
+        "history": ["count"],
+        "stats": [],
+        "export": ["format", "min_score"],
+        "forget": [],
+        "privacy": ["training"],
+        "settings": [
+            "temperature",
+            "max_tokens",
+            "per_user_per_minute",
+            "enabled_tasks",
+            "channels",
+            "blocklist",
+        ],
+        "help": [],
     }
     dialogue = next(c for c in emu.commands() if c["name"] == "dialogue")
     lines = next(o for o in dialogue["options"] if o["name"] == "lines")

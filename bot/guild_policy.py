@@ -1,0 +1,195 @@
+"""A guild's rules for starting a generation: enabled tasks, allowed channels, the blocklist,
+the limits; and the parsing of `/settings` options (pure functions, tested without Discord).
+
+Every command or button that starts a generation goes through `admitted`:
+
+    async with admitted(interaction, "story", [prompt]) as guild:
+        if guild is None:       # refused: the ephemeral answer was sent
+            return
+        ...                     # generate; the running slot is released on exit
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.limits import Limited, Slot
+from generation.presets import TASKS
+from storage.models import GuildSettings
+
+if TYPE_CHECKING:
+    from bot.client import MuseBot
+
+log = logging.getLogger("muse.bot.guild_policy")
+
+NO_MENTIONS = discord.AllowedMentions.none()
+CHANNEL = re.compile(r"^(?:<#(\d+)>|(\d+))$")
+
+
+class Refused(Exception):
+    """A start the guild's rules refuse; the message says why (and which rule)."""
+
+
+# --- /settings options -------------------------------------------------------------------
+
+
+def split_list(raw: str) -> list[str]:
+    """A comma list, trimmed, empties dropped ("" = clear)."""
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def parse_tasks(raw: str) -> tuple[str, ...] | None:
+    """Task names; unknown names are refused; "" = every task (None)."""
+    names = [name.lower().lstrip("/") for name in split_list(raw)]
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        raise Refused(f"Unknown task {', '.join(unknown)}; the tasks are {', '.join(TASKS)}.")
+    return tuple(dict.fromkeys(names)) or None
+
+
+def parse_channels(raw: str) -> tuple[int, ...]:
+    """Channel ids or <#id> mentions; "" = every channel."""
+    ids = []
+    for part in split_list(raw):
+        match = CHANNEL.match(part)
+        if match is None:
+            raise Refused(f"{part!r} is not a channel: use #channel mentions or ids.")
+        ids.append(int(match[1] or match[2]))
+    return tuple(dict.fromkeys(ids))
+
+
+def parse_blocklist(raw: str) -> tuple[str, ...]:
+    """Words or phrases (case-insensitive); "" = no blocklist."""
+    return tuple(dict.fromkeys(word.lower() for word in split_list(raw)))
+
+
+def blocked_by(blocklist: Iterable[str], text: str) -> str | None:
+    """The first rule `text` hits (whole words/phrases, any case), or None."""
+    for rule in blocklist:
+        pattern = r"(?<!\w)" + r"\s+".join(map(re.escape, rule.split())) + r"(?!\w)"
+        if re.search(pattern, text, re.IGNORECASE):
+            return rule
+    return None
+
+
+def withheld_text(rule: str) -> str:
+    """What replaces an output that hit the blocklist."""
+    return (
+        f"🚫 The text was withheld: it contained `{rule}`, which this server's blocklist forbids."
+    )
+
+
+def describe(settings: GuildSettings, bot_default_per_minute: int) -> str:
+    """The settings as shown by `/settings` with no option."""
+    tasks = ", ".join(settings.enabled_tasks) if settings.enabled_tasks else "all"
+    channels = " ".join(f"<#{c}>" for c in settings.channels) or "all"
+    blocklist = ", ".join(f"`{w}`" for w in settings.blocklist) or "none"
+    per_minute = settings.per_user_per_minute
+    return "\n".join(
+        [
+            "**Muse settings for this server**",
+            f"temperature: {_or_default(settings.temperature)}",
+            f"max_tokens: {_or_default(settings.max_tokens)}",
+            "per_user_per_minute: "
+            + (
+                str(per_minute) if per_minute is not None else f"{bot_default_per_minute} (default)"
+            ),
+            f"enabled_tasks: {tasks}",
+            f"channels: {channels}",
+            f"blocklist: {blocklist}",
+        ]
+    )
+
+
+def _or_default(value: object) -> str:
+    return "preset default" if value is None else str(value)
+
+
+# --- the checks --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Who starts what, where (a thread's parent channel counts as its channel)."""
+
+    user_id: int
+    guild_id: int | None
+    channel_id: int | None
+    parent_id: int | None = None
+
+
+def check_rules(settings: GuildSettings, task: str, where: Where, texts: Iterable[str]) -> None:
+    """Raise `Refused` when the task, the channel or a prompt is not allowed here."""
+    if settings.enabled_tasks is not None and task not in settings.enabled_tasks:
+        enabled = ", ".join(f"/{t}" for t in settings.enabled_tasks) or "none"
+        raise Refused(f"🚫 /{task} is turned off on this server. Enabled here: {enabled}.")
+    if settings.channels and not {where.channel_id, where.parent_id} & set(settings.channels):
+        allowed = " ".join(f"<#{c}>" for c in settings.channels)
+        raise Refused(f"🚫 Muse works only in {allowed} on this server — try again there.")
+    for text in texts:
+        rule = blocked_by(settings.blocklist, text)
+        if rule is not None:
+            raise Refused(
+                f"🚫 Your prompt contains `{rule}`, which this server's blocklist forbids."
+            )
+
+
+async def guild_settings(bot: MuseBot, guild_id: int | None) -> GuildSettings:
+    """The guild's settings (defaults outside a guild)."""
+    if guild_id is None:
+        return GuildSettings()
+    return await bot.store.get_guild_settings(guild_id)
+
+
+async def admit(
+    bot: MuseBot, task: str, where: Where, texts: Iterable[str]
+) -> tuple[GuildSettings, Slot]:
+    """The guild's settings and a running slot, or `Refused` / `Limited`."""
+    settings = await guild_settings(bot, where.guild_id)
+    check_rules(settings, task, where, texts)
+    per_minute = settings.per_user_per_minute
+    if per_minute is None:
+        per_minute = bot.settings.user_per_minute
+    return settings, bot.limits.acquire(where.user_id, where.guild_id, per_minute)
+
+
+def where_of(interaction: discord.Interaction) -> Where:
+    channel = interaction.channel
+    parent = getattr(channel, "parent_id", None) if isinstance(channel, discord.Thread) else None
+    return Where(interaction.user.id, interaction.guild_id, interaction.channel_id, parent)
+
+
+@contextlib.asynccontextmanager
+async def admitted(
+    interaction: discord.Interaction[MuseBot], task: str, texts: Iterable[str]
+) -> AsyncIterator[GuildSettings | None]:
+    """Yield the guild's settings with a running slot held, or None after refusing."""
+    try:
+        settings, slot = await admit(interaction.client, task, where_of(interaction), texts)
+    except (Refused, Limited) as exc:
+        await _refuse(interaction, str(exc))
+        yield None
+        return
+    try:
+        yield settings
+    finally:
+        slot.release()
+
+
+async def _refuse(interaction: discord.Interaction, text: str) -> None:
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    else:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+def texts_of(fields: dict[str, object]) -> list[str]:
+    """The prompt texts among a command's fields."""
+    return [value for value in fields.values() if isinstance(value, str)]

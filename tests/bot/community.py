@@ -1,0 +1,62 @@
+"""Helpers for the community tests: a MuseBot with chosen settings, waiting for answers."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from bot.client import MuseBot
+from bot.runtime import presets_from
+from storage.store import Store
+from tests.bot.conftest import make_settings
+from tests.discord_emulator import DiscordEmulator, InteractionRecord, MessageRecord, run_bot
+
+
+@contextlib.asynccontextmanager
+async def muse(
+    emu: DiscordEmulator, db: Path, engine: Any, **changes: Any
+) -> AsyncIterator[MuseBot]:
+    """A MuseBot on `db` with settings `changes` (max_tokens 512 unless given), edits fast."""
+    settings = make_settings(emu, db, **({"max_tokens": 512} | changes))
+    async with Store.open(settings.db_path) as store:
+        bot = MuseBot(settings=settings, store=store, engine=engine, presets=presets_from(settings))
+        bot.edit_interval_s = 0.05
+        async with run_bot(bot, emu):
+            yield bot
+
+
+def rows(db: Path, sql: str, *args: Any) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+async def finished(record: InteractionRecord, marker: str = "muse:rate:") -> InteractionRecord:
+    """Wait until the reply carries its finished buttons and the handler is done."""
+    await record.wait_until(
+        lambda i: i.original is not None and any(marker in c for c in i.original.custom_ids()),
+        timeout=30,
+    )
+    return await record.wait_finished(timeout=30)
+
+
+async def ephemeral(record: InteractionRecord) -> MessageRecord:
+    """The first ephemeral message answering `record`."""
+    await record.wait_until(lambda i: any(m.ephemeral for m in i.messages), timeout=15)
+    return next(m for m in record.messages if m.ephemeral)
+
+
+async def refusal(record: InteractionRecord) -> str:
+    """An immediate (not deferred) ephemeral answer's text."""
+    message = await ephemeral(record)
+    assert record.callback_type == 4 and message is record.original
+    return message.content
+
+
+async def answered(record: InteractionRecord) -> MessageRecord:
+    """The deferred original response once it holds the answer ("thinking…" replaced)."""
+    await record.wait_until(lambda i: i.original is not None and not i.original.loading, 30)
+    assert record.original is not None
+    return record.original
