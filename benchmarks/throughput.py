@@ -1,18 +1,22 @@
 """Throughput of Muse's engine against the alternatives, measured side by side in one run.
 
-    .venv/bin/python benchmarks/throughput.py [--tokens 64] [--skip-cold]
+    .venv/bin/python benchmarks/throughput.py [--tokens 64] [--skip-cold] [--remote-only]
 
 Prints one table: tokens/s for naive per-request `model.generate` (in an executor), Muse's
 engine (all requests together, and staggered one every 0.5 s), and a padded `model.generate`
 over 16 prompts (the upper bound); the engine's ratios to those; model load times; and the p99
-lag of the event loop while the engine served. Not a test: figures vary on a shared machine,
-ratios measured in one run are what to compare.
+lag of the event loop while the engine served. Then the remote backend (`MUSE_BACKEND=openai`)
+at concurrency 1, 4 and 16 against llama-cpp-python's server, which this script starts, and the
+same server driven directly (plain streamed HTTP requests, no Muse); `--remote-only` runs just
+those rows. Not a test: figures vary on a shared machine, ratios measured in one run are what
+to compare.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -20,14 +24,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generation.engine import Engine, EngineConfig  # noqa: E402
 from generation.models import LoadedModel, default_cache_dir, load_model  # noqa: E402
+from generation.openai_backend import OpenAIEngine, RemoteConfig  # noqa: E402
 from generation.prompting import encode_messages  # noqa: E402
 from generation.types import GenerationRequest, Message  # noqa: E402
+from tests.generation.llama_server import LlamaServer  # noqa: E402
 
 ROLES = ["blacksmith", "wizard", "thief", "king", "bard", "elf", "dwarf", "orc"]
 
@@ -94,7 +101,9 @@ async def engine_run(engine: Engine, n: int, tokens: int, stagger_s: float = 0.0
     return sum(done) / (time.perf_counter() - started)
 
 
-async def engine_concurrency(engine: Engine, n: int, concurrency: int, tokens: int) -> float:
+async def engine_concurrency(
+    engine: Engine | OpenAIEngine, n: int, concurrency: int, tokens: int
+) -> float:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> int:
@@ -131,7 +140,60 @@ class LoopLag:
         return statistics.quantiles(self.samples, n=100)[98] if len(self.samples) > 2 else 0.0
 
 
-async def main(tokens: int, skip_cold: bool) -> None:
+async def raw_server(base_url: str, n: int, concurrency: int, tokens: int) -> float:
+    """The server driven directly: streamed chat completions over plain aiohttp, no Muse."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(session: aiohttp.ClientSession, i: int) -> int:
+        body = {
+            "messages": [m.as_dict() for m in prompt(i)],
+            "max_tokens": tokens,
+            "temperature": 0.7,
+            "top_p": 0.95,
+            "repeat_penalty": 1.1,
+            "seed": i,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        pieces, used = 0, None
+        async with gate, session.post(f"{base_url}/chat/completions", json=body) as resp:
+            async for line in resp.content:  # one event per line: fine for this server
+                if not line.startswith(b"data: {"):
+                    continue
+                event = json.loads(line[6:])
+                used = (event.get("usage") or {}).get("completion_tokens", used)
+                pieces += sum(bool((c.get("delta") or {}).get("content")) for c in event["choices"])
+        return used if used is not None else pieces
+
+    async with aiohttp.ClientSession() as session:
+        started = time.perf_counter()
+        done = await asyncio.gather(*(one(session, i) for i in range(n)))
+    return sum(done) / (time.perf_counter() - started)
+
+
+async def remote_figures(tokens: int, figures: dict[str, float]) -> list[tuple[str, str]]:
+    """The remote backend and the raw server, alternating per concurrency so drift in the
+    machine's load hits both alike."""
+    started = time.perf_counter()
+    with LlamaServer() as server:
+        load_s = time.perf_counter() - started
+        engine = OpenAIEngine(RemoteConfig(base_url=server.base_url, queue_size=64))
+        await engine.wait_ready()
+        await raw_server(server.base_url, 1, 1, 4)  # warm up
+        for c in (1, 4, 16):
+            n = 4 if c == 1 else 16 if c == 16 else 8
+            figures[f"llama.cpp server raw c={c}"] = await raw_server(server.base_url, n, c, tokens)
+            figures[f"remote backend c={c}"] = await engine_concurrency(engine, n, c, tokens)
+        await engine.aclose()
+    return [
+        ("llama-cpp-python server start (to /v1/models answering)", f"{load_s:.1f} s"),
+        ("llama-cpp-python server threads", str(server.threads)),
+    ]
+
+
+async def local_figures(
+    tokens: int, skip_cold: bool, figures: dict[str, float]
+) -> tuple[list[tuple[str, str]], LoopLag]:
     rows: list[tuple[str, str]] = []
     if not skip_cold:
         with tempfile.TemporaryDirectory() as cold_dir:
@@ -143,7 +205,6 @@ async def main(tokens: int, skip_cold: bool) -> None:
     ids = [encode_messages(loaded.tokenizer, prompt(i), 4096) for i in range(16)]
     hf_generate(loaded, ids[:2], 4)  # warm up kernels
 
-    figures: dict[str, float] = {}
     for c in (1, 4, 16):
         n = 4 if c == 1 else 16 if c == 16 else 8
         figures[f"naive c={c}"] = await naive(loaded, ids[:n], c, tokens)
@@ -163,8 +224,29 @@ async def main(tokens: int, skip_cold: bool) -> None:
     with lag:
         figures["engine 16 staggered 0.5 s"] = await engine_run(engine, 16, tokens, 0.5)
     await engine.aclose()
+    return rows, lag
 
+
+def local_ratios(figures: dict[str, float]) -> list[tuple[str, float, str]]:
     bound = figures["padded generate x16"]
+    together = figures["engine 16 together"]
+    return [
+        ("engine 16 together / naive c=16", together / figures["naive c=16"], "≥ 5"),
+        ("engine 16 together / naive c=1", together / figures["naive c=1"], "—"),
+        ("engine 16 together / padded bound", together / bound, "≥ 0.85"),
+        ("engine staggered / padded bound", figures["engine 16 staggered 0.5 s"] / bound, "≥ 0.7"),
+        ("engine c=1 / naive c=1", figures["engine c=1"] / figures["naive c=1"], "≥ 0.9"),
+    ]
+
+
+async def main(tokens: int, skip_cold: bool, remote_only: bool) -> None:
+    figures: dict[str, float] = {}
+    rows: list[tuple[str, str]] = []
+    lag: LoopLag | None = None
+    if not remote_only:
+        rows, lag = await local_figures(tokens, skip_cold, figures)
+    rows += await remote_figures(tokens, figures)
+
     print(
         f"\nSmolLM2-135M-Instruct (default model), {tokens} new tokens each, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads\n"
@@ -174,21 +256,10 @@ async def main(tokens: int, skip_cold: bool) -> None:
     for name, value in figures.items():
         print(f"| {name:<28} | {value:8.1f} |")
     print()
-    ratios = [
-        (
-            "engine 16 together / naive c=16",
-            figures["engine 16 together"] / figures["naive c=16"],
-            "≥ 5",
-        ),
-        (
-            "engine 16 together / naive c=1",
-            figures["engine 16 together"] / figures["naive c=1"],
-            "—",
-        ),
-        ("engine 16 together / padded bound", figures["engine 16 together"] / bound, "≥ 0.85"),
-        ("engine staggered / padded bound", figures["engine 16 staggered 0.5 s"] / bound, "≥ 0.7"),
-        ("engine c=1 / naive c=1", figures["engine c=1"] / figures["naive c=1"], "≥ 0.9"),
-    ]
+    ratios = [] if remote_only else local_ratios(figures)
+    for c in (1, 4, 16):
+        remote = figures[f"remote backend c={c}"] / figures[f"llama.cpp server raw c={c}"]
+        ratios.append((f"remote backend / server raw, c={c}", remote, "≥ 0.95"))
     print(f"| {'ratio':<36} | {'value':>6} | target |")
     print(f"|{'-' * 38}|{'-' * 8}|--------|")
     for name, value, target in ratios:
@@ -196,12 +267,16 @@ async def main(tokens: int, skip_cold: bool) -> None:
     print()
     for name, value in rows:
         print(f"{name}: {value}")
-    print(f"event-loop lag p99 while the engine served: {lag.p99():.1f} ms (target ≤ 20 ms)")
+    if lag is not None:
+        print(f"event-loop lag p99 while the engine served: {lag.p99():.1f} ms (target ≤ 20 ms)")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--skip-cold", action="store_true", help="skip the cold-load figure")
+    parser.add_argument(
+        "--remote-only", action="store_true", help="only the remote backend and raw-server rows"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.tokens, args.skip_cold))
+    asyncio.run(main(args.tokens, args.skip_cold, args.remote_only))

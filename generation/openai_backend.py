@@ -1,0 +1,383 @@
+"""The remote backend: the engine's interface over an OpenAI-compatible server.
+
+`MUSE_BACKEND=openai` sends each request to `<MUSE_OPENAI_BASE_URL>/chat/completions` with
+`stream: true` and turns the server-sent events into Muse's chunks (vLLM, TGI, Ollama, llama.cpp's
+server or llama-cpp-python's). The server does the batching and queueing; Muse bounds how many
+requests it has in flight (`MUSE_QUEUE_SIZE`) and refuses more with `EngineBusy`, as the local
+engine does. Failures before any text was shown (connection refused, 429, 5xx, a stream that
+broke early) are retried with exponential backoff, honouring Retry-After, within the request's
+timeout; after text was shown a failure ends the request with `GenerationFailed`, never with
+repeated or silently truncated text. The API key goes into the Authorization header only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import yarl
+
+from generation.errors import EngineBusy, GenerationFailed
+from generation.models import ModelLoadError
+from generation.openai_http import describe, first_model, refusal, retry_after_s
+from generation.openai_job import RemoteJob
+from generation.sse import SSEDecoder
+from generation.types import GenerationChunk, GenerationRequest, GenerationResult
+
+log = logging.getLogger("muse.generation.openai_backend")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    base_url: str  # MUSE_OPENAI_BASE_URL, e.g. http://127.0.0.1:8000/v1
+    api_key: str = field(default="", repr=False)  # MUSE_OPENAI_API_KEY
+    model: str = ""  # MUSE_OPENAI_MODEL; empty: the first one the server lists
+    queue_size: int = 64  # MUSE_QUEUE_SIZE: requests in flight before "busy"
+    max_new_tokens: int = 512  # MUSE_MAX_TOKENS: cap on any request
+    connect_timeout_s: float = 10.0
+    backoff_s: float = 0.5  # first retry delay; doubles up to backoff_max_s
+    backoff_max_s: float = 8.0
+    ready_timeout_s: float = 15.0  # how long `wait_ready` waits for the server to answer
+    # Send `response_prefix` as an assistant message for the server to continue (vLLM with
+    # `continue_final_message`, llama.cpp's own llama-server). Off: llama-cpp-python's server
+    # closes that message and starts a new turn, so the prefix is only shown (see openai_job).
+    prefill: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteModel:
+    """What `wait_ready` returns: the fields of `LoadedModel` that callers print and record."""
+
+    model_id: str
+    device: str  # where it runs: the server's URL
+    revision: str = ""
+
+
+class StreamBroke(Exception):
+    """The event stream ended before the server said why it finished."""
+
+
+class OpenAIEngine:
+    """`stream` / `generate` / `abort` against an OpenAI-compatible server. Use it from one
+    event loop (the bot's); the HTTP session is made on first use."""
+
+    def __init__(self, config: RemoteConfig) -> None:
+        url = yarl.URL(config.base_url.strip().rstrip("/"))
+        if url.scheme not in {"http", "https"} or not url.host:
+            raise ModelLoadError(
+                "MUSE_BACKEND=openai needs MUSE_OPENAI_BASE_URL, the server's OpenAI API base "
+                f"such as http://127.0.0.1:8000/v1 (got {config.base_url!r})."
+            )
+        self.config = config
+        self._base = url
+        self.server = str(url.with_user(None))  # for messages: never credentials, never the key
+        self._headers = {"Accept": "text/event-stream"}
+        if config.api_key:
+            self._headers["Authorization"] = f"Bearer {config.api_key}"
+        self._session: aiohttp.ClientSession | None = None
+        self._jobs: dict[str, RemoteJob] = {}
+        self._served = ""  # the model id as the server reports it
+        self._discovery: asyncio.Task[None] | None = None
+        self._closing = False
+        self._avg_job_s = 10.0
+
+    def start(self) -> OpenAIEngine:
+        return self  # nothing to start: the server is already running (or will be)
+
+    @property
+    def model_id(self) -> str:
+        return self._served or self.config.model
+
+    # -- the engine's face -------------------------------------------------------------------
+    async def wait_ready(self) -> RemoteModel:
+        """Ask the server for its models (retrying while it starts); raise `ModelLoadError`
+        when it does not answer within `ready_timeout_s` or refuses."""
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        delay, last = 0.25, ""
+        while True:
+            try:
+                async with self._http().get(self._url("models"), headers=self._headers) as resp:
+                    if resp.status == 200:
+                        listed = await resp.json(content_type=None)
+                        break
+                    last = f"HTTP {resp.status}"
+                    if resp.status in (401, 403, 404):
+                        raise ModelLoadError(refusal(self.server, resp.status, "GET /models"))
+            except aiohttp.ClientError as exc:
+                last = describe(exc)
+            except ValueError as exc:
+                raise ModelLoadError(f"{self.server}/models did not answer JSON: {exc}") from exc
+            if time.monotonic() + delay > deadline:
+                raise ModelLoadError(
+                    f"The OpenAI-compatible server at {self.server} is not answering ({last}). "
+                    "Is it running? Check MUSE_OPENAI_BASE_URL."
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        configured = self.config.model
+        self._served = first_model(listed, configured)
+        if configured and self._served != configured:
+            log.warning("%s does not list %s: using %s", self.server, configured, self._served)
+        log.info("remote backend ready: %s at %s", self.model_id, self.server)
+        return RemoteModel(self.model_id, self.server)
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Send `request` now (raising `EngineBusy` at once when too many are in flight) and
+        return its chunks."""
+        loop = asyncio.get_running_loop()
+        if self._closing:
+            raise EngineBusy(30.0, "Muse is shutting down")
+        if len(self._jobs) >= self.config.queue_size:
+            raise EngineBusy(max(1.0, round(self._avg_job_s)))
+        cap = max(1, min(request.max_new_tokens, self.config.max_new_tokens))
+        job = RemoteJob(request, cap, self.model_id)
+        self._jobs[request.request_id] = job
+        job.task = loop.create_task(self._run(job), name=f"muse-remote-{request.request_id}")
+        job.task.add_done_callback(lambda _: self._forget(job))  # also when cancelled unstarted
+        return self._consume(job)
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """The whole text of `request`; raises `GenerationFailed` when the server failed it."""
+        last: GenerationChunk | None = None
+        async for chunk in self.stream(request):
+            last = chunk
+        assert last is not None and last.finish_reason is not None
+        return GenerationResult(
+            request_id=last.request_id,
+            text=last.text,
+            finish_reason=last.finish_reason,
+            tokens_in=last.tokens_in,
+            tokens_out=last.tokens_out,
+            ttft_ms=last.ttft_ms,
+            total_ms=last.total_ms or 0.0,
+            model_id=last.model_id,
+            error=last.error,
+        )
+
+    def abort(self, request_id: str) -> None:
+        """End a request with `cancelled`: its stream is closed, so the server stops too."""
+        job = self._jobs.get(request_id)
+        if job is not None:
+            job.finish("cancelled")
+            if job.task is not None:
+                job.task.cancel()
+
+    def queue_position(self, request_id: str) -> int | None:
+        """0 while in flight (the server does the queueing); None when unknown or finished."""
+        return 0 if request_id in self._jobs else None
+
+    def load(self) -> tuple[int, int]:
+        """(in flight, waiting here): nothing waits on Muse's side."""
+        return len(self._jobs), 0
+
+    def close(self) -> None:
+        """Stop accepting and cancel everything in flight."""
+        self._closing = True
+        for request_id in list(self._jobs):
+            self.abort(request_id)
+
+    async def aclose(self, grace_s: float = 0.0) -> None:
+        """Stop accepting; let requests in flight finish for up to `grace_s`, cancel the rest,
+        and close the HTTP session."""
+        self._closing = True
+        tasks = [job.task for job in self._jobs.values() if job.task is not None]
+        if tasks and grace_s > 0:
+            await asyncio.wait(tasks, timeout=grace_s)
+        self.close()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- one request ---------------------------------------------------------------------------
+    async def _consume(self, job: RemoteJob) -> AsyncIterator[GenerationChunk]:
+        try:
+            while True:
+                item = await job.outbox.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finished:
+                    return
+        finally:
+            if not job.done:
+                self.abort(job.request.request_id)  # the consumer left: close the stream
+
+    async def _run(self, job: RemoteJob) -> None:
+        """Own one request from send to its last chunk; the deadline covers every retry."""
+        rid = job.request.request_id
+        try:
+            async with asyncio.timeout(max(0.0, job.deadline - time.monotonic())):
+                await self._attempts(job)
+        except TimeoutError:
+            job.finish("timeout")
+        except asyncio.CancelledError:
+            job.finish("cancelled")
+        except GenerationFailed as exc:
+            log.warning("request %s failed: %s", rid, exc)
+            job.fail(exc)
+        except Exception as exc:
+            log.exception("request %s failed unexpectedly", rid)
+            job.fail(GenerationFailed(f"talking to {self.server} failed: {exc}"))
+        finally:
+            self._forget(job)
+
+    def _forget(self, job: RemoteJob) -> None:
+        """Free the request's slot (from `_run`, or from the task's done callback when it was
+        cancelled before it ever ran)."""
+        job.finish("cancelled")  # a no-op unless the task never ran
+        if self._jobs.get(job.request.request_id) is job:
+            del self._jobs[job.request.request_id]
+            self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * (time.monotonic() - job.submitted)
+
+    async def _discover(self) -> None:
+        """Learn the served model's id once (when `wait_ready` was not awaited), so requests
+        name it and chunks report the id `GET /models` lists; a failure is left to the request."""
+        if self.model_id:
+            return
+        if self._discovery is None or (self._discovery.done() and not self.model_id):
+            self._discovery = asyncio.ensure_future(self._list_models())
+        await asyncio.shield(self._discovery)
+
+    async def _list_models(self) -> None:
+        try:
+            async with self._http().get(self._url("models"), headers=self._headers) as resp:
+                if resp.status == 200:
+                    self._served = first_model(await resp.json(content_type=None), "")
+        except (aiohttp.ClientError, ValueError) as exc:
+            log.debug("GET %s/models failed: %s", self.server, describe(exc))
+
+    async def _attempts(self, job: RemoteJob) -> None:
+        """Send until the server streams an answer; retry what failed before any text showed."""
+        await self._discover()
+        job.model_id = self.model_id
+        delay = self.config.backoff_s
+        while True:
+            job.attempts += 1
+            asked: float | None = None
+            try:
+                status, asked = await self._attempt(job)
+                if status is None:
+                    return
+                last = f"HTTP {status}"
+            except (aiohttp.ClientError, StreamBroke) as exc:
+                if job.streamed:
+                    raise GenerationFailed(
+                        f"the stream from {self.server} broke after {len(job.text)} characters "
+                        f"had been shown ({describe(exc)}); not retried, to never repeat text"
+                    ) from exc
+                last = describe(exc)
+            wait = asked if asked is not None else delay * random.uniform(0.8, 1.0)
+            if time.monotonic() + wait >= job.deadline:
+                raise GenerationFailed(
+                    f"the OpenAI-compatible server at {self.server} failed {job.attempts} "
+                    f"attempt(s); last: {last}"
+                    + (f" (it asked to retry after {asked:.0f} s)" if asked else "")
+                )
+            log.info("retrying %s in %.2f s: %s", job.request.request_id, wait, last)
+            job.reset()
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, self.config.backoff_max_s)
+
+    async def _attempt(self, job: RemoteJob) -> tuple[int | None, float | None]:
+        """One POST: (None, None) when the answer streamed to its end, or a retryable status
+        with the server's Retry-After; raises when it is not worth retrying."""
+        url, body = self._url("chat/completions"), self._payload(job)
+        async with self._http().post(url, json=body, headers=self._headers) as resp:
+            if resp.status == 200 and resp.content_type == "application/json":
+                raise GenerationFailed(f"{self.server} answered JSON, not a stream of events")
+            if resp.status == 200:
+                await self._read(job, resp)
+                return None, None
+            if resp.status == 429 or resp.status >= 500:
+                return resp.status, retry_after_s(resp.headers.get("Retry-After"))
+            detail = (await resp.text(errors="replace"))[:300]
+            if self.config.api_key:
+                detail = detail.replace(self.config.api_key, "***")
+            what = "POST /chat/completions"
+            raise GenerationFailed(refusal(self.server, resp.status, what, detail))
+
+    def _payload(self, job: RemoteJob) -> dict[str, Any]:
+        request = job.request
+        messages = [m.as_dict() for m in request.messages]
+        body: dict[str, Any] = {
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": job.max_new_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "repetition_penalty": request.repetition_penalty,  # vLLM, TGI's native name
+            "repeat_penalty": request.repetition_penalty,  # llama.cpp's name
+        }
+        if self.model_id:
+            body["model"] = self.model_id
+        if request.stop:
+            body["stop"] = list(request.stop[:4])  # OpenAI's limit; all are enforced here
+        if request.ignore_eos:
+            body["ignore_eos"] = True  # vLLM and llama.cpp's server; others ignore it
+        if request.response_prefix and self.config.prefill:
+            messages.append({"role": "assistant", "content": request.response_prefix})
+            body.update(continue_final_message=True, add_generation_prompt=False)  # vLLM's
+        return body
+
+    async def _read(self, job: RemoteJob, resp: aiohttp.ClientResponse) -> None:
+        """Stream the events into `job` until the server or a stop string ends it."""
+        decoder = SSEDecoder()
+        try:
+            async for raw in resp.content.iter_any():
+                for data in decoder.feed(raw):
+                    if data.strip() == "[DONE]":
+                        self._complete(job)
+                        return
+                    if self._event(job, data):
+                        resp.close()  # a stop string ended the text: the server may stop
+                        job.finish("stop")
+                        return
+        except BaseException:
+            resp.close()
+            raise
+        self._complete(job)  # the connection ended without [DONE]
+
+    def _event(self, job: RemoteJob, data: str) -> bool:
+        """Apply one event; True when a stop string has ended the text."""
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise GenerationFailed(
+                f"{self.server} sent an event that is not JSON: {data[:80]!r}"
+            ) from None
+        if not isinstance(event, dict):
+            return False
+        if event.get("error"):
+            error = event["error"]
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise GenerationFailed(f"{self.server} reported an error mid-stream: {message}")
+        if event.get("model"):
+            self._served = str(event["model"])
+        return job.apply(event)
+
+    def _complete(self, job: RemoteJob) -> None:
+        if job.server_reason is None:
+            raise StreamBroke("the stream ended before the server said it had finished")
+        job.finish("length" if job.server_reason == "length" else "stop")
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s)
+            connector = aiohttp.TCPConnector(limit=self.config.queue_size + 4)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        return self._session
+
+    def _url(self, path: str) -> yarl.URL:
+        return yarl.URL(f"{self._base}/{path}", encoded=True)
