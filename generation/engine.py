@@ -25,7 +25,7 @@ from generation.kv_batch import BatchRunner, KVBatch
 from generation.models import LoadedModel
 from generation.prompting import encode_messages
 from generation.sampling import RowSampler
-from generation.types import GenerationChunk, GenerationRequest, GenerationResult
+from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
 
 log = logging.getLogger("muse.generation.engine")
 
@@ -114,21 +114,7 @@ class Engine:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """The whole text of `request`; raises `GenerationFailed` if the worker failed it."""
-        last: GenerationChunk | None = None
-        async for chunk in self.stream(request):
-            last = chunk
-        assert last is not None and last.finish_reason is not None
-        return GenerationResult(
-            request_id=last.request_id,
-            text=last.text,
-            finish_reason=last.finish_reason,
-            tokens_in=last.tokens_in,
-            tokens_out=last.tokens_out,
-            ttft_ms=last.ttft_ms,
-            total_ms=last.total_ms or 0.0,
-            model_id=last.model_id,
-            error=last.error,
-        )
+        return await drain(self.stream(request))
 
     def abort(self, request_id: str) -> None:
         """Stop a request: a waiting one leaves the queue, a running one leaves the batch."""
@@ -223,7 +209,7 @@ class Engine:
                 newcomers = self._admit()
             if newcomers:
                 self._prefill(newcomers)
-            if self._running:
+            if self._running and not self._dead:
                 self._decode()
 
     def _admission_order(self) -> list[Job]:
@@ -284,6 +270,8 @@ class Engine:
         finally:
             self._step_started = None
         with self._lock:
+            if self._dead:
+                return  # the watchdog failed everyone while this prefill ran
             self._batch = batch if self._batch is None else self._batch.merge(batch)
             self._running.extend(jobs)
         fresh = [(row, job) for row, job in enumerate(jobs) if job.pending is None]
@@ -315,6 +303,8 @@ class Engine:
     def _sample(self, rows: list[tuple[Job, torch.Tensor]]) -> None:
         tokenizer, model_id = self.loaded.tokenizer, self.loaded.model_id
         for job, logits in rows:
+            if job.done or job not in self._running:
+                continue  # failed meanwhile (the watchdog, an abort): nothing more to send
             token = job.sampler.choose(logits, job.seen(logits.device))
             text = tokenizer.decode(job.generated + [token], skip_special_tokens=True)
             reason = job.accept(token, text, self._eos)

@@ -68,6 +68,8 @@ class Job:
 
     def emit_progress(self, model_id: str) -> None:
         """Stream what is safe to show: not a half-decoded character nor a possible stop prefix."""
+        if self.done:
+            return
         safe = len(self.text) - _held_back(self.text, self.request.stop)
         if safe > self.sent:
             delta = self.text[self.sent : safe]

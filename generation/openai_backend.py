@@ -29,7 +29,7 @@ from generation.models import ModelLoadError
 from generation.openai_http import describe, first_model, refusal, retry_after_s
 from generation.openai_job import RemoteJob
 from generation.sse import SSEDecoder
-from generation.types import GenerationChunk, GenerationRequest, GenerationResult
+from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
 
 log = logging.getLogger("muse.generation.openai_backend")
 
@@ -145,21 +145,7 @@ class OpenAIEngine:
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """The whole text of `request`; raises `GenerationFailed` when the server failed it."""
-        last: GenerationChunk | None = None
-        async for chunk in self.stream(request):
-            last = chunk
-        assert last is not None and last.finish_reason is not None
-        return GenerationResult(
-            request_id=last.request_id,
-            text=last.text,
-            finish_reason=last.finish_reason,
-            tokens_in=last.tokens_in,
-            tokens_out=last.tokens_out,
-            ttft_ms=last.ttft_ms,
-            total_ms=last.total_ms or 0.0,
-            model_id=last.model_id,
-            error=last.error,
-        )
+        return await drain(self.stream(request))
 
     def abort(self, request_id: str) -> None:
         """End a request with `cancelled`: its stream is closed, so the server stops too."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -78,3 +79,23 @@ class GenerationResult:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens_out / (self.total_ms / 1000) if self.total_ms > 0 else 0.0
+
+
+async def drain(chunks: AsyncIterator[GenerationChunk]) -> GenerationResult:
+    """The whole generation a stream of chunks ends in (`engine.generate` for every backend)."""
+    last: GenerationChunk | None = None
+    async for chunk in chunks:
+        last = chunk
+    if last is None or last.finish_reason is None:
+        raise RuntimeError("the stream ended without a final chunk")
+    return GenerationResult(
+        request_id=last.request_id,
+        text=last.text,
+        finish_reason=last.finish_reason,
+        tokens_in=last.tokens_in,
+        tokens_out=last.tokens_out,
+        ttft_ms=last.ttft_ms,
+        total_ms=last.total_ms or 0.0,
+        model_id=last.model_id,
+        error=last.error,
+    )

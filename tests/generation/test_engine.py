@@ -153,7 +153,8 @@ async def test_a_hung_step_trips_the_watchdog(make_engine):
         if phase == "decode":
             release.wait(10)
 
-    engine = make_engine(fault_hook=hang, step_timeout_s=0.5, on_fatal=lambda _: fatal.set())
+    # 2 s: well above a real step on a loaded machine, well below the 10 s hang.
+    engine = make_engine(fault_hook=hang, step_timeout_s=2.0, on_fatal=lambda _: fatal.set())
     with pytest.raises(GenerationFailed, match="hung"):
         await engine.generate(ask("Hello.", max_new_tokens=8))
     assert await asyncio.to_thread(fatal.wait, 5)
