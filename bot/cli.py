@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
         cli_data = None
     if cli_data is not None:
         cli_data.add_subcommands(commands)
+    from bot import cli_backup, cli_doctor
+
+    cli_backup.add_subcommand(commands)
+    cli_doctor.add_subcommand(commands)
     return parser
 
 
@@ -40,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.settings = Settings.load()
     except SettingsError as exc:
-        print(f"muse: {exc}", file=sys.stderr)
-        return 2
+        if not getattr(args, "reports_settings_errors", False):  # `muse doctor` reports it
+            print(f"muse: {exc}", file=sys.stderr)
+            return 2
+        args.settings, args.settings_error = None, exc
     return int(args.func(args) or 0)
 
 

@@ -14,12 +14,12 @@ import discord
 import yarl
 
 from bot.runtime import build_engine, presets_from, setup_logging
-from bot.settings import Settings
+from bot.settings import Settings, SettingsError
+from bot.sharding import plan_shards
+from bot.shutdown import close_engine, drain
 from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli_run")
-
-SHUTDOWN_GRACE_S = 5.0
 
 NO_TOKEN = """\
 muse run: DISCORD_TOKEN is not set.
@@ -43,6 +43,11 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings: Settings = args.settings
+    try:
+        plan_shards(settings)  # refuse shard settings that do not fit, before anything starts
+    except SettingsError as exc:
+        print(f"muse run: {exc}", file=sys.stderr, flush=True)
+        return 2
     if not settings.discord_token:
         print(NO_TOKEN, file=sys.stderr, flush=True)
         from bot.console import run_console
@@ -62,13 +67,13 @@ def redirect_discord(settings: Settings) -> None:
 
 async def main(settings: Settings) -> int:
     """Own the store, the engine and the bot; close them all on a signal."""
-    from bot.client import MuseBot
+    from bot.client import create_bot
 
     redirect_discord(settings)
     presets = presets_from(settings)
     async with Store.open(settings.db_path) as store:
         engine = build_engine(settings)
-        bot = MuseBot(settings=settings, store=store, engine=engine, presets=presets)
+        bot = create_bot(settings=settings, store=store, engine=engine, presets=presets)
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -84,7 +89,9 @@ async def main(settings: Settings) -> int:
             log.info("shutting down")
         finally:
             stopper.cancel()
-            await engine.aclose(SHUTDOWN_GRACE_S)
+            if not runner.done():
+                await drain(bot, settings.shutdown_grace_s)
+            await close_engine(engine)
             await bot.close()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await runner

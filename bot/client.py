@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import discord
 from discord.ext import commands
 
+from bot.app_errors import check_option_types, on_app_command_error
 from bot.limits import Limits
+from bot.recovery import start_recovery
 from bot.settings import Settings
+from bot.sharding import ShardPlan, plan_shards
 from bot.streaming import EDIT_INTERVAL_S, ActiveRun
 from bot.views import DYNAMIC_ITEMS
 from generation.presets import Preset
@@ -43,12 +47,14 @@ class MuseBot(commands.Bot):
         engine: Any,
         presets: dict[str, Preset],
         intents: discord.Intents | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents or intents_for(settings),
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
+            **options,
         )
         self.settings = settings
         self.store = store
@@ -57,12 +63,17 @@ class MuseBot(commands.Bot):
         self.active: dict[int, ActiveRun] = {}
         self.limits = Limits(guild_concurrency=settings.guild_concurrency)
         self.edit_interval_s = EDIT_INTERVAL_S
+        self.stopping = False  # set by `bot.shutdown.drain`: new generations are refused
+        self.recovery: asyncio.Task[int] | None = None
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.tree.interaction_check = check_option_types  # type: ignore[method-assign]
+        self.tree.on_error = on_app_command_error  # type: ignore[method-assign]
         await self.sync_commands()
+        self.recovery = start_recovery(self)  # replies a crash cut off say so
 
     async def sync_commands(self) -> None:
         """To `MUSE_GUILD_IDS` (instant) when set, else globally (may take an hour to show)."""
@@ -78,3 +89,35 @@ class MuseBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("connected as %s to %d guild(s)", self.user, len(self.guilds))
+
+
+class ShardedMuseBot(MuseBot, commands.AutoShardedBot):
+    """MuseBot as an `AutoShardedBot`: the shards of `MUSE_SHARDS` / `MUSE_SHARD_IDS`.
+
+    `commands.Bot` and `commands.AutoShardedBot` add nothing to their common bases, so this
+    MRO puts `AutoShardedClient` before `Client`: the gateway is discord.py's sharded one.
+    """
+
+    def __init__(self, *, settings: Settings, **kwargs: Any) -> None:
+        plan = plan_shards(settings) or ShardPlan(count=None)
+        self.shard_plan = plan
+        shard_ids = list(plan.ids) if plan.ids is not None else None
+        super().__init__(settings=settings, shard_count=plan.count, shard_ids=shard_ids, **kwargs)
+
+    async def on_ready(self) -> None:
+        log.info(
+            "connected as %s to %d guild(s) on shard(s) %s of %s",
+            self.user,
+            len(self.guilds),
+            ",".join(str(i) for i in sorted(self.shards)),
+            self.shard_count,
+        )
+
+
+def create_bot(
+    *, settings: Settings, store: Store, engine: Any, presets: dict[str, Preset]
+) -> MuseBot:
+    """A `MuseBot`, or a `ShardedMuseBot` when `MUSE_SHARDS` is set (raises `SettingsError`
+    for shard settings that do not fit together)."""
+    cls = ShardedMuseBot if plan_shards(settings) is not None else MuseBot
+    return cls(settings=settings, store=store, engine=engine, presets=presets)

@@ -37,13 +37,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("muse.bot.compare")
 
-EMBED_LIMIT = 4000
+EMBED_LIMIT = 2900  # a take's description: both takes and footers within a message's 6,000
 NAMES = ("A", "B")
 
 
 def take_embed(name: str, text: str, footer: str | None = None) -> discord.Embed:
-    """One take as an embed titled A or B."""
-    shown = text if len(text) <= EMBED_LIMIT else text[: EMBED_LIMIT - 1] + "…"
+    """One take as an embed titled A or B (masked links shown with their URL)."""
+    shown = rendering.show_links(text)
+    if len(shown) > EMBED_LIMIT:  # cut: a code block may lose its closing fence
+        shown = rendering.unmask_links(text)[: EMBED_LIMIT - 1] + "…"
     embed = discord.Embed(title=name, description=shown or "…")
     if footer:
         embed.set_footer(text=footer.removeprefix("-# "))

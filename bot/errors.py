@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
+
+import discord
+
+from generation.errors import EngineDead, GenerationFailed
+from storage.errors import StoreClosed
 
 log = logging.getLogger("muse.bot.errors")
+
+RESTARTING = "Muse is restarting — try again in a minute."
 
 
 def new_error_id() -> str:
@@ -17,9 +25,64 @@ def report(exc: BaseException, context: str) -> str:
     """Log `exc` with its traceback under a fresh error id; returns the user-facing message."""
     error_id = new_error_id()
     log.error("error %s in %s", error_id, context, exc_info=exc)
+    if isinstance(exc, GenerationFailed) and "out of memory" in str(exc).lower():
+        return (
+            f"⚠️ The model ran out of memory while writing this (error `{error_id}`). "
+            "Try a shorter request, or try again later."
+        )
+    if isinstance(exc, GenerationFailed):
+        return (
+            f"⚠️ The model failed while writing this (error `{error_id}`). Please try again later."
+        )
+    if isinstance(exc, EngineDead):
+        return (
+            f"⚠️ Muse's model stopped responding and Muse is restarting (error `{error_id}`). "
+            "Try again in a minute."
+        )
     return f"⚠️ Something went wrong (error `{error_id}`). Please try again later."
 
 
 def busy_message(retry_after_s: float) -> str:
     """The answer when the queue is full."""
     return f"Muse is busy — try again in {max(1, round(retry_after_s))} s."
+
+
+def storage_problem(exc: BaseException) -> str | None:
+    """What is wrong with the database when `exc` means it cannot be written (read-only,
+    full, failing disk, closed), for the footer of a text that could not be saved; else None."""
+    if isinstance(exc, StoreClosed):
+        return "the database is closed"
+    if not isinstance(exc, sqlite3.Error):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_READONLY or "readonly" in str(exc):
+        return "the database is read-only"
+    if code == sqlite3.SQLITE_FULL or "full" in str(exc):
+        return "the database is full"
+    if code == sqlite3.SQLITE_IOERR:
+        return "the database's disk failed"
+    return "the database could not be written"
+
+
+async def answer_failure(
+    interaction: discord.Interaction, exc: BaseException, context: str
+) -> None:
+    """Tell the user an interaction failed (ephemeral, or in place of "thinking…"): what is
+    wrong with the database when that is the cause, else the error id of the log line."""
+    problem = storage_problem(exc)
+    if problem is not None:
+        log.error("%s: %s (%s)", context, problem, exc)
+        text = f"⚠️ Muse could not save that: {problem}. Please try again later."
+    else:
+        text = report(exc, context)
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(
+                text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+            )
+        else:
+            await interaction.response.send_message(
+                text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+            )
+    except discord.HTTPException:
+        log.warning("could not show the failure of %s", context)

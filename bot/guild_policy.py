@@ -45,6 +45,18 @@ def split_list(raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+def out_of_range(name: str, value: object, low: float, high: float) -> str | None:
+    """Why a numeric option is unusable (not a number, NaN, or outside `low`..`high`), or None.
+
+    Discord's clients validate ranges and types, but the API does not promise to: a value that
+    did not convert arrives as it was sent."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and low <= value <= high:  # type: ignore[operator]
+        return None
+    shown = f"{value:g}" if number else repr(value)[:40]  # type: ignore[str-format]
+    return f"{name} must be from {low:g} to {high:g}, not {shown}."
+
+
 def parse_tasks(raw: str) -> tuple[str, ...] | None:
     """Task names; unknown names are refused; "" = every task (None)."""
     names = [name.lower().lstrip("/") for name in split_list(raw)]

@@ -12,12 +12,14 @@ from storage.errors import GenerationGone
 log = logging.getLogger("muse.bot.modals")
 
 GONE = "That generation was deleted or forgotten, so it can no longer be rated."
+COMMENT_LIMIT = 1000
 
 
 def parse_stars(text: str) -> int | None:
-    """`"4"` → 4; anything but a whole number 1–5 → None."""
+    """`"4"` → 4; anything but a whole number 1–5 → None. (`isdecimal`, not `isdigit`:
+    "²" is a digit that `int` refuses.)"""
     text = text.strip().rstrip("⭐").strip()
-    return int(text) if text.isdigit() and 1 <= int(text) <= 5 else None
+    return int(text) if text.isdecimal() and 1 <= int(text) <= 5 else None
 
 
 class StarsModal(discord.ui.Modal, title="Rate this text"):
@@ -31,7 +33,7 @@ class StarsModal(discord.ui.Modal, title="Rate this text"):
         custom_id="comment",
         style=discord.TextStyle.long,
         required=False,
-        max_length=1000,
+        max_length=COMMENT_LIMIT,
     )
 
     def __init__(self, generation_id: int) -> None:
@@ -44,6 +46,11 @@ class StarsModal(discord.ui.Modal, title="Rate this text"):
             await answer_ephemeral(interaction, "Stars must be a whole number from 1 to 5.")
             return
         comment = self.comment.value.strip() or None
+        if comment is not None and len(comment) > COMMENT_LIMIT:  # clients check; the API not
+            await answer_ephemeral(
+                interaction, f"A comment can be at most {COMMENT_LIMIT:,} characters."
+            )
+            return
         try:
             await interaction.client.store.record_feedback(  # type: ignore[attr-defined]
                 self.generation_id, interaction.user.id, stars=stars, comment=comment

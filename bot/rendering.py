@@ -6,6 +6,34 @@ import re
 
 IN_PROGRESS = "▌"
 _SPEAKER = re.compile(r"^([^:\n*]{1,40}):\s*(.*)$")
+_CODE = re.compile(r"```.*?```", re.DOTALL)  # closed blocks only: an unclosed one renders
+_URL = r"https?://[^\s<>()]*(?:\([^\s<>()]*\)[^\s<>()]*)*"
+_MASKED = re.compile(
+    rf"\[(?P<label>[^\[\]\n]*)\]\(\s*<?\s*(?P<url>{_URL})\s*>?(?:\s+\"[^\"\n]*\")?\s*\)",
+    re.IGNORECASE,
+)
+_LINK_START = re.compile(r"\]\((?=\s*<?\s*https?://)", re.IGNORECASE)
+
+
+def show_links(text: str) -> str:
+    """Masked links are shown with their URL: `[label](url)` becomes `label (<url>)`, so a
+    generated text can never hide where a link goes (the `<>` also stop a preview embed).
+    Any other `](http…` left over loses the `](` that would make it a link. Code blocks are
+    kept as they are; inline `code` is not exempt (where its backticks pair up is Discord's
+    parser's business, and a link wrongly taken for code would stay hidden)."""
+    out, position = [], 0
+    for code in _CODE.finditer(text):
+        out += [unmask_links(text[position : code.start()]), code.group()]
+        position = code.end()
+    out.append(unmask_links(text[position:]))
+    return "".join(out)
+
+
+def unmask_links(text: str) -> str:
+    """`show_links` without the exemption for code: for a text that will be cut, where a code
+    block may lose its closing fence. No part of the result holds a masked link."""
+    text = _MASKED.sub(lambda m: f"{m['label']} (<{m['url']}>)", text)
+    return _LINK_START.sub("] (", text)
 
 
 def render_dialogue(text: str) -> str:
@@ -18,8 +46,8 @@ def render_dialogue(text: str) -> str:
 
 
 def render_output(task: str, text: str) -> str:
-    """The finished text as shown in Discord."""
-    return render_dialogue(text) if task == "dialogue" else text
+    """The finished text as shown in Discord (masked links shown with their URL)."""
+    return show_links(render_dialogue(text) if task == "dialogue" else text)
 
 
 def footer(model_id: str, tokens_out: int, total_ms: float | None) -> str:
@@ -36,9 +64,9 @@ def queued(position: int) -> str:
 
 def in_progress(text: str, limit: int = 1900) -> str:
     """Partial text with the in-progress marker, trimmed to its last `limit` characters."""
-    shown = text.strip()
-    if len(shown) > limit:
-        shown = "…" + shown[-limit:]
+    shown = show_links(text.strip())
+    if len(shown) > limit:  # cut: a code block may lose its opening fence
+        shown = "…" + unmask_links(text.strip())[-limit:]
     return f"{shown} {IN_PROGRESS}" if shown else f"⏳ writing… {IN_PROGRESS}"
 
 
@@ -46,9 +74,15 @@ FINISH_NOTES = {
     "cancelled": "⏹ Stopped.",
     "timeout": "⌛ Timed out.",
     "error": "⚠️ Generation failed.",
+    "interrupted": "⚠️ Muse restarted while writing this — press 🔁 to try again.",
 }
 
 
 def finish_note(reason: str | None) -> str:
     """A line saying why a text ended early (empty for a normal end)."""
     return FINISH_NOTES.get(reason or "", "")
+
+
+def unsaved_note(problem: str) -> str:
+    """The footer line of a text shown although the database could not store it."""
+    return f"-# ⚠️ Not saved ({problem}): this text cannot be rated or exported."

@@ -7,9 +7,11 @@ import os
 import sys
 from functools import partial
 
+from bot.fault_injection import fault_hook_from_env
 from bot.settings import Settings
 from generation.engine import Engine, EngineConfig
 from generation.models import load_model
+from generation.openai_backend import OpenAIEngine, RemoteConfig
 from generation.presets import Preset, load_presets
 
 log = logging.getLogger("muse.bot.runtime")
@@ -38,8 +40,18 @@ def exit_on_fatal(reason: str) -> None:
     os._exit(EXIT_ENGINE_DEAD)
 
 
-def build_engine(settings: Settings, on_fatal=exit_on_fatal) -> Engine:
-    """An engine whose worker thread loads the configured model (the caller does not wait)."""
+def build_engine(settings: Settings, on_fatal=exit_on_fatal) -> Engine | OpenAIEngine:
+    """An engine whose worker thread loads the configured model (the caller does not wait);
+    with `MUSE_BACKEND=openai`, one that sends requests to an OpenAI-compatible server."""
+    if settings.backend == "openai":
+        remote = RemoteConfig(
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key.reveal(),
+            model=settings.openai_model,
+            queue_size=settings.queue_size,
+            max_new_tokens=settings.max_tokens,
+        )
+        return OpenAIEngine(remote).start()
     config = EngineConfig(
         max_batch=settings.max_batch,
         queue_size=settings.queue_size,
@@ -47,4 +59,5 @@ def build_engine(settings: Settings, on_fatal=exit_on_fatal) -> Engine:
         step_timeout_s=settings.timeout_s,
     )
     loader = partial(load_model, settings.model or None, settings.device, settings.cache_dir)
-    return Engine(loader, config, on_fatal=on_fatal).start()
+    hook = fault_hook_from_env()  # None unless a test sets MUSE_TEST_FAULT
+    return Engine(loader, config, on_fatal=on_fatal, fault_hook=hook).start()

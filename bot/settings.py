@@ -46,6 +46,7 @@ class Settings:
     guild_concurrency: int = 0
     max_tokens: int = 512
     timeout_s: float = 120.0
+    shutdown_grace_s: float = 10.0  # MUSE_SHUTDOWN_GRACE_S: running texts may finish on SIGTERM
     retention_days: int = 0
     message_content: bool = False
     backend: str = "local"
@@ -78,6 +79,7 @@ class Settings:
             guild_concurrency=_int("MUSE_GUILD_CONCURRENCY", 0, minimum=0),
             max_tokens=_int("MUSE_MAX_TOKENS", 512, minimum=1),
             timeout_s=float(_int("MUSE_TIMEOUT_S", 120, minimum=1)),
+            shutdown_grace_s=float(_int("MUSE_SHUTDOWN_GRACE_S", 10, minimum=0)),
             retention_days=_int("MUSE_RETENTION_DAYS", 0, minimum=0),
             message_content=env.get("MUSE_MESSAGE_CONTENT", "0").strip() in {"1", "true", "yes"},
             backend=_choice("MUSE_BACKEND", "local", ("local", "openai")),

@@ -18,9 +18,11 @@ def split_message(text: str, limit: int = LIMIT) -> list[str]:
     rest = text.strip("\n")
     while len(rest) > limit:
         cut = _cut_point(rest, limit)
-        head, rest = rest[:cut].rstrip(), rest[cut:].lstrip("\n ")
-        if _open_fence(head):
-            head, rest = _close_block(head, rest, limit)
+        head, tail = rest[:cut].rstrip(), rest[cut:]
+        if _open_fence(head):  # inside code only the break itself goes: indentation stays
+            head, rest = _close_block(head, tail[1:] if tail[:1] in ("\n", " ") else tail, limit)
+        else:
+            rest = tail.lstrip("\n ")
         pieces.append(head)
     if rest.strip():
         pieces.append(rest)
@@ -35,6 +37,12 @@ def _cut_point(text: str, limit: int) -> int:
         for pos in sorted(finder(window), reverse=True):
             if pos > limit // 4 and not any(start < pos < end for start, end in blocks):
                 return pos
+    # Only the inside of a code block is left: cut at its last line break (else space) that
+    # leaves room for the closing fence, so no line or word of code is broken.
+    for finder in (_line_breaks, _spaces):
+        inside = [pos for pos in finder(window[: limit - 4]) if pos > limit // 4]
+        if inside:
+            return max(inside)
     return limit
 
 
@@ -70,7 +78,9 @@ def _open_fence(text: str) -> str | None:
 
 def _close_block(head: str, rest: str, limit: int) -> tuple[str, str]:
     """Close the code block a forced cut fell into, and reopen it in the rest."""
-    fence = _open_fence(head) or "```"
+    # The reopening fence keeps a short language tag only: "```" and a 6,000-letter word
+    # must not come back whole in every piece (the split would never end).
+    fence = (_open_fence(head) or "```")[: max(3, limit // 4)]
     if len(head) + 4 > limit:
         rest = head[limit - 4 :] + rest
         head = head[: limit - 4]

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot import rendering
-from bot.errors import busy_message, report
+from bot.delivery import deliver, token_gone
+from bot.errors import RESTARTING, busy_message, report, storage_problem
 from bot.guild_policy import blocked_by, withheld_text
 from bot.splitting import split_message
 from generation.errors import EngineBusy, EngineDead
@@ -59,6 +60,7 @@ class ActiveRun:
 
     request_id: str
     user_id: int
+    interrupted: bool = False  # cut off by a shutdown: stored `interrupted`, reply says so
 
 
 def make_plan(
@@ -104,6 +106,8 @@ def open_stream(
     bot: MuseBot, request: GenerationRequest
 ) -> tuple[AsyncIterator[GenerationChunk] | None, str | None]:
     """Queue the request; (stream, None) or (None, the refusal to show)."""
+    if getattr(bot, "stopping", False):
+        return None, RESTARTING
     try:
         return bot.engine.stream(request), None
     except EngineBusy as exc:
@@ -112,15 +116,37 @@ def open_stream(
         return None, report(exc, "engine.stream")
 
 
-async def record(bot: MuseBot, interaction: discord.Interaction, plan: Plan) -> int:
+async def record(
+    bot: MuseBot, interaction: discord.Interaction, plan: Plan, message_id: int | None = None
+) -> int:
     """The generation's row (status running), written before streaming."""
     return await record_as(
-        bot, plan, interaction.user.id, interaction.guild_id, interaction.channel_id
+        bot, plan, interaction.user.id, interaction.guild_id, interaction.channel_id, message_id
     )
 
 
+async def record_or_unsaved(
+    bot: MuseBot, interaction: discord.Interaction, plan: Plan, message_id: int | None
+) -> tuple[int | None, str | None]:
+    """(generation id, None), or (None, what is wrong) when the database cannot be written:
+    the text is then generated and shown anyway, with a footer saying it was not saved."""
+    try:
+        return await record(bot, interaction, plan, message_id), None
+    except Exception as exc:
+        problem = storage_problem(exc)
+        if problem is None:
+            raise
+        log.error("could not record a generation (%s): %s; answering unsaved", problem, exc)
+        return None, problem
+
+
 async def record_as(
-    bot: MuseBot, plan: Plan, user_id: int, guild_id: int | None, channel_id: int | None
+    bot: MuseBot,
+    plan: Plan,
+    user_id: int,
+    guild_id: int | None,
+    channel_id: int | None,
+    message_id: int | None = None,
 ) -> int:
     """`record` for a generation that is not an interaction's reply (a thread message)."""
     request = plan.request
@@ -141,6 +167,7 @@ async def record_as(
         fields=plan.fields,
         guild_id=guild_id,
         channel_id=channel_id,
+        message_id=message_id,
         parent_id=plan.parent_id,
         conversation_id=plan.conversation_id,
     )
@@ -155,14 +182,20 @@ async def run_generation(interaction: discord.Interaction[MuseBot], plan: Plan) 
         return None
     generation_id: int | None = None
     try:
-        await interaction.response.defer(thinking=True)
-        generation_id = await record(bot, interaction, plan)
-        bot.active[generation_id] = ActiveRun(plan.request.request_id, interaction.user.id)
+        deferred = await interaction.response.defer(thinking=True)  # before any write
+        message_id = getattr(deferred, "message_id", None)  # lets a restart edit the reply
+        generation_id, unsaved = await record_or_unsaved(bot, interaction, plan, message_id)
+        if generation_id is not None:
+            bot.active[generation_id] = ActiveRun(plan.request.request_id, interaction.user.id)
         edit = interaction.edit_original_response
         last = await stream_edits(edit, bot, stream, plan, generation_id)
-        await finish(interaction, bot, plan, generation_id, last)
     except Exception as exc:  # noqa: BLE001 - every failure ends with a visible answer
         await fail(interaction, bot, generation_id, exc)
+    else:
+        try:
+            await finish(interaction, bot, plan, generation_id, last, unsaved)
+        except Exception as exc:  # noqa: BLE001 - the row is settled: only show the failure
+            await fail(interaction, bot, None, exc)
     finally:
         bot.engine.abort(plan.request.request_id)
         if generation_id is not None:
@@ -176,9 +209,11 @@ async def stream_edits(
     bot: MuseBot,
     stream: AsyncIterator[GenerationChunk],
     plan: Plan,
-    generation_id: int,
+    generation_id: int | None,
 ) -> GenerationChunk:
-    """Edit the reply with the text so far, at most once per `EDIT_INTERVAL_S`."""
+    """Edit the reply with the text so far, at most once per `EDIT_INTERVAL_S`. A progress
+    edit that fails is skipped (the final edit is what matters); once the interaction token
+    has expired, progress edits stop."""
     from bot.views import streaming_view
 
     latest: list[GenerationChunk] = []
@@ -191,7 +226,7 @@ async def stream_edits(
         raise RuntimeError("the stream ended without a final chunk")
 
     pump = asyncio.create_task(consume())
-    view: discord.ui.View | None = streaming_view(generation_id)
+    view = streaming_view(generation_id) if generation_id is not None else None
     shown, last_edit = "", 0.0
     interval = bot.edit_interval_s
     try:
@@ -204,7 +239,13 @@ async def stream_edits(
                 continue
             kwargs = {"view": view} if view is not None else {}
             last_edit = time.monotonic()
-            await edit(content=content, allowed_mentions=NO_MENTIONS, **kwargs)
+            try:
+                await edit(content=content, allowed_mentions=NO_MENTIONS, **kwargs)
+            except discord.HTTPException as exc:
+                log.warning("generation %s: a progress edit failed: %s", generation_id, exc)
+                if token_gone(exc):
+                    interval = float("inf")
+                continue
             shown, view = content, None
         return pump.result()
     finally:
@@ -224,15 +265,26 @@ def progress_text(bot: MuseBot, plan: Plan, latest: list[GenerationChunk]) -> st
     return rendering.in_progress(text)
 
 
-def final_pieces(plan: Plan, bot: MuseBot, last: GenerationChunk) -> tuple[str, list[str]]:
-    """(the stored output, the messages to show) for a finished chunk."""
+def final_pieces(
+    plan: Plan,
+    bot: MuseBot,
+    last: GenerationChunk,
+    *,
+    ending: str | None = None,
+    unsaved: str | None = None,
+) -> tuple[str, list[str]]:
+    """(the stored output, the messages to show) for a finished chunk. `ending` overrides the
+    finish reason's note (`interrupted`); `unsaved` adds a footer line saying why it was not
+    saved."""
     preset = bot.presets[plan.task]
     output = finish_text(preset, plan.shown_fields, last.text)
     body = rendering.render_output(plan.task, output) or "*(no text)*"
-    note = rendering.finish_note(last.finish_reason)
+    note = rendering.finish_note(ending or last.finish_reason)
     if note:
         body = f"{body}\n\n{note}"
     tail = rendering.footer(last.model_id, last.tokens_out, last.total_ms)
+    if unsaved:
+        tail = f"{tail}\n{rendering.unsaved_note(unsaved)}"
     pieces = split_message(body, limit=2000 - len(tail) - 2)
     pieces[-1] = f"{pieces[-1]}\n{tail}"
     return output, pieces
@@ -242,44 +294,62 @@ async def finish(
     interaction: discord.Interaction[MuseBot],
     bot: MuseBot,
     plan: Plan,
-    generation_id: int,
+    generation_id: int | None,
     last: GenerationChunk,
+    unsaved: str | None = None,
 ) -> None:
-    """The final edit (text, footer, buttons), follow-ups, and the finished row."""
+    """The finished row, then the final edit (text, footer, buttons) and follow-ups; a text
+    that could not be saved is shown without buttons."""
     from bot.views import finished_view
 
-    pieces = await settle(bot, plan, generation_id, last)
-    message = await interaction.edit_original_response(
-        content=pieces[0],
-        view=finished_view(generation_id, plan.task),
-        allowed_mentions=NO_MENTIONS,
-    )
-    await bot.store.set_message_id(generation_id, message.id)
-    for piece in pieces[1:]:
-        await interaction.followup.send(piece, allowed_mentions=NO_MENTIONS)
+    pieces = await settle(bot, plan, generation_id, last, unsaved)
+    view = finished_view(generation_id, plan.task) if generation_id is not None else None
+    await deliver(interaction, bot, pieces, view, generation_id)
 
 
-async def settle(bot: MuseBot, plan: Plan, generation_id: int, last: GenerationChunk) -> list[str]:
+async def settle(
+    bot: MuseBot,
+    plan: Plan,
+    generation_id: int | None,
+    last: GenerationChunk,
+    unsaved: str | None = None,
+) -> list[str]:
     """Store the finished row; the messages to show. An output that hits the guild's
-    blocklist is withheld: not stored, not shown, the row `failed` with the rule."""
-    output, pieces = final_pieces(plan, bot, last)
-    status = STATUS_BY_REASON.get(last.finish_reason or "", "failed")
+    blocklist is withheld: not stored, not shown, the row `failed` with the rule. A text cut
+    off by a shutdown is `interrupted`. When the database cannot be written the text is still
+    shown, its footer saying so."""
+    active = getattr(bot, "active", {})  # the console has no ⏹, so no `active`
+    run = active.get(generation_id) if generation_id is not None else None
+    cut = run is not None and run.interrupted and last.finish_reason == "cancelled"
+    ending = "interrupted" if cut else None
+    output, pieces = final_pieces(plan, bot, last, ending=ending, unsaved=unsaved)
+    status = "interrupted" if cut else STATUS_BY_REASON.get(last.finish_reason or "", "failed")
     error = last.error
     rule = blocked_by(plan.blocklist, output) or blocked_by(plan.blocklist, last.text)
     if rule is not None:
         output, status, error = "", "failed", f"withheld: the output matched the blocklist {rule!r}"
         pieces = [withheld_text(rule)]
-    await bot.store.finish_generation(
-        generation_id,
-        output,
-        last.finish_reason or "error",
-        last.tokens_in,
-        last.tokens_out,
-        last.ttft_ms,
-        last.total_ms or 0.0,
-        status=status,
-        error=error,
-    )
+    if generation_id is None:
+        return pieces
+    try:
+        await bot.store.finish_generation(
+            generation_id,
+            output,
+            last.finish_reason or "error",
+            last.tokens_in,
+            last.tokens_out,
+            last.ttft_ms,
+            last.total_ms or 0.0,
+            status=status,
+            error=error,
+        )
+    except Exception as exc:
+        problem = storage_problem(exc)
+        if problem is None:
+            raise
+        log.error("could not store generation %s (%s): %s", generation_id, problem, exc)
+        if rule is None:
+            pieces = final_pieces(plan, bot, last, ending=ending, unsaved=problem)[1]
     return pieces
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import discord
 
 from bot import actions
+from bot.errors import answer_failure
 
 Style = discord.ButtonStyle
 
@@ -40,11 +41,22 @@ class MuseButton(discord.ui.DynamicItem[discord.ui.Button], template=r"muse:base
     ) -> MuseButton:
         return cls(int(match["id"]), match.groupdict().get("value") or "")
 
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """Run `act`; a failure is reported and answered (discord.py would only log it)."""
+        try:
+            await self.act(interaction)
+        except Exception as exc:  # noqa: BLE001 - the presser always gets an answer
+            await answer_failure(interaction, exc, f"button {self.custom_id}")
+
+    async def act(self, interaction: discord.Interaction) -> None:
+        """What pressing the button does (subclasses)."""
+        raise NotImplementedError
+
 
 class StopButton(MuseButton, template=r"muse:stop:(?P<id>\d+)"):
     action, button_emoji, button_style = "stop", "⏹️", Style.danger
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         await actions.stop(interaction, self.generation_id)
 
 
@@ -55,49 +67,49 @@ class RateButton(MuseButton, template=r"muse:rate:(?P<id>\d+):(?P<value>up|down)
         self.button_emoji = "👍" if value == "up" else "👎"
         super().__init__(generation_id, value)
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         await actions.rate(interaction, self.generation_id, self.value)
 
 
 class StarsButton(MuseButton, template=r"muse:stars:(?P<id>\d+)"):
     action, button_emoji = "stars", "⭐"
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         await actions.open_stars(interaction, self.generation_id)
 
 
 class RegenerateButton(MuseButton, template=r"muse:regen:(?P<id>\d+)"):
     action, button_emoji = "regen", "🔁"
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         await actions.regenerate(interaction, self.generation_id)
 
 
 class DeleteButton(MuseButton, template=r"muse:delete:(?P<id>\d+)"):
     action, button_emoji = "delete", "🗑️"
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         await actions.delete(interaction, self.generation_id)
 
 
 class ContinueButton(MuseButton, template=r"muse:continue:(?P<id>\d+)"):
     action, button_emoji, button_label = "continue", "▶️", "Continue"
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         await actions.continue_scene(interaction, self.generation_id, branch=False)
 
 
 class BranchButton(MuseButton, template=r"muse:branch:(?P<id>\d+)"):
     action, button_emoji, button_label = "branch", "🔀", "Branch"
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         await actions.continue_scene(interaction, self.generation_id, branch=True)
 
 
 class ScriptButton(MuseButton, template=r"muse:script:(?P<id>\d+)"):
     action, button_emoji, button_label = "script", "📄", "Script"
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         await actions.script(interaction, self.generation_id)
 
 
@@ -111,7 +123,7 @@ class CompareButton(MuseButton, template=r"muse:compare:(?P<id>\d+):(?P<value>\d
         self.button_label = self.LABELS[value.rpartition(":")[2]]
         super().__init__(generation_id, value)
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def act(self, interaction: discord.Interaction) -> None:
         other, _, winner = self.value.partition(":")
         await actions.compare_vote(interaction, self.generation_id, int(other), winner)
 

@@ -9,11 +9,13 @@ rows, and decodes one token for every row.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -28,6 +30,20 @@ from generation.sampling import RowSampler
 from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
 
 log = logging.getLogger("muse.generation.engine")
+
+# Engines whose worker may still be inside torch when the interpreter exits: killing a thread
+# there aborts the process ("terminate called without an active exception"), so at exit each
+# is told to stop and given a moment to finish its step.
+_LIVE: weakref.WeakSet[Engine] = weakref.WeakSet()
+EXIT_JOIN_S = 10.0
+
+
+@atexit.register
+def _stop_live_engines() -> None:
+    for engine in list(_LIVE):
+        engine.close()
+    for engine in list(_LIVE):
+        engine._worker.join(EXIT_JOIN_S)
 
 FaultHook = Callable[[str, list[GenerationRequest]], None]
 
@@ -77,6 +93,7 @@ class Engine:
 
     # -- the event loop's side -------------------------------------------------------------
     def start(self) -> Engine:
+        _LIVE.add(self)
         self._worker.start()
         self._watchdog.start()
         return self

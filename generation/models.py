@@ -136,15 +136,21 @@ def _from_pretrained(folder: str, dtype: torch.dtype) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _gguf_folder(path: Path, cache_dir: Path) -> tuple[str, str, str, bool]:
-    """The converted folder for a GGUF file, converting it first when it is not cached yet."""
-    if not path.is_file():
-        raise ModelLoadError(f"The GGUF file {str(path)!r} does not exist. Check MUSE_MODEL.")
+def gguf_cache_folder(path: Path, cache_dir: Path) -> Path:
+    """Where the converted copy of the GGUF file `path` lives (or will): a new file, a changed
+    file or a new cache format gets a new folder. `path` must exist."""
     stat = path.stat()
     key = hashlib.sha256(
         f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{CACHE_FORMAT_VERSION}".encode()
     ).hexdigest()[:16]
-    folder = cache_dir / f"{path.stem}-{key}"
+    return cache_dir / f"{path.stem}-{key}"
+
+
+def _gguf_folder(path: Path, cache_dir: Path) -> tuple[str, str, str, bool]:
+    """The converted folder for a GGUF file, converting it first when it is not cached yet."""
+    if not path.is_file():
+        raise ModelLoadError(f"The GGUF file {str(path)!r} does not exist. Check MUSE_MODEL.")
+    folder = gguf_cache_folder(path, cache_dir)
     model_id = path.name
     if (folder / "muse.json").is_file():
         revision = json.loads((folder / "muse.json").read_text())["sha256"]

@@ -23,6 +23,7 @@ import aiosqlite
 from storage import reads, retention, writes
 from storage.db import Clock, connect, create_file, format_utc, utc_now
 from storage.export import ExportFilters, export_jsonl
+from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, Migration, migrate
 from storage.models import (
     FINISHED_STATUSES,
@@ -56,6 +57,9 @@ class Store:
         self._writer = writer
         self._reader = reader
         self._clock = clock
+        #: Generations this open found left `running` by a crash and marked `interrupted`
+        #: (oldest first); the bot edits their replies to say so.
+        self.interrupted: tuple[int, ...] = ()
 
     @classmethod
     def open(
@@ -84,6 +88,8 @@ class Store:
         migrations: Sequence[Migration],
         max_batch: int,
     ) -> Store:
+        interrupted: list[int] = []
+
         def opener() -> sqlite3.Connection:
             create_file(path)
             conn = connect(path)
@@ -92,10 +98,12 @@ class Store:
                 migrate(conn, migrations, path=str(path))
                 if mark_interrupted:
                     conn.execute("BEGIN IMMEDIATE")
-                    count = writes.interrupt_running(conn, format_utc(clock()))
+                    interrupted.extend(writes.interrupt_running_ids(conn, format_utc(clock())))
                     conn.execute("COMMIT")
-                    if count:
-                        log.warning("%d generations left running by a crash: interrupted", count)
+                    if interrupted:
+                        log.warning(
+                            "%d generations left running by a crash: interrupted", len(interrupted)
+                        )
             except BaseException:
                 conn.close()
                 raise
@@ -111,7 +119,9 @@ class Store:
         reader.row_factory = sqlite3.Row
         await reader.execute("PRAGMA query_only = ON")
         await reader.execute("PRAGMA busy_timeout = 30000")
-        return cls(path, writer, reader, clock)
+        store = cls(path, writer, reader, clock)
+        store.interrupted = tuple(interrupted)
+        return store
 
     async def close(self) -> None:
         """Commit queued writes, then close both connections."""
@@ -349,6 +359,15 @@ class Store:
         return await asyncio.to_thread(
             export_jsonl, self.path, fmt, out, filters or ExportFilters(), progress=progress
         )
+
+    async def backup(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> int:
+        """An online, consistent copy of the database at `path` (mode 0600); returns its size.
+
+        SQLite's backup API on a separate read-only connection, in a worker thread: writes
+        keep committing meanwhile. Raises `BackupError` for an existing `path` (unless
+        `overwrite`) or a missing folder.
+        """
+        return await asyncio.to_thread(backup_file, self.path, Path(path), overwrite=overwrite)
 
 
 class _Opening:

@@ -97,6 +97,16 @@ def mark_deleted(conn: sqlite3.Connection, generation_id: int, now: str) -> None
         raise GenerationGone(generation_id, "missing or forgotten")
 
 
+def interrupt_running_ids(conn: sqlite3.Connection, now: str) -> list[int]:
+    """Like `interrupt_running`, but returns the ids (the bot edits their replies)."""
+    cursor = conn.execute(
+        """UPDATE generations SET status = 'interrupted', finished_utc = ?
+           WHERE status = 'running' RETURNING id""",
+        (now,),
+    )
+    return sorted(row[0] for row in cursor.fetchall())
+
+
 def interrupt_running(conn: sqlite3.Connection, now: str) -> int:
     """Generations left `running` by a crash become `interrupted`; returns how many."""
     cursor = conn.execute(

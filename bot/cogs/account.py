@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.guild_policy import out_of_range
 from bot.splitting import split_message
 from bot.streaming import NO_MENTIONS, answer_ephemeral
 from storage.models import Generation
@@ -144,8 +145,8 @@ class AccountCog(commands.Cog):
     ) -> None:
         """Your recent generations on this server (only you see them)."""
         count = 10 if count is None else count
-        if not 1 <= count <= 25:
-            await answer_ephemeral(interaction, "⚠️ count must be from 1 to 25.")
+        if problem := out_of_range("count", count, 1, 25):
+            await answer_ephemeral(interaction, f"⚠️ {problem}")
             return
         rows = await self.bot.store.recent_generations(
             interaction.user.id, interaction.guild_id, limit=count

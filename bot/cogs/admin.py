@@ -15,7 +15,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.guild_policy import Refused, describe, parse_blocklist, parse_channels, parse_tasks
+from bot.guild_policy import (
+    Refused,
+    describe,
+    out_of_range,
+    parse_blocklist,
+    parse_channels,
+    parse_tasks,
+)
 from bot.streaming import NO_MENTIONS, answer_ephemeral
 from storage.export import ExportFilters
 from storage.stats import TaskModelStats, ratings_chart_png
@@ -28,6 +35,7 @@ log = logging.getLogger("muse.bot.cogs.admin")
 DEFAULT_UPLOAD_LIMIT = 25 * 1024 * 1024
 DAY_S = 24 * 60 * 60
 MANAGERS_ONLY = "🚫 Only members with **Manage Server** can use /{command}."
+MAX_SCORE = 1_000_000  # /export min_score: far beyond any real score
 
 
 def upload_limit(interaction: discord.Interaction) -> int:
@@ -126,6 +134,10 @@ class AdminCog(commands.Cog):
         if format not in ("sft", "dpo", "kto", "raw"):
             await answer_ephemeral(interaction, "⚠️ format must be sft, dpo, kto or raw.")
             return
+        score_problem = out_of_range("min_score", min_score, -MAX_SCORE, MAX_SCORE)
+        if min_score is not None and score_problem:  # past 64 bits SQLite refuses the query
+            await answer_ephemeral(interaction, f"⚠️ {score_problem}")
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         guild_id = interaction.guild_id or 0
         fd, path = tempfile.mkstemp(prefix="muse-export-", suffix=".jsonl")
@@ -218,8 +230,8 @@ def settings_changes(options: dict[str, Any]) -> dict[str, Any]:
     for name, (low, high) in ranges.items():
         value = options.get(name)
         if value is not None:
-            if not low <= value <= high:
-                raise Refused(f"{name} must be from {low:g} to {high:g}, not {value:g}.")
+            if problem := out_of_range(name, value, low, high):
+                raise Refused(problem)
             changes[name] = value
     parsers = {
         "enabled_tasks": parse_tasks,

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.compare import run_compare
-from bot.guild_policy import admitted, texts_of
+from bot.guild_policy import admitted, out_of_range, texts_of
 from bot.streaming import answer_ephemeral, make_plan, run_generation
 from generation.presets import PresetError
 
@@ -24,8 +24,9 @@ Text = app_commands.Range[str, 1, 1000]
 
 def check_range(name: str, value: float | None, low: float, high: float) -> None:
     """Re-validate a numeric option (Discord clients validate; the API does not promise to)."""
-    if value is not None and not low <= value <= high:
-        raise PresetError(f"{name} must be from {low:g} to {high:g}, not {value:g}.")
+    problem = None if value is None else out_of_range(name, value, low, high)
+    if problem:
+        raise PresetError(problem)
 
 
 class GenerationCog(commands.Cog):

@@ -1,0 +1,84 @@
+"""After a crash (SIGKILL, power loss, the engine watchdog's exit): the replies of the
+generations the store found still `running` (and marked `interrupted`) are edited to say
+what happened, with a 🔁 button to try again.
+
+The store remembers each generation's channel and reply message (the deferred response's id is
+recorded with the row), so the reply is edited as a channel message: that works whether or not
+the interaction's 15-minute token is still valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot import rendering
+
+if TYPE_CHECKING:
+    from bot.client import MuseBot
+
+log = logging.getLogger("muse.bot.recovery")
+
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+def start_recovery(bot: MuseBot) -> asyncio.Task[int] | None:
+    """Edit the interrupted replies in the background (from `setup_hook`); None if none."""
+    ids = tuple(getattr(bot.store, "interrupted", ()))  # older stores do not report them
+    if not ids:
+        return None
+    return asyncio.create_task(edit_interrupted(bot, ids), name="muse-recovery")
+
+
+async def edit_interrupted(bot: MuseBot, generation_ids: tuple[int, ...]) -> int:
+    """Edit each reply; a reply that cannot be edited is logged and skipped. Returns how many
+    were edited."""
+    edited = 0
+    for generation_id in generation_ids:
+        try:
+            edited += await edit_reply(bot, generation_id)
+        except discord.HTTPException as exc:
+            log.warning("could not edit the reply of generation %s: %s", generation_id, exc)
+        except Exception:  # noqa: BLE001 - one bad row must not stop the others
+            log.exception("could not edit the reply of generation %s", generation_id)
+    log.info("edited %d of %d interrupted replies", edited, len(generation_ids))
+    return edited
+
+
+async def edit_reply(bot: MuseBot, generation_id: int) -> bool:
+    """Keep the partial text shown, add the note and 🔁; False when there is nothing to edit."""
+    from bot.views import RegenerateButton
+
+    generation = await bot.store.get_generation(generation_id)
+    if generation is None or generation.status != "interrupted":
+        return False
+    if not generation.channel_id or not generation.message_id:
+        log.info("generation %s has no reply message to edit", generation_id)
+        return False
+    channel = bot.get_partial_messageable(generation.channel_id)
+    message = channel.get_partial_message(generation.message_id)
+    try:
+        shown = (await message.fetch()).content
+    except discord.NotFound:
+        return False
+    view = discord.ui.View(timeout=None)
+    view.add_item(RegenerateButton(generation_id))
+    await message.edit(content=interrupted_text(shown), view=view, allowed_mentions=NO_MENTIONS)
+    return True
+
+
+def interrupted_text(shown: str, limit: int = 2000) -> str:
+    """The partial text a reply showed (without the in-progress marker), then the note."""
+    text = shown.strip()
+    if text.endswith(rendering.IN_PROGRESS):
+        text = text[: -len(rendering.IN_PROGRESS)].rstrip()
+    if text.startswith("⏳"):  # "⏳ writing…" or "⏳ Queued — position N": no text yet
+        text = ""
+    note = rendering.finish_note("interrupted")
+    room = limit - len(note) - 2
+    if len(text) > room:
+        text = text[: room - 1] + "…"
+    return f"{text}\n\n{note}" if text else note
