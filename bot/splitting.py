@@ -70,10 +70,13 @@ def _code_spans(text: str) -> list[tuple[int, int]]:
 
 def _open_fence(text: str) -> str | None:
     """The opening fence line (```lang) if `text` ends inside a code block."""
-    fences = list(re.finditer(r"```(\w*)", text))
+    fences = list(re.finditer(r"```", text))
     if len(fences) % 2 == 0:
         return None
-    return "```" + fences[-1].group(1)
+    # A language tag is a short word alone on the fence line ("```python\n"); anything else
+    # after the fence is code, and must not be repeated when the block is reopened.
+    tag = re.match(r"```([\w+#.-]{1,20})\n", text[fences[-1].start() :])
+    return "```" + (tag.group(1) if tag else "")
 
 
 def _close_block(head: str, rest: str, limit: int) -> tuple[str, str]:
