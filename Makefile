@@ -34,10 +34,7 @@ run: $(STAMP)
 
 test: $(STAMP) $(LLAMA_SERVER)
 	$(BIN)/ruff check .
-	# Two runs: the engine tests and the bot tests each load the model and start engine and
-	# torch threads; one interpreter holding both sets aborts in torch's teardown at exit.
-	$(BIN)/python -m pytest -q tests/generation
-	$(BIN)/python -m pytest -q tests --ignore=tests/generation
+	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
