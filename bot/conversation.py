@@ -17,6 +17,7 @@ from bot.streaming import (
     make_plan,
     open_stream,
     record_as,
+    record_failure,
     settle,
     stream_edits,
 )
@@ -112,13 +113,7 @@ async def _fail(
 ) -> None:
     """Record the failure and say so in the thread."""
     text = report(exc, f"chat generation {generation_id}")
-    if generation_id is not None:
-        try:
-            await bot.store.finish_generation(
-                generation_id, "", "error", 0, 0, None, 0.0, status="failed", error=repr(exc)
-            )
-        except Exception:  # noqa: BLE001 - the store may be the thing that failed
-            log.exception("could not record the failure of generation %s", generation_id)
+    await record_failure(bot, generation_id, exc)
     try:
         if message is not None:
             await message.edit(content=text, view=None, allowed_mentions=NO_MENTIONS)

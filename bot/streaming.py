@@ -353,6 +353,18 @@ async def settle(
     return pieces
 
 
+async def record_failure(bot: MuseBot, generation_id: int | None, exc: BaseException) -> None:
+    """Mark a generation `failed` with its error; a store that fails too is only logged."""
+    if generation_id is None:
+        return
+    try:
+        await bot.store.finish_generation(
+            generation_id, "", "error", 0, 0, None, 0.0, status="failed", error=repr(exc)
+        )
+    except Exception:  # noqa: BLE001 - the store may be the thing that failed
+        log.exception("could not record the failure of generation %s", generation_id)
+
+
 async def fail(
     interaction: discord.Interaction[MuseBot],
     bot: MuseBot,
@@ -361,13 +373,7 @@ async def fail(
 ) -> None:
     """Record the failure, and replace "thinking…" with what happened."""
     message = report(exc, f"generation {generation_id}")
-    if generation_id is not None:
-        try:
-            await bot.store.finish_generation(
-                generation_id, "", "error", 0, 0, None, 0.0, status="failed", error=repr(exc)
-            )
-        except Exception:  # noqa: BLE001 - the store may be the thing that failed
-            log.exception("could not record the failure of generation %s", generation_id)
+    await record_failure(bot, generation_id, exc)
     try:
         if interaction.response.is_done():
             await interaction.edit_original_response(
