@@ -36,6 +36,7 @@ from generation.prompting import encode_messages  # noqa: E402
 from generation.types import GenerationRequest, Message  # noqa: E402
 from tests.generation.llama_server import LlamaServer  # noqa: E402
 
+STAGGER_S = 0.5  # the staggered row: one request every half second
 ROLES = ["blacksmith", "wizard", "thief", "king", "bard", "elf", "dwarf", "orc"]
 
 
@@ -61,7 +62,7 @@ def hf_generate(loaded: LoadedModel, ids: list[list[int]], tokens: int) -> int:
     """One padded `model.generate` call (left padding); returns new tokens produced."""
     tok = loaded.tokenizer
     tok.padding_side = "left"
-    batch = tok.pad({"input_ids": ids}, return_tensors="pt")
+    batch = tok.pad({"input_ids": ids}, return_tensors="pt").to(loaded.device)
     with torch.inference_mode():
         out = loaded.model.generate(
             **batch,
@@ -222,30 +223,43 @@ async def local_figures(
     bound_runs.append(padded(loaded, ids, tokens))
     figures["padded generate x16"] = max(bound_runs)
     with lag:
-        figures["engine 16 staggered 0.5 s"] = await engine_run(engine, 16, tokens, 0.5)
+        figures["engine 16 staggered 0.5 s"] = await engine_run(engine, 16, tokens, STAGGER_S)
     await engine.aclose()
     return rows, lag
 
 
-def local_ratios(figures: dict[str, float]) -> list[tuple[str, float, str]]:
+def arrival_limited(figures: dict[str, float], tokens: int, n: int = 16) -> float:
+    """The best tokens/s any server could show for the staggered row on this machine: the last
+    request arrives (n - 1) * STAGGER_S after the first and then needs at least the time one
+    request takes alone. When the padded bound is fast, this (not the bound) is the ceiling."""
+    alone_s = tokens / figures["engine c=1"]
+    return n * tokens / ((n - 1) * STAGGER_S + alone_s)
+
+
+def local_ratios(figures: dict[str, float], tokens: int) -> list[tuple[str, float, str]]:
     bound = figures["padded generate x16"]
     together = figures["engine 16 together"]
+    staggered = figures["engine 16 staggered 0.5 s"]
+    ceiling = arrival_limited(figures, tokens)
     return [
         ("engine 16 together / naive c=16", together / figures["naive c=16"], "≥ 5"),
         ("engine 16 together / naive c=1", together / figures["naive c=1"], "—"),
         ("engine 16 together / padded bound", together / bound, "≥ 0.85"),
-        ("engine staggered / padded bound", figures["engine 16 staggered 0.5 s"] / bound, "≥ 0.7"),
+        ("engine staggered / padded bound", staggered / bound, "≥ 0.7"),
+        ("arrival-limited ceiling / padded bound", ceiling / bound, "—"),
+        ("engine staggered / that ceiling", staggered / ceiling, "—"),
         ("engine c=1 / naive c=1", figures["engine c=1"] / figures["naive c=1"], "≥ 0.9"),
     ]
 
 
-async def main(tokens: int, skip_cold: bool, remote_only: bool) -> None:
+async def main(tokens: int, skip_cold: bool, remote_only: bool, local_only: bool) -> None:
     figures: dict[str, float] = {}
     rows: list[tuple[str, str]] = []
     lag: LoopLag | None = None
     if not remote_only:
         rows, lag = await local_figures(tokens, skip_cold, figures)
-    rows += await remote_figures(tokens, figures)
+    if not local_only:
+        rows += await remote_figures(tokens, figures)
 
     print(
         f"\nSmolLM2-135M-Instruct (default model), {tokens} new tokens each, torch "
@@ -256,14 +270,14 @@ async def main(tokens: int, skip_cold: bool, remote_only: bool) -> None:
     for name, value in figures.items():
         print(f"| {name:<28} | {value:8.1f} |")
     print()
-    ratios = [] if remote_only else local_ratios(figures)
-    for c in (1, 4, 16):
+    ratios = [] if remote_only else local_ratios(figures, tokens)
+    for c in () if local_only else (1, 4, 16):
         remote = figures[f"remote backend c={c}"] / figures[f"llama.cpp server raw c={c}"]
         ratios.append((f"remote backend / server raw, c={c}", remote, "≥ 0.95"))
-    print(f"| {'ratio':<36} | {'value':>6} | target |")
-    print(f"|{'-' * 38}|{'-' * 8}|--------|")
+    print(f"| {'ratio':<40} | {'value':>6} | target |")
+    print(f"|{'-' * 42}|{'-' * 8}|--------|")
     for name, value, target in ratios:
-        print(f"| {name:<36} | {value:6.2f} | {target:>6} |")
+        print(f"| {name:<40} | {value:6.2f} | {target:>6} |")
     print()
     for name, value in rows:
         print(f"{name}: {value}")
@@ -275,8 +289,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--skip-cold", action="store_true", help="skip the cold-load figure")
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--remote-only", action="store_true", help="only the remote backend and raw-server rows"
     )
+    only.add_argument("--local-only", action="store_true", help="only the local engine's rows")
     args = parser.parse_args()
-    asyncio.run(main(args.tokens, args.skip_cold, args.remote_only))
+    asyncio.run(main(args.tokens, args.skip_cold, args.remote_only, args.local_only))

@@ -1,9 +1,9 @@
 """The engine: one worker thread owns the model and decodes every running request together.
 
-The event loop only enqueues requests and receives chunks (`call_soon_threadsafe`); tokenising,
-prefill, decoding and detokenising all happen on the worker. Each step the worker admits waiting
-requests into the running batch (fairly across users), retires finished, cancelled and timed-out
-rows, and decodes one token for every row.
+The event loop only enqueues requests and receives chunks (one `call_soon_threadsafe` per step,
+through `Mailbox`); tokenising, prefill, decoding and detokenising all happen on the worker. Each
+step the worker admits waiting requests into the running batch (fairly across users), retires
+finished, cancelled and timed-out rows, and decodes one token for every row.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import atexit
 import itertools
 import logging
 import math
+import sys
 import threading
 import time
 import weakref
@@ -24,9 +25,11 @@ import torch
 from generation.errors import EngineBusy, EngineDead, GenerationFailed
 from generation.jobs import Job
 from generation.kv_batch import BatchRunner, KVBatch
+from generation.mailbox import Mailbox
 from generation.models import LoadedModel
+from generation.prefix_cache import PrefixCache
 from generation.prompting import encode_messages
-from generation.sampling import RowSampler
+from generation.sampling import BatchSampler
 from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
 
 log = logging.getLogger("muse.generation.engine")
@@ -45,6 +48,14 @@ def _stop_live_engines() -> None:
     for engine in list(_LIVE):
         engine._worker.join(EXIT_JOIN_S)
 
+
+# On a GPU the worker is bound by launching kernels from Python: each torch call drops and
+# retakes the GIL, and whenever the event loop's thread has taken it meanwhile the worker waits up
+# to the interpreter's switch interval (5 ms by default) to get it back. Measured on an H200
+# (benchmarks/README.md, GPU): a shorter interval made 16-row steps several times faster. On the
+# CPU the model's long matrix products dominate and the default is left alone.
+ACCELERATOR_SWITCH_INTERVAL_S = 0.0005
+
 FaultHook = Callable[[str, list[GenerationRequest]], None]
 
 
@@ -54,6 +65,7 @@ class EngineConfig:
     queue_size: int = 64  # MUSE_QUEUE_SIZE: waiting + running
     max_new_tokens: int = 512  # MUSE_MAX_TOKENS: cap on any request
     step_timeout_s: float = 120.0  # a single step longer than this means the engine is hung
+    prefix_cache_mb: int = 256  # remembered prompts' keys and values (0: off)
 
 
 class Engine:
@@ -74,8 +86,11 @@ class Engine:
         self._waiting: list[Job] = []
         self._running: list[Job] = []
         self._jobs: dict[str, Job] = {}
+        self._mailbox = Mailbox()  # chunks on their way to the event loop(s)
+        self.prefixes = PrefixCache(self.config.prefix_cache_mb * 2**20)
         self._seq = itertools.count()
         self._batch: KVBatch | None = None
+        self._sampling: BatchSampler | None = None  # the same rows' sampling state
         self._batch_cap = self.config.max_batch
         self._calm_steps = 0  # decoding steps since the last out-of-memory
         self._last_tag: dict[str, int] = {}  # fair-queuing tag of each user's latest request
@@ -122,7 +137,7 @@ class Engine:
             if len(self._jobs) >= self.config.queue_size:
                 raise EngineBusy(self._retry_after())
             cap = min(request.max_new_tokens, self.config.max_new_tokens)
-            job = Job(request, loop, next(self._seq), max(1, cap))
+            job = Job(request, loop, next(self._seq), max(1, cap), self._mailbox)
             job.tag = self._fair_tag(job.user_key)
             self._waiting.append(job)
             self._jobs[request.request_id] = job
@@ -144,6 +159,7 @@ class Engine:
                 self._waiting.remove(job)
                 self._retire(job, "cancelled")
             self._lock.notify_all()
+        self._mailbox.flush()
 
     def queue_position(self, request_id: str) -> int | None:
         """1-based place in the waiting line; 0 once running; None when unknown or finished."""
@@ -206,6 +222,10 @@ class Engine:
                 self._batch_cap = 1
             self._eos = _eos_ids(self.loaded)
             self._context = int(getattr(self.loaded.model.config, "max_position_embeddings", 2048))
+            if self.loaded.device.type != "cpu":
+                interval = min(sys.getswitchinterval(), ACCELERATOR_SWITCH_INTERVAL_S)
+                sys.setswitchinterval(interval)
+                log.info("GIL switch interval %.1f ms for the accelerator's worker", interval * 1e3)
         except BaseException as exc:
             log.exception("model failed to load")
             self._load_error = exc
@@ -213,6 +233,7 @@ class Engine:
                 for job in [*self._waiting]:
                     job.fail(exc)
                 self._waiting.clear()
+            self._mailbox.flush()
             self._ready.set()
             return
         self._ready.set()
@@ -224,10 +245,16 @@ class Engine:
                     return
                 self._sweep()
                 newcomers = self._admit()
-            if newcomers:
-                self._prefill(newcomers)
-            if self._running and not self._dead:
-                self._decode()
+            try:
+                if newcomers:
+                    self._prefill(newcomers)
+                if self._running and not self._dead:
+                    self._decode()
+            except Exception as exc:  # outside a model step (a bug): fail what it touched, go on
+                log.exception("the engine's step failed outside the model")
+                self._fail_rows([*self._running, *newcomers], exc)
+            finally:
+                self._mailbox.flush()  # the step's chunks: one wake-up of each event loop
 
     def _admission_order(self) -> list[Job]:
         """Waiting jobs in the order they will run: by fair-share tag, then arrival."""
@@ -272,10 +299,26 @@ class Engine:
                     self.loaded.tokenizer, job.request.messages, budget, job.request.response_prefix
                 )
                 job.max_new_tokens = min(job.max_new_tokens, self._context - len(job.prompt_ids))
-                job.sampler = RowSampler(job.request, self._runner.device)
         try:
             self._timed("prefill", jobs)
-            batch, logits = self._runner.prefill([job.cached_tokens() for job in jobs])
+            sequences = [job.cached_tokens() for job in jobs]
+            order, batch, logits = self._runner.prefill_reusing(sequences, self.prefixes)
+            jobs = [jobs[index] for index in order]  # the batch's row order
+            sampling = BatchSampler.for_rows(
+                [job.request for job in jobs],
+                [job.generator for job in jobs],
+                [job.prompt_ids + job.generated for job in jobs],
+                logits.shape[-1],
+                logits.device,
+            )
+            with self._lock:
+                if self._dead:
+                    return  # the watchdog failed everyone while this prefill ran
+                first = len(self._running)
+                if self._batch is not None:  # joining copies the cache: it can run out too
+                    batch, sampling = self._batch.merge(batch), self._sampling.merge(sampling)
+                self._batch, self._sampling = batch, sampling
+                self._running.extend(jobs)
         except torch.OutOfMemoryError:
             self._out_of_memory(jobs, "prefill")
             return
@@ -286,13 +329,11 @@ class Engine:
             return
         finally:
             self._step_started = None
-        with self._lock:
-            if self._dead:
-                return  # the watchdog failed everyone while this prefill ran
-            self._batch = batch if self._batch is None else self._batch.merge(batch)
-            self._running.extend(jobs)
-        fresh = [(row, job) for row, job in enumerate(jobs) if job.pending is None]
-        self._sample([(job, logits[row]) for row, job in fresh])
+        # Rows resumed after an out-of-memory requeue already hold their next token.
+        fresh = [row for row, job in enumerate(jobs) if job.pending is None]
+        if fresh:
+            tokens = self._sampling.choose(logits[fresh], [first + row for row in fresh])
+            self._accept([jobs[row] for row in fresh], tokens)
 
     def _decode(self) -> None:
         jobs = list(self._running)
@@ -315,14 +356,14 @@ class Engine:
         self._calm_steps += 1
         if self._batch_cap < self.config.max_batch and self._calm_steps % 64 == 0:
             self._batch_cap += 1  # grow back slowly after an out-of-memory
-        self._sample(list(zip(jobs, logits, strict=True)))
+        self._accept(jobs, self._sampling.choose(logits))
 
-    def _sample(self, rows: list[tuple[Job, torch.Tensor]]) -> None:
+    def _accept(self, jobs: list[Job], tokens: list[int]) -> None:
+        """Hand each job its sampled token; stream its text or retire it."""
         tokenizer, model_id = self.loaded.tokenizer, self.loaded.model_id
-        for job, logits in rows:
+        for job, token in zip(jobs, tokens, strict=True):
             if job.done or job not in self._running:
                 continue  # failed meanwhile (the watchdog, an abort): nothing more to send
-            token = job.sampler.choose(logits, job.seen(logits.device))
             text = tokenizer.decode(job.generated + [token], skip_special_tokens=True)
             reason = job.accept(token, text, self._eos)
             if reason is None:
@@ -341,8 +382,14 @@ class Engine:
         row = self._running.index(job)
         self._running.pop(row)
         keep = [i for i in range(self._batch.size) if i != row]
-        self._batch = self._batch.keep(keep) if keep else None
+        if keep:
+            self._batch, self._sampling = self._batch.keep(keep), self._sampling.keep(keep)
+        else:
+            self._clear_rows()
         self._retire(job, reason)
+
+    def _clear_rows(self) -> None:
+        self._batch = self._sampling = None
 
     def _retire(self, job: Job, reason: str, error: str | None = None) -> None:
         """Finish a job that left the batch or the queue (lock held)."""
@@ -357,25 +404,37 @@ class Engine:
             if job in self._running:
                 self._running.remove(job)
                 if not self._running:
-                    self._batch = None
+                    self._clear_rows()
             self._jobs.pop(job.request.request_id, None)
             self._lock.notify_all()
         job.fail(exc)
         if not self._running:
-            self._batch = None
+            self._clear_rows()
+
+    def _fail_rows(self, jobs: list[Job], exc: BaseException) -> None:
+        """Fail `jobs` unless they finished or went back to the queue, and drop the batch."""
+        with self._lock:
+            doomed = [job for job in jobs if not job.done and job not in self._waiting]
+        for job in doomed:
+            self._fail(job, exc)
+        with self._lock:
+            self._running.clear()
+            self._clear_rows()
 
     def _out_of_memory(self, jobs: list[Job], phase: str) -> None:
-        """Halve the batch and requeue; a lone request that still does not fit fails."""
+        """Halve the batch and requeue `jobs`; a request that does not fit even alone fails."""
+        self.prefixes.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        if len(jobs) == 1:
+        others = [job for job in self._running if job not in jobs]
+        if len(jobs) == 1 and not others:
             self._fail(jobs[0], RuntimeError("out of memory even for this request alone"))
             return
-        log.warning(
-            "out of memory in %s with %d rows: retrying in smaller batches", phase, len(jobs)
-        )
+        rows = len(jobs) + len(others)
+        log.warning("out of memory in %s with %d rows: retrying in smaller batches", phase, rows)
         with self._lock:
-            self._batch_cap = max(1, len(jobs) // 2)
+            # Newcomers that did not fit beside the running rows wait until some have finished.
+            self._batch_cap = max(1, rows // 2)
             self._calm_steps = 0
             for job in jobs:
                 if job in self._running:
@@ -383,7 +442,7 @@ class Engine:
             # Requeued rows keep their tokens and sampler state; a re-prefill resumes them exactly.
             self._waiting.extend(jobs)
             if not self._running:
-                self._batch = None
+                self._clear_rows()
 
     def _retry_after(self) -> float:
         rounds = math.ceil((len(self._waiting) + 1) / max(1, self._batch_cap))
@@ -406,6 +465,7 @@ class Engine:
                 self._waiting.clear()
                 self._running.clear()
                 self._jobs.clear()
+            self._mailbox.flush()
             if self._on_fatal is not None:
                 self._on_fatal(reason)
             return

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
-import torch
-
-from generation.sampling import RowSampler
+from generation.mailbox import Mailbox
+from generation.sampling import row_generator
 from generation.types import FinishReason, GenerationChunk, GenerationRequest
 
 
@@ -17,10 +15,16 @@ class Job:
     """A request as the worker thread sees it. Only the worker mutates it after admission."""
 
     def __init__(
-        self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, seq: int, max_new: int
+        self,
+        request: GenerationRequest,
+        loop: asyncio.AbstractEventLoop,
+        seq: int,
+        max_new: int,
+        mailbox: Mailbox,
     ) -> None:
         self.request = request
         self.loop = loop
+        self.mailbox = mailbox  # the engine flushes it once per step
         self.seq = seq
         self.tag = 0  # fair-queuing order among users (set by the engine)
         self.max_new_tokens = max_new
@@ -32,7 +36,7 @@ class Job:
         self.prompt_ids: list[int] = []
         self.generated: list[int] = []
         self.pending: int | None = None  # sampled, streamed, not yet fed to the model
-        self.sampler: RowSampler | None = None
+        self.generator = row_generator(request)  # kept across an out-of-memory requeue
         self.text = request.response_prefix
         self.sent = 0  # characters of `text` already streamed
         self.first_token_at: float | None = None
@@ -62,9 +66,6 @@ class Job:
         if len(self.generated) >= self.max_new_tokens:
             return "length"
         return None
-
-    def seen(self, device: torch.device) -> torch.Tensor:
-        return torch.tensor(self.prompt_ids + self.generated, dtype=torch.long, device=device)
 
     def emit_progress(self, model_id: str) -> None:
         """Stream what is safe to show: not a half-decoded character nor a possible stop prefix."""
@@ -119,9 +120,7 @@ class Job:
         )
 
     def _put(self, item: GenerationChunk | BaseException) -> None:
-        # A closed loop means nobody is listening any more.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.outbox.put_nowait, item)
+        self.mailbox.put(self.loop, self.outbox, item)
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from generation.prefix_cache import LayerStates, PrefixCache
+
 
 class KVBatch:
     """Rows' key/value cache, attention mask and lengths (real tokens cached per row)."""
@@ -36,10 +38,13 @@ class KVBatch:
     def merge(self, other: KVBatch) -> KVBatch:
         """Both batches' rows in one (self's rows first)."""
         width = max(self.width, other.width)
-        a, b = self._padded_layers(width), other._padded_layers(width)
         cache = _new_cache(self.cache)
-        for layer, (ka, va), (kb, vb) in zip(cache.layers, a, b, strict=True):
-            _fill_layer(layer, torch.cat([ka, kb]), torch.cat([va, vb]))
+        # Layer by layer, so the copy made on the way is one layer's, not the whole cache's;
+        # self stays intact until the merge has succeeded (an out-of-memory leaves it usable).
+        for layer, a, b in zip(cache.layers, self.cache.layers, other.cache.layers, strict=True):
+            keys = torch.cat([_pad_seq(a.keys, width), _pad_seq(b.keys, width)])
+            values = torch.cat([_pad_seq(a.values, width), _pad_seq(b.values, width)])
+            _fill_layer(layer, keys, values)
         mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)])
         return KVBatch(cache, mask, torch.cat([self.lengths, other.lengths]))
 
@@ -56,18 +61,22 @@ class KVBatch:
                 _fill_layer(layer, keys, values)
         return KVBatch(self.cache, mask[:, start:], self.lengths.index_select(0, index))
 
+    def row_states(self, row: int) -> LayerStates:
+        """Row `row`'s keys and values without padding, as [1, heads, tokens, dim] copies."""
+        columns = self.mask[row].nonzero().flatten()
+        return [
+            (
+                layer.keys[row : row + 1].index_select(2, columns),
+                layer.values[row : row + 1].index_select(2, columns),
+            )
+            for layer in self.cache.layers
+        ]
+
     def truncate(self, width: int) -> None:
         """Undo a forward that failed part-way: cut every layer back to `width` columns."""
         for layer in self.cache.layers:
             if getattr(layer, "is_initialized", False) and layer.keys.shape[-2] > width:
                 _fill_layer(layer, layer.keys[:, :, :width], layer.values[:, :, :width])
-
-    def _padded_layers(self, width: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        pad = width - self.width
-        return [
-            (F.pad(layer.keys, (0, 0, pad, 0)), F.pad(layer.values, (0, 0, pad, 0)))
-            for layer in self.cache.layers
-        ]
 
 
 class BatchRunner:
@@ -88,20 +97,61 @@ class BatchRunner:
         )
 
     @torch.inference_mode()
-    def prefill(self, sequences: list[list[int]]) -> tuple[KVBatch, torch.Tensor]:
-        """A new batch holding `sequences` (left-padded); returns it and each row's last logits."""
-        width = max(len(seq) for seq in sequences)
-        ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
+    def prefill(
+        self, sequences: list[list[int]], prefix: LayerStates | None = None
+    ) -> tuple[KVBatch, torch.Tensor]:
+        """A new batch holding `sequences`; returns it and each row's last logits.
+
+        With `prefix` (the keys and values of the first n tokens, which every sequence starts
+        with) only the rest is computed: rows are laid out as [prefix][padding][rest]."""
+        shared = prefix[0][0].shape[-2] if prefix else 0
+        rests = [seq[shared:] for seq in sequences]
+        width = max(len(rest) for rest in rests)
+        ids = torch.full((len(rests), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rests), width), dtype=torch.long)
+        for row, rest in enumerate(rests):
+            ids[row, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            mask[row, width - len(rest) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
+        if prefix:
+            rows = len(rests)
+            for layer, (keys, values) in zip(cache.layers, prefix, strict=True):
+                _fill_layer(layer, keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
+            mask = F.pad(mask, (shared, 0), value=1)
         logits = self._forward(ids, mask, positions, cache)
         lengths = torch.tensor([len(seq) for seq in sequences], device=self.device)
         return KVBatch(cache, mask, lengths), logits
+
+    def prefill_reusing(
+        self, sequences: list[list[int]], prefixes: PrefixCache
+    ) -> tuple[list[int], KVBatch, torch.Tensor]:
+        """Prefill `sequences`, each group that starts like a remembered prompt reusing its
+        columns (one forward per group), and remember them all. Returns the sequences' order in
+        the batch (indices into `sequences`), the batch and the last logits in that order."""
+        groups: dict[tuple[int, ...] | None, list[tuple[int, int]]] = {}
+        for index, seq in enumerate(sequences):
+            key, shared = prefixes.match(seq)
+            groups.setdefault(key, []).append((index, shared))
+        order: list[int] = []
+        batch: KVBatch | None = None
+        logits: list[torch.Tensor] = []
+        for key, members in groups.items():
+            prefix = None
+            if key is not None:
+                shared = min(count for _, count in members)
+                prefix = prefixes.states(key, shared)
+                prefixes.hits += len(members)
+                prefixes.tokens_reused += shared * len(members)
+            part, part_logits = self.prefill([sequences[i] for i, _ in members], prefix)
+            batch = part if batch is None else batch.merge(part)
+            order += [i for i, _ in members]
+            logits.append(part_logits)
+        assert batch is not None
+        for row, index in enumerate(order):
+            prefixes.add(sequences[index], batch.row_states(row))
+        return order, batch, torch.cat(logits)
 
     @torch.inference_mode()
     def step(self, batch: KVBatch, tokens: list[int]) -> torch.Tensor:
@@ -138,6 +188,11 @@ def _fill_layer(layer: Any, keys: torch.Tensor, values: torch.Tensor) -> None:
     if not getattr(layer, "is_initialized", False):
         layer.lazy_initialization(keys, values)
     layer.keys, layer.values = keys, values
+
+
+def _pad_seq(states: torch.Tensor, width: int) -> torch.Tensor:
+    """Keys or values [rows, heads, seq, dim] left-padded to `width` positions."""
+    return F.pad(states, (0, 0, width - states.shape[-2], 0))
 
 
 def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:

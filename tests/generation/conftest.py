@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from generation.engine import Engine, EngineConfig
 from generation.models import LoadedModel, load_model
 from generation.types import GenerationRequest, Message
+from tests.generation.random_model import random_model
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +23,17 @@ def model_cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def loaded(model_cache_dir: Path) -> LoadedModel:
+    """The real default model on the CPU. MUSE_TEST_MODEL=random:<shape> runs the same tests on
+    a random-weight model in fp32 on MUSE_TEST_DEVICE (e.g. cuda) with the tokenizer folder
+    MUSE_TEST_TOKENIZER: how the batching tests run on a GPU machine the real weights cannot
+    reach (tests/generation/random_model.py)."""
+    spec = os.environ.get("MUSE_TEST_MODEL", "")
+    if spec.startswith("random:"):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(os.environ["MUSE_TEST_TOKENIZER"])
+        device = os.environ.get("MUSE_TEST_DEVICE", "cpu")
+        return random_model(spec.removeprefix("random:"), tokenizer, device, torch.float32)
     return load_model(None, "cpu", model_cache_dir)
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 import torch
 
 from generation.errors import GenerationFailed
-from generation.kv_batch import BatchRunner
+from generation.kv_batch import BatchRunner, KVBatch
 from generation.prompting import encode_messages
+from generation.sampling import BatchSampler
+from generation.types import GenerationChunk
 from tests.generation.conftest import ask
 
 PROMPTS = [
@@ -68,15 +71,58 @@ def test_rows_joining_and_leaving_match_each_row_alone_at_every_step(loaded):
             assert (got - want).abs().max() < LOGIT_TOLERANCE
 
 
+async def last_chunk(stream: AsyncIterator[GenerationChunk]) -> GenerationChunk:
+    async for chunk in stream:
+        last = chunk
+    return last
+
+
 async def test_requests_joining_a_running_batch_give_the_text_they_give_alone(make_engine):
     engine = make_engine(max_batch=4)
     alone = [await engine.generate(greedy(p)) for p in PROMPTS]
-    first = asyncio.create_task(engine.generate(greedy(PROMPTS[0])))
-    await asyncio.sleep(0.4)  # the first request is decoding when the others arrive
+    first = engine.stream(greedy(PROMPTS[0]))
+    await anext(first)  # the first request is decoding when the others arrive
     rest = [asyncio.create_task(engine.generate(greedy(p))) for p in PROMPTS[1:]]
-    together = [await first, *[await task for task in rest]]
+    together = [await last_chunk(first), *[await task for task in rest]]
     assert [r.text for r in together] == [r.text for r in alone]
     assert engine.max_rows_seen >= 3
+
+
+async def test_a_newcomer_that_does_not_fit_beside_the_running_rows_waits(make_engine, monkeypatch):
+    engine = make_engine(max_batch=4)
+    alone = [await engine.generate(greedy(p)) for p in PROMPTS[:2]]
+    merge, tripped = KVBatch.merge, []
+
+    def out_of_memory_once(batch: KVBatch, other: KVBatch) -> KVBatch:
+        if not tripped:
+            tripped.append(other.size)
+            raise torch.OutOfMemoryError("injected OOM while joining the batch")
+        return merge(batch, other)
+
+    monkeypatch.setattr(KVBatch, "merge", out_of_memory_once)
+    first = engine.stream(greedy(PROMPTS[0]))
+    await anext(first)
+    second = await engine.generate(greedy(PROMPTS[1]))
+    assert tripped == [1]
+    assert [(await last_chunk(first)).text, second.text] == [r.text for r in alone]
+
+
+async def test_a_fault_outside_the_model_fails_the_running_rows_and_the_engine_goes_on(
+    make_engine, monkeypatch
+):
+    engine = make_engine(max_batch=4)
+    choose = BatchSampler.choose
+
+    def broken(sampler: BatchSampler, logits: torch.Tensor, rows=None) -> list[int]:
+        if sampler.size == 2:
+            raise RuntimeError("injected sampler bug")
+        return choose(sampler, logits, rows)
+
+    monkeypatch.setattr(BatchSampler, "choose", broken)
+    pair = [engine.generate(ask(f"{i}.", max_new_tokens=6)) for i in range(2)]
+    for outcome in await asyncio.gather(*pair, return_exceptions=True):
+        assert isinstance(outcome, GenerationFailed) and "injected sampler bug" in str(outcome)
+    assert (await engine.generate(ask("After.", max_new_tokens=6))).tokens_out > 0
 
 
 async def test_concurrent_requests_are_decoded_together(make_engine):
