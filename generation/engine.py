@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import torch
 
 from generation.errors import EngineBusy, EngineDead, GenerationFailed
+from generation.fair_queue import FairQueue
 from generation.jobs import Job
 from generation.kv_batch import BatchRunner, KVBatch
 from generation.mailbox import Mailbox
-from generation.models import LoadedModel
+from generation.models import LoadedModel, eos_token_ids
 from generation.prefix_cache import PrefixCache
 from generation.prompting import encode_messages
 from generation.sampling import BatchSampler
@@ -83,7 +84,7 @@ class Engine:
         self._on_fatal = on_fatal
         self._fault_hook = fault_hook  # tests inject failures and hangs here
         self._lock = threading.Condition()
-        self._waiting: list[Job] = []
+        self._waiting = FairQueue()
         self._running: list[Job] = []
         self._jobs: dict[str, Job] = {}
         self._mailbox = Mailbox()  # chunks on their way to the event loop(s)
@@ -93,7 +94,6 @@ class Engine:
         self._sampling: BatchSampler | None = None  # the same rows' sampling state
         self._batch_cap = self.config.max_batch
         self._calm_steps = 0  # decoding steps since the last out-of-memory
-        self._last_tag: dict[str, int] = {}  # fair-queuing tag of each user's latest request
         self._stopping = False
         self._dead: str | None = None
         self._step_started: float | None = None
@@ -138,8 +138,7 @@ class Engine:
                 raise EngineBusy(self._retry_after())
             cap = min(request.max_new_tokens, self.config.max_new_tokens)
             job = Job(request, loop, next(self._seq), max(1, cap), self._mailbox)
-            job.tag = self._fair_tag(job.user_key)
-            self._waiting.append(job)
+            self._waiting.push(job, min((j.tag for j in self._jobs.values()), default=None))
             self._jobs[request.request_id] = job
             self._lock.notify_all()
         return self._consume(job)
@@ -169,7 +168,7 @@ class Engine:
                 return None
             if job not in self._waiting:
                 return 0  # being prefilled or decoded
-            return self._admission_order().index(job) + 1
+            return self._waiting.position(job)
 
     def load(self) -> tuple[int, int]:
         """(running, waiting) right now."""
@@ -220,7 +219,7 @@ class Engine:
             if not self._runner.supports_merging:
                 log.warning("this model's cache cannot merge rows: decoding one request at a time")
                 self._batch_cap = 1
-            self._eos = _eos_ids(self.loaded)
+            self._eos = eos_token_ids(self.loaded)
             self._context = int(getattr(self.loaded.model.config, "max_position_embeddings", 2048))
             if self.loaded.device.type != "cpu":
                 interval = min(sys.getswitchinterval(), ACCELERATOR_SWITCH_INTERVAL_S)
@@ -256,27 +255,8 @@ class Engine:
             finally:
                 self._mailbox.flush()  # the step's chunks: one wake-up of each event loop
 
-    def _admission_order(self) -> list[Job]:
-        """Waiting jobs in the order they will run: by fair-share tag, then arrival."""
-        return sorted(self._waiting, key=lambda job: (job.tag, job.seq))
-
-    def _fair_tag(self, user: str) -> int:
-        """Start-time fair queuing: a request's tag is one past its user's previous request, but
-        never below the oldest tag still in the system; so users take turns, and being away
-        earns no credit."""
-        now = min((job.tag for job in self._jobs.values()), default=0)
-        if not self._jobs:
-            self._last_tag.clear()
-        tag = max(now, self._last_tag.get(user, -1) + 1)
-        self._last_tag[user] = tag
-        return tag
-
     def _admit(self) -> list[Job]:
-        free = self._batch_cap - len(self._running)
-        chosen = self._admission_order()[: max(0, free)]
-        for job in chosen:
-            self._waiting.remove(job)
-        return chosen
+        return self._waiting.take(self._batch_cap - len(self._running))
 
     def _sweep(self) -> None:
         """Retire running rows that were cancelled or ran out of time."""
@@ -286,7 +266,7 @@ class Engine:
                 self._drop(job, "cancelled")
             elif now > job.deadline:
                 self._drop(job, "timeout")
-        for job in list(self._waiting):
+        for job in self._waiting:
             if job.aborted or self._stopping or now > job.deadline:
                 self._waiting.remove(job)
                 self._retire(job, "timeout" if now > job.deadline else "cancelled")
@@ -440,7 +420,7 @@ class Engine:
                 if job in self._running:
                     self._running.remove(job)
             # Requeued rows keep their tokens and sampler state; a re-prefill resumes them exactly.
-            self._waiting.extend(jobs)
+            self._waiting.requeue(jobs)
             if not self._running:
                 self._clear_rows()
 
@@ -469,15 +449,3 @@ class Engine:
             if self._on_fatal is not None:
                 self._on_fatal(reason)
             return
-
-
-def _eos_ids(loaded: LoadedModel) -> set[int]:
-    ids: set[int] = set()
-    configured = getattr(loaded.model.generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    if loaded.tokenizer.eos_token_id is not None:
-        ids.add(loaded.tokenizer.eos_token_id)
-    return ids

