@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from dataclasses import replace
@@ -138,8 +139,17 @@ async def delete(interaction: discord.Interaction[MuseBot], generation_id: int) 
     if interaction.message is not None:
         await interaction.message.delete()
     if generation is not None:
+        await delete_followups(interaction, generation.followup_message_ids)
         await interaction.client.store.mark_deleted(generation_id)
     await answer_ephemeral(interaction, "🗑️ Deleted.")
+
+
+async def delete_followups(interaction: discord.Interaction[MuseBot], ids: tuple[int, ...]) -> None:
+    """The rest of a long reply; ones already gone (deleted by a moderator) are skipped."""
+    channel = interaction.client.get_partial_messageable(interaction.channel_id or 0)
+    for message_id in ids:
+        with contextlib.suppress(discord.NotFound):
+            await channel.get_partial_message(message_id).delete()
 
 
 async def compare_vote(

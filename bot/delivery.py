@@ -52,8 +52,9 @@ async def deliver(
         followups = channel
     if generation_id is not None:
         await remember_message(bot, generation_id, message.id)
-    for piece in pieces[1:]:
-        await followups.send(piece, allowed_mentions=NO_MENTIONS)
+    sent = [await followups.send(piece, allowed_mentions=NO_MENTIONS) for piece in pieces[1:]]
+    if generation_id is not None and sent:
+        await remember_followups(bot, generation_id, [m.id for m in sent if m is not None])
     return message
 
 
@@ -62,7 +63,19 @@ async def remember_message(bot: MuseBot, generation_id: int, message_id: int) ->
     try:
         await bot.store.set_message_id(generation_id, message_id)
     except Exception as exc:
-        problem = storage_problem(exc)
-        if problem is None:
-            raise
-        log.error("could not store the message of generation %s (%s)", generation_id, problem)
+        _log_storage_problem(exc, "message", generation_id)
+
+
+async def remember_followups(bot: MuseBot, generation_id: int, message_ids: list[int]) -> None:
+    """`store.set_followup_message_ids` (so 🗑 can delete them), tolerating the same."""
+    try:
+        await bot.store.set_followup_message_ids(generation_id, message_ids)
+    except Exception as exc:
+        _log_storage_problem(exc, "follow-up messages", generation_id)
+
+
+def _log_storage_problem(exc: Exception, what: str, generation_id: int) -> None:
+    problem = storage_problem(exc)
+    if problem is None:
+        raise exc
+    log.error("could not store the %s of generation %s (%s)", what, generation_id, problem)

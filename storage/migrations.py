@@ -127,7 +127,14 @@ def _initial_schema(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_initial_schema,)
+def _followup_messages(conn: sqlite3.Connection) -> None:
+    """Version 2: the follow-up messages a long reply continues in, so 🗑 deletes them too."""
+    conn.execute(
+        "ALTER TABLE generations ADD COLUMN followup_message_ids_json TEXT NOT NULL DEFAULT '[]'"
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_initial_schema, _followup_messages)
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -66,6 +66,7 @@ class Generation:
     created_utc: datetime
     finished_utc: datetime | None
     deleted_utc: datetime | None
+    followup_message_ids: tuple[int, ...] = ()  # where a reply over 2,000 characters goes on
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Generation:
@@ -73,6 +74,9 @@ class Generation:
         values = dict(row)
         for name in ("fields", "messages", "params"):
             values[name] = json.loads(values.pop(f"{name}_json"))
+        values["followup_message_ids"] = tuple(
+            json.loads(values.pop("followup_message_ids_json", "[]"))
+        )
         for name in ("created_utc", "finished_utc", "deleted_utc"):
             values[name] = parse_utc(values[name])
         return cls(**{name: values[name] for name in _GENERATION_FIELDS})

@@ -216,6 +216,10 @@ class Store:
         """Remember the Discord message showing the generation."""
         await self._write(writes.set_message_id, generation_id, message_id)
 
+    async def set_followup_message_ids(self, generation_id: int, message_ids: list[int]) -> None:
+        """Remember the follow-up messages a reply over 2,000 characters continues in."""
+        await self._write(writes.set_followup_message_ids, generation_id, message_ids)
+
     async def mark_deleted(self, generation_id: int) -> None:
         """The reply was deleted (🗑): status `deleted`, never rated or exported again."""
         await self._write(writes.mark_deleted, generation_id, self._now())

@@ -86,6 +86,18 @@ def set_message_id(conn: sqlite3.Connection, generation_id: int, message_id: int
         raise GenerationGone(generation_id, "missing or forgotten")
 
 
+def set_followup_message_ids(
+    conn: sqlite3.Connection, generation_id: int, message_ids: list[int]
+) -> None:
+    """Remember the follow-up messages a long reply continues in."""
+    cursor = conn.execute(
+        "UPDATE generations SET followup_message_ids_json = ? WHERE id = ?",
+        (json.dumps(message_ids), generation_id),
+    )
+    if cursor.rowcount == 0:
+        raise GenerationGone(generation_id, "missing or forgotten")
+
+
 def mark_deleted(conn: sqlite3.Connection, generation_id: int, now: str) -> None:
     """Status `deleted` (idempotent): never exported, never rated again."""
     cursor = conn.execute(

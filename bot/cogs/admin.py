@@ -185,6 +185,7 @@ class AdminCog(commands.Cog):
         enabled_tasks="Comma list, e.g. story, poem, chat (empty = all)",
         channels="Comma list of #channels (empty = all)",
         blocklist="Comma list of words or phrases (empty = none)",
+        reset="Comma list of settings to put back to their defaults, or all",
     )
     async def settings(
         self,
@@ -195,6 +196,7 @@ class AdminCog(commands.Cog):
         enabled_tasks: str | None = None,
         channels: str | None = None,
         blocklist: str | None = None,
+        reset: str | None = None,
     ) -> None:
         """Show or change Muse's rules for this server (Manage Server)."""
         if not is_manager(interaction):
@@ -207,6 +209,7 @@ class AdminCog(commands.Cog):
             "enabled_tasks": enabled_tasks,
             "channels": channels,
             "blocklist": blocklist,
+            "reset": reset,
         }
         try:
             changes = settings_changes(options)
@@ -242,7 +245,24 @@ def settings_changes(options: dict[str, Any]) -> dict[str, Any]:
         raw = options.get(name)
         if raw is not None:
             changes[name] = parse(raw)
+    for name in parse_reset(options.get("reset"), [*ranges, *parsers]):
+        if name in changes:
+            raise Refused(f"`{name}` is both set and reset: choose one.")
+        changes[name] = None  # the store's "back to the default"
     return changes
+
+
+def parse_reset(raw: str | None, names: list[str]) -> list[str]:
+    """The settings named in /settings reset:… (`all`: every one); raises `Refused`."""
+    wanted = [part.strip().lower() for part in (raw or "").split(",") if part.strip()]
+    if "all" in wanted:
+        return names
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise Refused(
+            f"Cannot reset {', '.join(unknown)}: the settings are {', '.join(names)} (or all)."
+        )
+    return list(dict.fromkeys(wanted))
 
 
 async def setup(bot: MuseBot) -> None:

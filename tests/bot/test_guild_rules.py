@@ -33,8 +33,18 @@ async def test_settings_are_for_managers_show_validate_and_clear(emu: DiscordEmu
         assert "not a channel" in await settings(emu, channels="general")
         assert "blocklist: none" in await settings(emu, blocklist="")
         stored = await bot.store.get_guild_settings(emu.guild.id)
+        assert "Cannot reset colour" in await settings(emu, reset="colour, temperature")
+        both = await settings(emu, temperature=0.5, reset="temperature")
+        assert "both set and reset" in both
+        assert (await bot.store.get_guild_settings(emu.guild.id)) == stored  # nothing changed
+        back = await settings(emu, reset="Temperature, enabled_tasks")
+        assert back.startswith("✅ Saved.") and "enabled_tasks: all" in back
+        assert "temperature: preset default" in back
+        after_reset = await bot.store.get_guild_settings(emu.guild.id)
     assert stored.enabled_tasks == ("story", "poem") and stored.temperature == 0.3
     assert stored.blocklist == () and stored.channels == (emu.channel.id,)
+    assert after_reset.temperature is None and after_reset.enabled_tasks is None
+    assert after_reset.channels == (emu.channel.id,)  # what was not named stays
 
 
 async def test_disabled_tasks_and_channels_are_refused_naming_the_allowed(tmp_path):

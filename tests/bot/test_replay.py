@@ -11,7 +11,9 @@ from tests.discord_emulator import DiscordEmulator
 FOOTER = re.compile(r"-# replay-model · \d+ tokens · \d+\.\d s · AI-generated$")
 
 
-async def test_long_text_continues_in_followups(emu: DiscordEmulator, start_bot: BotFactory):
+async def test_long_text_continues_in_followups_and_deletes_with_them(
+    emu: DiscordEmulator, start_bot: BotFactory
+):
     sentence = "The dragon slept under the mountain for a thousand years. "
     engine = ReplayEngine([sentence * 80], delay_s=0.0005)
     async with start_bot(engine) as bot:
@@ -27,6 +29,12 @@ async def test_long_text_continues_in_followups(emu: DiscordEmulator, start_bot:
         assert all(m.pings_no_one for m in story.messages)
         row = await bot.store.get_generation(1)
         assert row is not None and row.status == "done" and len(row.output) > 4000
+        assert row.followup_message_ids == tuple(m.id for m in parts[1:])
+
+        gone = await emu.press_button(story.original, "muse:delete:1", user="alice")
+        await gone.wait_until(lambda i: i.original)
+        assert all(m.deleted for m in parts)  # the whole reply, not just its first message
+        assert (await bot.store.get_generation(1)).status == "deleted"
 
 
 async def test_queue_full_answers_busy_at_once(emu: DiscordEmulator, start_bot: BotFactory):
