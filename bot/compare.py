@@ -16,6 +16,7 @@ from bot.streaming import (
     NO_MENTIONS,
     POLL_S,
     STATUS_BY_REASON,
+    ActiveRun,
     Plan,
     answer_ephemeral,
     fail,
@@ -86,6 +87,8 @@ async def run_compare(
     try:
         await interaction.response.defer(thinking=True)
         ids = [await record(bot, interaction, plan) for plan in plans]
+        for generation_id, plan in zip(ids, plans, strict=True):  # a shutdown waits for both
+            bot.active[generation_id] = ActiveRun(plan.request.request_id, interaction.user.id)
         finals = await _stream_both(interaction, bot, streams, first.blocklist)
         await _finish(interaction, bot, plans, ids, finals)
     except Exception as exc:  # noqa: BLE001 - every failure ends with a visible answer
@@ -95,6 +98,8 @@ async def run_compare(
     finally:
         for plan in plans:
             bot.engine.abort(plan.request.request_id)
+        for generation_id in ids:
+            bot.active.pop(generation_id, None)
     await maybe_notice(interaction, bot)
 
 
@@ -154,10 +159,13 @@ async def _finish(
     ids: list[int],
     finals: list[GenerationChunk],
 ) -> None:
-    embeds = []
+    embeds, cut_off = [], False
     for name, plan, generation_id, last in zip(NAMES, plans, ids, finals, strict=True):
         output = finish_text(bot.presets[plan.task], plan.fields, last.text)
         status, error = STATUS_BY_REASON.get(last.finish_reason or "", "failed"), last.error
+        run = bot.active.get(generation_id)
+        if run is not None and run.interrupted and last.finish_reason == "cancelled":
+            status, cut_off = "interrupted", True  # a shutdown cut it off (bot/shutdown.py)
         rule = blocked_by(plan.blocklist, output) or blocked_by(plan.blocklist, last.text)
         if rule is not None:  # withheld: not stored, not shown
             output, status, error = "", "failed", f"withheld: the blocklist {rule!r}"
@@ -176,9 +184,9 @@ async def _finish(
         shown = withheld_text(rule) if rule else output or "*(no text)*"
         embeds.append(take_embed(name, shown, tail))
     message = await interaction.edit_original_response(
-        content="Which take is better?",
+        content=rendering.finish_note("interrupted") if cut_off else "Which take is better?",
         embeds=embeds,
-        view=compare_view(ids[0], ids[1]),
+        view=None if cut_off else compare_view(ids[0], ids[1]),  # nothing finished to vote on
         allowed_mentions=NO_MENTIONS,
     )
     for generation_id in ids:

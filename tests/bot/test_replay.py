@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from bot import shutdown
 from tests.bot.conftest import BotFactory
 from tests.bot.fakes import ReplayEngine
 from tests.discord_emulator import DiscordEmulator
@@ -114,3 +115,19 @@ async def test_bad_option_is_refused_by_the_bot(emu: DiscordEmulator, start_bot:
         await bad.wait_finished()
         assert bad.original.ephemeral and "temperature must be from 0 to 2" in bad.original.content
         assert bot.engine.requests == []
+
+
+async def test_a_shutdown_gives_a_compare_its_grace_then_cuts_both_takes_off(
+    emu: DiscordEmulator, start_bot: BotFactory
+):
+    engine = ReplayEngine(["quick answer", " ".join(["slow"] * 400)], delay_s=0.02)
+    async with start_bot(engine) as bot:
+        compare = await emu.slash_command("compare", {"prompt": "a dragon"}, user="alice")
+        await compare.wait_until(lambda _: len(bot.active) == 2)
+        # Both takes count as running until the compare ends; A had finished, so only B is cut.
+        assert await shutdown.drain(bot, grace_s=0.3, final_edits_s=5) == 2
+        await compare.wait_until(lambda i: "restarted" in i.original.content, timeout=10)
+        statuses = [(await bot.store.get_generation(i)).status for i in (1, 2)]
+        assert statuses == ["done", "interrupted"]
+        assert not compare.original.custom_ids()  # no A/B/Tie: nothing finished to vote on
+        assert not bot.active
