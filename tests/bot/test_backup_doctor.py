@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot import cli
+from storage.migrations import MIGRATIONS
 from storage.store import Store
 from tests.bot.fake_openai import MODEL, FakeOpenAI
 
@@ -156,7 +157,7 @@ async def test_doctor_passes_with_a_model_server(env, tmp_path: Path, capsys):
     assert "shards 2,3 of 4 in this process" in lines[0]
     assert f"looks valid ({len(TOKEN)} characters" in lines[1]
     assert f"{llm.base_url}/models answers; model {MODEL}" in lines[2]
-    assert "schema 1 of 1, integrity ok, mode 0600" in lines[3]
+    assert f"schema {len(MIGRATIONS)} of {len(MIGRATIONS)}, integrity ok, mode 0600" in lines[3]
     assert lines[4] == "4 of 4 checks passed."
     text = "\n".join(lines)
     assert TOKEN not in text and TOKEN.split(".")[2] not in text and "sk-secret" not in text

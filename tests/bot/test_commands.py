@@ -62,6 +62,7 @@ async def test_commands_are_synced_to_the_guild(
             "enabled_tasks",
             "channels",
             "blocklist",
+            "reset",
         ],
         "help": [],
     }
