@@ -47,6 +47,18 @@ class GrowingLayer(DynamicLayer):
             self.values = self._value_room[:, :, : used + extra]
         return self.keys, self.values
 
+    def assign_stacked(
+        self, keys: list[torch.Tensor], values: list[torch.Tensor], width: int
+    ) -> None:
+        """Hold the rows of all `keys` / `values` parts, each left-padded (zeros) to `width`
+        columns: one copy of each part straight into the new room."""
+        if not self.is_initialized:
+            self.lazy_initialization(keys[0], values[0])
+        self._key_room = _stacked_room(keys, width)
+        self._value_room = _stacked_room(values, width)
+        self.keys = self._key_room[:, :, :width]
+        self.values = self._value_room[:, :, :width]
+
     def assign(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Hold copies of `keys` and `values` [rows, heads, tokens, dim], with spare room."""
         if not self.is_initialized:
@@ -55,6 +67,17 @@ class GrowingLayer(DynamicLayer):
         self._value_room = _with_room(values)
         self.keys = self._key_room[:, :, : keys.shape[-2]]
         self.values = self._value_room[:, :, : values.shape[-2]]
+
+
+def _stacked_room(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    rows = sum(part.shape[0] for part in parts)
+    _, heads, _, dim = parts[0].shape
+    room = parts[0].new_zeros((rows, heads, width + SPARE_COLUMNS, dim))
+    first = 0
+    for part in parts:
+        room[first : first + part.shape[0], :, width - part.shape[-2] : width] = part
+        first += part.shape[0]
+    return room
 
 
 def _with_room(states: torch.Tensor) -> torch.Tensor:
@@ -84,12 +107,10 @@ class KVBatch:
         """Both batches' rows in one (self's rows first)."""
         width = max(self.width, other.width)
         cache = _new_cache(len(self.cache.layers))
-        # Layer by layer, so the copy made on the way is one layer's, not the whole cache's;
-        # self stays intact until the merge has succeeded (an out-of-memory leaves it usable).
+        # Into new rooms, so self stays intact until the merge has succeeded (an out-of-memory
+        # leaves it usable); each row is copied once.
         for layer, a, b in zip(cache.layers, self.cache.layers, other.cache.layers, strict=True):
-            keys = torch.cat([_pad_seq(a.keys, width), _pad_seq(b.keys, width)])
-            values = torch.cat([_pad_seq(a.values, width), _pad_seq(b.values, width)])
-            layer.assign(keys, values)
+            layer.assign_stacked([a.keys, b.keys], [a.values, b.values], width)
         mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)])
         return KVBatch(cache, mask, torch.cat([self.lengths, other.lengths]))
 
@@ -235,11 +256,6 @@ def _new_cache(layers: int) -> Any:
     cache = DynamicCache()
     cache.layers = [GrowingLayer() for _ in range(layers)]
     return cache
-
-
-def _pad_seq(states: torch.Tensor, width: int) -> torch.Tensor:
-    """Keys or values [rows, heads, seq, dim] left-padded to `width` positions."""
-    return F.pad(states, (0, 0, width - states.shape[-2], 0))
 
 
 def _pad_left(mask: torch.Tensor, width: int) -> torch.Tensor:
