@@ -32,6 +32,7 @@ from generation.prefix_cache import PrefixCache
 from generation.prompting import encode_messages
 from generation.sampling import BatchSampler
 from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
+from generation.watchdog import StepWatchdog
 
 log = logging.getLogger("muse.generation.engine")
 
@@ -96,7 +97,6 @@ class Engine:
         self._calm_steps = 0  # decoding steps since the last out-of-memory
         self._stopping = False
         self._dead: str | None = None
-        self._step_started: float | None = None
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
         self._avg_job_s = 10.0
@@ -104,7 +104,11 @@ class Engine:
         self.steps = 0
         self.max_rows_seen = 0  # largest batch decoded together (observability and tests)
         self._worker = threading.Thread(target=self._run, name="muse-engine", daemon=True)
-        self._watchdog = threading.Thread(target=self._watch, name="muse-watchdog", daemon=True)
+        self._watchdog = StepWatchdog(
+            self.config.step_timeout_s,
+            self._hung,
+            lambda: not self._dead and not (self._stopping and not self._worker.is_alive()),
+        )
 
     # -- the event loop's side -------------------------------------------------------------
     def start(self) -> Engine:
@@ -308,7 +312,7 @@ class Engine:
                 self._fail(job, exc)
             return
         finally:
-            self._step_started = None
+            self._watchdog.finished()
         # Rows resumed after an out-of-memory requeue already hold their next token.
         fresh = [row for row, job in enumerate(jobs) if job.pending is None]
         if fresh:
@@ -330,7 +334,7 @@ class Engine:
                 self._fail(job, exc)
             return
         finally:
-            self._step_started = None
+            self._watchdog.finished()
         self.steps += 1
         self.max_rows_seen = max(self.max_rows_seen, len(jobs))
         self._calm_steps += 1
@@ -353,7 +357,7 @@ class Engine:
                     self._drop(job, reason)
 
     def _timed(self, phase: str, jobs: list[Job]) -> None:
-        self._step_started = time.monotonic()
+        self._watchdog.started()
         if self._fault_hook is not None:
             self._fault_hook(phase, [job.request for job in jobs])
 
@@ -428,24 +432,16 @@ class Engine:
         rounds = math.ceil((len(self._waiting) + 1) / max(1, self._batch_cap))
         return max(1.0, round(rounds * self._avg_job_s))
 
-    def _watch(self) -> None:
-        """Declare the engine dead when one step hangs: fail everyone, tell the supervisor."""
-        limit = self.config.step_timeout_s
-        while not self._dead and not (self._stopping and not self._worker.is_alive()):
-            time.sleep(min(0.5, limit / 4))
-            started = self._step_started
-            if started is None or time.monotonic() - started <= limit:
-                continue
-            reason = f"a model step hung for more than {limit:.0f} s"
-            log.critical("engine watchdog: %s; failing every request", reason)
-            with self._lock:
-                self._dead = reason
-                for job in [*self._waiting, *self._running]:
-                    job.fail(EngineDead(reason))
-                self._waiting.clear()
-                self._running.clear()
-                self._jobs.clear()
-            self._mailbox.flush()
-            if self._on_fatal is not None:
-                self._on_fatal(reason)
-            return
+    def _hung(self, reason: str) -> None:
+        """The watchdog's verdict: fail everyone, tell the supervisor (it exits the process)."""
+        log.critical("engine watchdog: %s; failing every request", reason)
+        with self._lock:
+            self._dead = reason
+            for job in [*self._waiting, *self._running]:
+                job.fail(EngineDead(reason))
+            self._waiting.clear()
+            self._running.clear()
+            self._jobs.clear()
+        self._mailbox.flush()
+        if self._on_fatal is not None:
+            self._on_fatal(reason)
