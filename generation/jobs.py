@@ -8,7 +8,12 @@ from typing import Any
 
 from generation.mailbox import Mailbox
 from generation.sampling import row_generator
-from generation.types import FinishReason, GenerationChunk, GenerationRequest
+from generation.types import (
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    stop_prefix_length,
+)
 
 
 class Job:
@@ -125,10 +130,4 @@ class Job:
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
     """How many trailing characters might still turn into a stop string or a complete character."""
-    hold = 1 if text.endswith("\ufffd") else 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), 0, -1):
-            if stop.startswith(text[-size:]):
-                hold = max(hold, size)
-                break
-    return hold
+    return max(stop_prefix_length(text, stops), 1 if text.endswith("\ufffd") else 0)

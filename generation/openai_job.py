@@ -14,7 +14,12 @@ import asyncio
 import time
 from typing import Any
 
-from generation.types import FinishReason, GenerationChunk, GenerationRequest
+from generation.types import (
+    FinishReason,
+    GenerationChunk,
+    GenerationRequest,
+    stop_prefix_length,
+)
 
 
 class RemoteJob:
@@ -125,7 +130,7 @@ class RemoteJob:
 
     def _emit_progress(self) -> None:
         """Stream what is safe to show: not what might still become a stop string."""
-        safe = len(self.text) - _held_back(self.text, self.request.stop)
+        safe = len(self.text) - stop_prefix_length(self.text, self.request.stop)
         if safe > self.sent:
             delta = self.text[self.sent : safe]
             self.sent = safe
@@ -148,14 +153,3 @@ class RemoteJob:
 
     def _put(self, item: GenerationChunk | BaseException) -> None:
         self.outbox.put_nowait(item)
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters might still turn into a stop string."""
-    hold = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), 0, -1):
-            if stop.startswith(text[-size:]):
-                hold = max(hold, size)
-                break
-    return hold

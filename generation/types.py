@@ -99,3 +99,15 @@ async def drain(chunks: AsyncIterator[GenerationChunk]) -> GenerationResult:
         model_id=last.model_id,
         error=last.error,
     )
+
+
+def stop_prefix_length(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters of `text` might still grow into a stop string: streaming
+    holds them back until the next piece decides."""
+    hold = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), 0, -1):
+            if stop.startswith(text[-size:]):
+                hold = max(hold, size)
+                break
+    return hold
