@@ -28,6 +28,7 @@ from generation.errors import EngineBusy, GenerationFailed
 from generation.models import ModelLoadError
 from generation.openai_http import describe, first_model, refusal, retry_after_s
 from generation.openai_job import RemoteJob
+from generation.outbox import consume
 from generation.sse import SSEDecoder
 from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
 
@@ -95,6 +96,15 @@ class OpenAIEngine:
     def model_id(self) -> str:
         return self._served or self.config.model
 
+    @property
+    def context_tokens(self) -> int | None:
+        """Not known here: the server cuts prompts to its own context."""
+        return None
+
+    def models(self) -> list[str]:
+        """The base model (adapters come later); empty until it is known."""
+        return [self.model_id] if self.model_id else []
+
     # -- the engine's face -------------------------------------------------------------------
     async def wait_ready(self) -> RemoteModel:
         """Ask the server for its models (retrying while it starts); raise `ModelLoadError`
@@ -141,7 +151,9 @@ class OpenAIEngine:
         self._jobs[request.request_id] = job
         job.task = loop.create_task(self._run(job), name=f"muse-remote-{request.request_id}")
         job.task.add_done_callback(lambda _: self._forget(job))  # also when cancelled unstarted
-        return self._consume(job)
+        rid = request.request_id
+        # When the consumer leaves early, aborting closes the stream (the server stops too).
+        return consume(job.outbox, done=lambda: job.done, abort=lambda: self.abort(rid))
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """The whole text of `request`; raises `GenerationFailed` when the server failed it."""
@@ -184,19 +196,6 @@ class OpenAIEngine:
             self._session = None
 
     # -- one request ---------------------------------------------------------------------------
-    async def _consume(self, job: RemoteJob) -> AsyncIterator[GenerationChunk]:
-        try:
-            while True:
-                item = await job.outbox.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finished:
-                    return
-        finally:
-            if not job.done:
-                self.abort(job.request.request_id)  # the consumer left: close the stream
-
     async def _run(self, job: RemoteJob) -> None:
         """Own one request from send to its last chunk; the deadline covers every retry."""
         rid = job.request.request_id

@@ -1,0 +1,199 @@
+"""The worker thread: it loads the model, then steps until the engine stops.
+
+Each step admits waiting requests into the running batch (fairly across users), retires
+finished, cancelled and timed-out rows, prefills the newcomers and decodes one token for every
+row. Tokenising, prefill, decoding and detokenising all happen here, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable
+
+import torch
+
+from generation.jobs import Job
+from generation.kv_batch import BatchRunner
+from generation.mailbox import Mailbox
+from generation.models import LoadedModel, eos_token_ids
+from generation.oom import MemoryRecovery
+from generation.prefix_cache import PrefixCache
+from generation.prompting import encode_messages
+from generation.sampling import BatchSampler
+from generation.scheduler import Scheduler
+from generation.types import GenerationRequest
+from generation.watchdog import StepWatchdog
+
+log = logging.getLogger("muse.generation.engine")
+
+# On a GPU the worker is bound by launching kernels from Python: each torch call drops and
+# retakes the GIL, and whenever the event loop's thread has taken it meanwhile the worker waits up
+# to the interpreter's switch interval (5 ms by default) to get it back. Measured on an H200
+# (benchmarks/README.md, GPU): a shorter interval made 16-row steps several times faster. On the
+# CPU the model's long matrix products dominate and the default is left alone.
+ACCELERATOR_SWITCH_INTERVAL_S = 0.0005
+
+FaultHook = Callable[[str, list[GenerationRequest]], None]
+
+
+class Worker:
+    """The loop the engine's thread runs, and what it learnt loading the model."""
+
+    def __init__(
+        self,
+        loader: Callable[[], LoadedModel],
+        scheduler: Scheduler,
+        mailbox: Mailbox,
+        prefixes: PrefixCache,
+        watchdog: StepWatchdog,
+        fault_hook: FaultHook | None = None,
+    ) -> None:
+        self._loader = loader
+        self._scheduler = scheduler
+        self._mailbox = mailbox  # chunks on their way to the event loop(s)
+        self._prefixes = prefixes
+        self._watchdog = watchdog
+        self._fault_hook = fault_hook  # tests inject failures and hangs here
+        self._memory = MemoryRecovery(scheduler, prefixes)
+        self._runner: BatchRunner | None = None
+        self._eos: set[int] = set()
+        self.ready = threading.Event()  # set once the model loaded or failed to
+        self.loaded: LoadedModel | None = None
+        self.load_error: BaseException | None = None
+        self.context: int | None = None  # the model's context length in tokens
+        self.steps = 0
+        self.max_rows_seen = 0  # largest batch decoded together (observability and tests)
+
+    def run(self) -> None:
+        if not self._load():
+            return
+        scheduler = self._scheduler
+        model_id = self.loaded.model_id
+        while True:
+            with scheduler.lock:
+                while not scheduler.stopping and scheduler.idle():
+                    scheduler.lock.wait()
+                if scheduler.dead or (scheduler.stopping and scheduler.idle()):
+                    return
+                scheduler.sweep(model_id)
+                newcomers = scheduler.admit()
+            try:
+                if newcomers:
+                    self._prefill(newcomers)
+                if scheduler.rows and not scheduler.dead:
+                    self._decode()
+            except Exception as exc:  # outside a model step (a bug): fail what it touched, go on
+                log.exception("the engine's step failed outside the model")
+                scheduler.fail_rows([*scheduler.rows, *newcomers], exc)
+            finally:
+                self._mailbox.flush()  # the step's chunks: one wake-up of each event loop
+
+    def _load(self) -> bool:
+        try:
+            self.loaded = self._loader()
+            pad = self.loaded.tokenizer.pad_token_id
+            self._runner = BatchRunner(self.loaded.model, pad if pad is not None else 0)
+            if not self._runner.supports_merging:
+                log.warning("this model's cache cannot merge rows: decoding one request at a time")
+                self._scheduler.batch_cap = 1
+            self._eos = eos_token_ids(self.loaded)
+            config = self.loaded.model.config
+            self.context = int(getattr(config, "max_position_embeddings", 2048))
+            if self.loaded.device.type != "cpu":
+                interval = min(sys.getswitchinterval(), ACCELERATOR_SWITCH_INTERVAL_S)
+                sys.setswitchinterval(interval)
+                log.info("GIL switch interval %.1f ms for the accelerator's worker", interval * 1e3)
+        except BaseException as exc:
+            log.exception("model failed to load")
+            self.load_error = exc
+            self._scheduler.fail_waiting(exc)
+            self._mailbox.flush()
+            self.ready.set()
+            return False
+        self.ready.set()
+        return True
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        scheduler, runner, context = self._scheduler, self._runner, self.context
+        for job in jobs:
+            if not job.prompt_ids:
+                budget = max(16, context - job.max_new_tokens)
+                job.prompt_ids = encode_messages(
+                    self.loaded.tokenizer, job.request.messages, budget, job.request.response_prefix
+                )
+                job.max_new_tokens = min(job.max_new_tokens, context - len(job.prompt_ids))
+        try:
+            self._timed("prefill", jobs)
+            sequences = [job.cached_tokens() for job in jobs]
+            order, batch, logits = runner.prefill_reusing(sequences, self._prefixes)
+            jobs = [jobs[index] for index in order]  # the batch's row order
+            sampling = BatchSampler.for_rows(
+                [job.request for job in jobs],
+                [job.generator for job in jobs],
+                [job.prompt_ids + job.generated for job in jobs],
+                logits.shape[-1],
+                logits.device,
+            )
+            with scheduler.lock:
+                if scheduler.dead:
+                    return  # the watchdog failed everyone while this prefill ran
+                first = scheduler.rows.join(jobs, batch, sampling)  # joining can run out too
+        except torch.OutOfMemoryError:
+            self._memory.recover(jobs, "prefill")
+            return
+        except Exception as exc:
+            log.exception("prefill failed for %d request(s)", len(jobs))
+            for job in jobs:
+                scheduler.fail(job, exc)
+            return
+        finally:
+            self._watchdog.finished()
+        # Rows resumed after an out-of-memory requeue already hold their next token.
+        fresh = [row for row, job in enumerate(jobs) if job.pending is None]
+        if fresh:
+            tokens = scheduler.rows.choose(logits[fresh], [first + row for row in fresh])
+            self._accept([jobs[row] for row in fresh], tokens)
+
+    def _decode(self) -> None:
+        scheduler, rows = self._scheduler, self._scheduler.rows
+        jobs = list(rows)
+        assert rows.batch is not None and rows.batch.size == len(jobs)
+        try:
+            self._timed("decode", jobs)
+            logits = self._runner.step(rows.batch, [job.pending for job in jobs])
+        except torch.OutOfMemoryError:
+            self._memory.recover(jobs, "decode")
+            return
+        except Exception as exc:
+            log.exception("decoding step failed for %d request(s)", len(jobs))
+            for job in jobs:
+                scheduler.fail(job, exc)
+            return
+        finally:
+            self._watchdog.finished()
+        self.steps += 1
+        self.max_rows_seen = max(self.max_rows_seen, len(jobs))
+        self._memory.calm_step()  # grows the batch back slowly after an out-of-memory
+        self._accept(jobs, rows.choose(logits))
+
+    def _accept(self, jobs: list[Job], tokens: list[int]) -> None:
+        """Hand each job its sampled token; stream its text or retire it."""
+        scheduler = self._scheduler
+        tokenizer, model_id = self.loaded.tokenizer, self.loaded.model_id
+        for job, token in zip(jobs, tokens, strict=True):
+            if job.done or job not in scheduler.rows:
+                continue  # failed meanwhile (the watchdog, an abort): nothing more to send
+            text = tokenizer.decode(job.generated + [token], skip_special_tokens=True)
+            reason = job.accept(token, text, self._eos)
+            if reason is None:
+                job.emit_progress(model_id)
+            else:
+                with scheduler.lock:
+                    scheduler.drop(job, reason, model_id)
+
+    def _timed(self, phase: str, jobs: list[Job]) -> None:
+        self._watchdog.started()
+        if self._fault_hook is not None:
+            self._fault_hook(phase, [job.request for job in jobs])
