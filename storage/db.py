@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
+from storage.errors import DatabaseReadOnly
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -34,6 +37,51 @@ def create_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
+
+
+_UNWRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+_UNWRITABLE_SQLITE = frozenset(
+    {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM}
+)
+
+
+def read_only_error(path: Path, exc: BaseException) -> DatabaseReadOnly | None:
+    """The `DatabaseReadOnly` that `exc` (raised while opening `path` to write) amounts to.
+
+    None when `exc` is some other failure. SQLite answers "unable to open database file" or
+    "attempt to write a readonly database" both when the file is read-only and when the folder
+    is, because the `-wal` and `-shm` files beside it cannot be created; `os.access` tells
+    which (it honours read-only mounts and immutable files even for root).
+    """
+    if isinstance(exc, OSError):
+        if exc.errno not in _UNWRITABLE_ERRNOS:
+            return None
+        why = (exc.strerror or os.strerror(exc.errno)).lower()
+        if exc.errno == errno.EPERM:
+            why += "; is it immutable or append-only? see lsattr"
+        failed = Path(exc.filename) if exc.filename else path
+        if failed != path:
+            return DatabaseReadOnly(str(path), f"{failed}: {why}", exists=False)
+        if not path.exists():
+            return DatabaseReadOnly(
+                str(path), f"its folder {path.parent} is not writable: {why}", exists=False
+            )
+        return DatabaseReadOnly(str(path), why)
+    if isinstance(exc, sqlite3.Error):
+        if exc.sqlite_errorcode is None or exc.sqlite_errorcode & 0xFF not in _UNWRITABLE_SQLITE:
+            return None
+        if not os.access(path, os.W_OK):
+            return DatabaseReadOnly(str(path), "the file is not writable")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return DatabaseReadOnly(
+                str(path),
+                f"its folder {path.parent} is not writable, so SQLite cannot create "
+                f"{path.name}-wal and {path.name}-shm beside it",
+            )
+        for side in (path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")):
+            if side.exists() and not os.access(side, os.W_OK):
+                return DatabaseReadOnly(str(path), f"{side} is not writable")
+    return None
 
 
 def connect(path: Path) -> sqlite3.Connection:

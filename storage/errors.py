@@ -43,3 +43,19 @@ class ConversationGone(NotFound):
 
 class StoreClosed(StorageError, RuntimeError):
     """The store was closed (or its writer died); no more writes are accepted."""
+
+
+class DatabaseReadOnly(StorageError):
+    """The database file, its folder, or its `-wal`/`-shm` files cannot be written.
+
+    `str()` is the whole message for the user (the CLI prints it after "muse: ").
+    """
+
+    def __init__(self, path: str, reason: str, *, exists: bool = True) -> None:
+        self.path = path
+        self.reason = reason
+        state = "is read-only" if exists else "cannot be created"
+        super().__init__(
+            f"the database {path} {state} ({reason}): fix its permissions or set MUSE_DB "
+            "to a writable file."
+        )

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import aiosqlite
 
 from storage import reads, retention, writes
-from storage.db import Clock, connect, create_file, format_utc, utc_now
+from storage.db import Clock, connect, create_file, format_utc, read_only_error, utc_now
 from storage.export import ExportFilters, export_jsonl
 from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, Migration, migrate
@@ -75,7 +75,9 @@ class Store:
 
         Use as `async with Store.open(path) as store:` or `store = await Store.open(path)`.
         `mark_interrupted=False` is for tools (export, stats) that run beside a live bot and
-        must not mark its running generations `interrupted`. Raises `DatabaseTooNew`.
+        must not mark its running generations `interrupted`. Raises `DatabaseTooNew`, and
+        `DatabaseReadOnly` when the file (or its folder, where the `-wal`/`-shm` files go)
+        cannot be written.
         """
         return _Opening(cls._open(Path(path), mark_interrupted, clock, migrations, max_batch))
 
@@ -91,6 +93,15 @@ class Store:
         interrupted: list[int] = []
 
         def opener() -> sqlite3.Connection:
+            try:
+                return open_for_writing()
+            except (OSError, sqlite3.Error) as exc:
+                read_only = read_only_error(path, exc)
+                if read_only is None:
+                    raise
+                raise read_only from exc
+
+        def open_for_writing() -> sqlite3.Connection:
             create_file(path)
             conn = connect(path)
             try:
