@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bot.client import MuseBot  # noqa: E402
-from bot.runtime import presets_from  # noqa: E402
-from bot.settings import Settings  # noqa: E402
+from bot.cli.wiring import presets_from  # noqa: E402
+from bot.core.settings import Settings  # noqa: E402
+from bot.discord.client import MuseBot  # noqa: E402
 from generation.engine import Engine, EngineConfig  # noqa: E402
 from generation.models import load_model  # noqa: E402
 from storage.store import Store  # noqa: E402
@@ -127,7 +127,7 @@ async def burst(
 ) -> Outcome:
     """Every user sends /generate at once; wait until each is finished or refused."""
     probe = LagProbe()
-    first_id = max_generation_id(bot.store.path)
+    first_id = max_generation_id(bot.app.store.path)
     async with probe.measuring():
         start = time.perf_counter()
         options = {"prompt": PROMPT, "max_tokens": max_tokens}
@@ -138,7 +138,7 @@ async def burst(
             *(settle(r, timeout_s) for r in records), return_exceptions=True
         )
         wall = time.perf_counter() - start
-    generations = generations_after(bot.store.path, first_id)
+    generations = generations_after(bot.app.store.path, first_id)
     outcome = Outcome(
         label, list(records), wall, sum(g[1] or 0 for g in generations), probe.samples
     )

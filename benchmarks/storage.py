@@ -228,7 +228,7 @@ def build_export_db(path: Path, rows: int, seed: int = 1) -> float:
 _CHILD = """
 import json, resource, sys, time, argparse
 sys.path.insert(0, {repo!r})
-from bot import cli_data
+from bot.cli import data as cli_data
 parser = argparse.ArgumentParser()
 cli_data.add_subcommands(parser.add_subparsers())
 args = parser.parse_args(["export", "--format", {fmt!r}, "--out", {out!r}, "--db", {db!r}])

@@ -31,7 +31,7 @@ def test_env_example_names_every_setting_the_code_reads():
 
 
 def test_env_example_defaults_match_the_settings_defaults(monkeypatch):
-    from bot.settings import Settings
+    from bot.core.settings import Settings
 
     for name in env_example_names():
         monkeypatch.delenv(name, raising=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.settings import Secret, Settings
+from bot.core.settings import Secret, Settings
 from generation.types import GenerationRequest
 from storage.export import FORMATS
 from storage.store import Store
@@ -81,7 +81,7 @@ async def test_stop_and_delete_are_for_the_requester_or_moderators(
     db = tmp_path / "muse.db"
     engine = ReplayEngine(["slow " * 400], delay_s=0.01)
     async with muse(emu, db, engine) as bot:
-        bot.edit_interval_s = 0.05
+        bot.app.edit_interval_s = 0.05
         story = await emu.slash_command("story", {"prompt": "a fox"})
         await story.wait_until(lambda i: i.original and "muse:stop:1" in i.original.custom_ids())
         denied = await ephemeral(await emu.press_button(story.original, "muse:stop:1", user="bob"))

@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.settings import Settings, SettingsError
-from bot.sharding import plan_shards
+from bot.core.settings import Settings, SettingsError
+from bot.discord.sharding import plan_shards
 from storage.maintenance import FileCheck, check_file
 
 TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")

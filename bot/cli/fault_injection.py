@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 
 from generation.types import GenerationRequest
 
-log = logging.getLogger("muse.bot.fault_injection")
+log = logging.getLogger("muse.bot.cli.fault_injection")
 
 ENV = "MUSE_TEST_FAULT"
 KINDS = ("hang", "raise", "oom")

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from bot.runtime import build_engine, presets_from, setup_logging
+from bot.cli.wiring import build_engine, presets_from, setup_logging
 from generation.errors import EngineBusy, EngineDead, GenerationFailed
 from generation.models import ModelLoadError
 from generation.presets import TASKS, PresetError

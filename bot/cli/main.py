@@ -1,11 +1,15 @@
-"""The `muse` command: run the bot, generate in a terminal, export and inspect the data."""
+"""The `muse` command: run the bot, generate in a terminal, export and inspect the data.
+
+The only place that wires settings, the store, the engine and a front end together."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from bot.settings import Settings, SettingsError
+from bot.cli import backup, console, data, doctor, generate, run
+from bot.core.settings import Settings, SettingsError
+from storage.errors import DatabaseReadOnly
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,25 +17,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="muse", description="Muse: a self-hosted generative-AI bot for Discord communities."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from bot import cli_generate
-
-    cli_generate.add_subcommand(commands)
-    from bot import cli_run
-
-    cli_run.add_subcommand(commands)
-    from bot import console
-
+    generate.add_subcommand(commands)
+    run.add_subcommand(commands)
     console.add_subcommand(commands)
-    try:
-        from bot import cli_data
-    except ImportError:  # pragma: no cover - the storage CLI is optional while it is built
-        cli_data = None
-    if cli_data is not None:
-        cli_data.add_subcommands(commands)
-    from bot import cli_backup, cli_doctor
-
-    cli_backup.add_subcommand(commands)
-    cli_doctor.add_subcommand(commands)
+    data.add_subcommands(commands)
+    backup.add_subcommand(commands)
+    doctor.add_subcommand(commands)
     return parser
 
 
@@ -48,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"muse: {exc}", file=sys.stderr)
             return 2
         args.settings, args.settings_error = None, exc
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except DatabaseReadOnly as exc:  # one clear line, not a traceback
+        print(f"muse: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,13 +13,15 @@ import sys
 import discord
 import yarl
 
-from bot.runtime import build_engine, presets_from, setup_logging
-from bot.settings import Settings, SettingsError
-from bot.sharding import plan_shards
-from bot.shutdown import close_engine, drain
+from bot.cli.console import run_console
+from bot.cli.wiring import build_engine, presets_from, setup_logging
+from bot.core.settings import Settings, SettingsError
+from bot.core.shutdown import close_engine, drain
+from bot.discord.client import create_bot
+from bot.discord.sharding import plan_shards
 from storage.store import Store
 
-log = logging.getLogger("muse.bot.cli_run")
+log = logging.getLogger("muse.bot.cli.run")
 
 NO_TOKEN = """\
 muse run: DISCORD_TOKEN is not set.
@@ -50,8 +52,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not settings.discord_token:
         print(NO_TOKEN, file=sys.stderr, flush=True)
-        from bot.console import run_console
-
         return run_console(settings, serving=True)
     setup_logging(settings.log_level)
     return asyncio.run(main(settings))
@@ -67,8 +67,6 @@ def redirect_discord(settings: Settings) -> None:
 
 async def main(settings: Settings) -> int:
     """Own the store, the engine and the bot; close them all on a signal."""
-    from bot.client import create_bot
-
     redirect_discord(settings)
     presets = presets_from(settings)
     async with Store.open(settings.db_path) as store:
@@ -90,7 +88,7 @@ async def main(settings: Settings) -> int:
         finally:
             stopper.cancel()
             if not runner.done():
-                await drain(bot, settings.shutdown_grace_s)
+                await drain(bot.app, settings.shutdown_grace_s)
             await close_engine(engine)
             await bot.close()
             with contextlib.suppress(asyncio.CancelledError, Exception):

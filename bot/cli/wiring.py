@@ -7,14 +7,15 @@ import os
 import sys
 from functools import partial
 
-from bot.fault_injection import fault_hook_from_env
-from bot.settings import Settings
+from bot.cli.fault_injection import fault_hook_from_env
+from bot.core.settings import Settings
+from generation.backend import Backend
 from generation.engine import Engine, EngineConfig
 from generation.models import load_model
 from generation.openai_backend import OpenAIEngine, RemoteConfig
 from generation.presets import Preset, load_presets
 
-log = logging.getLogger("muse.bot.runtime")
+log = logging.getLogger("muse.bot.cli.wiring")
 
 EXIT_ENGINE_DEAD = 70  # EX_SOFTWARE: tells systemd / docker to restart Muse
 
@@ -40,7 +41,7 @@ def exit_on_fatal(reason: str) -> None:
     os._exit(EXIT_ENGINE_DEAD)
 
 
-def build_engine(settings: Settings, on_fatal=exit_on_fatal) -> Engine | OpenAIEngine:
+def build_engine(settings: Settings, on_fatal=exit_on_fatal) -> Backend:
     """An engine whose worker thread loads the configured model (the caller does not wait);
     with `MUSE_BACKEND=openai`, one that sends requests to an OpenAI-compatible server."""
     if settings.backend == "openai":

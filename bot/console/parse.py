@@ -15,8 +15,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bot.cogs.generation import check_range
-from bot.modals import parse_stars
+from bot.core.actions import parse_stars
+from bot.core.policy import check_range
 from generation.presets import PresetError
 
 TEXT_LIMIT = 1000  # Discord's Range[str, 1, 1000] on the main text options

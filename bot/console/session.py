@@ -1,4 +1,5 @@
-"""`muse console` (and `muse run` without a token): Muse's commands in a terminal.
+"""The console's read–run loop and the commands that are not generations (`muse console`,
+and `muse run` without a token: `bot.cli.console` starts it).
 
     muse> /story prompt="a dragon" length=short
     muse> /dialogue scene="a tavern" characters="Innkeeper, Stranger" lines=4
@@ -10,138 +11,36 @@ console user (user id 0, guild id 0), so `muse export` and `muse stats` include 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import logging
-import os
 import secrets
-import signal
-import sys
-import threading
-from typing import Any, TextIO
 
-from bot import console_generate as gen
-from bot.console_generate import CONSOLE_GUILD_ID, CONSOLE_USER_ID, Context
-from bot.console_io import Terminal
-from bot.console_parse import ConsoleError, Parsed, help_text, parse_line
-from bot.conversation import chat_plan
-from bot.errors import report
-from bot.runtime import build_engine, presets_from, setup_logging
-from bot.settings import Settings
+from bot.console import generations as gen
+from bot.console.generations import CONSOLE_GUILD_ID, CONSOLE_USER_ID, Context
+from bot.console.parse import ConsoleError, Parsed, help_text, parse_line
+from bot.console.terminal import Terminal
+from bot.core.app import Muse
+from bot.core.conversation import chat_plan
+from bot.core.errors import report
+from generation.backend import ReadyModel
 from generation.models import ModelLoadError
 from generation.presets import PresetError
 from storage.stats import format_table
-from storage.store import Store
 
-log = logging.getLogger("muse.bot.console")
+log = logging.getLogger("muse.bot.console.session")
 
 PROMPT = "muse> "
 BANNER = "Muse console — /help lists the commands, /quit (or Ctrl-D) leaves."
 HISTORY_COUNT = 5
-EXIT_MODEL_FAILED = 1
-SHUTDOWN_GRACE_S = 10.0
-ENGINE_THREAD = "muse-engine"
-
-
-def add_subcommand(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "console",
-        help="the bot's commands in a terminal (rate with keys afterwards)",
-        description=(
-            'The bot\'s commands in a terminal, e.g. /story prompt="a dragon" or '
-            '/dialogue scene="a tavern" characters="Innkeeper, Stranger" lines=4. '
-            "Rows are stored in MUSE_DB as user 0 in guild 0."
-        ),
-    )
-    parser.set_defaults(func=lambda args: run_console(args.settings))
-
-
-def run_console(settings: Settings, *, serving: bool = False) -> int:
-    """Serve console mode until /quit, end of input or Ctrl-C; the exit code.
-
-    `serving` (from `muse run`): this process is the server, so rows a crash left `running`
-    are marked interrupted. A plain `muse console` may share the file with a live bot and
-    leaves them alone.
-    """
-    setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
-    with contextlib.suppress(AttributeError, ValueError):
-        sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
-    code = asyncio.run(main(settings, sys.stdin, sys.stdout, mark_interrupted=serving))
-    if any(t.name == ENGINE_THREAD and t.is_alive() for t in threading.enumerate()):
-        # Still inside torch (a model load, or a step longer than the grace): the store is
-        # closed, but interpreter shutdown would abort the process under that thread.
-        log.warning("the engine is still busy; exiting without waiting for it")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(code)
-    return code
-
-
-async def main(
-    settings: Settings, stdin: TextIO, stdout: TextIO, *, mark_interrupted: bool = False
-) -> int:
-    """Own the store and the engine; close both however the session ends."""
-    io = Terminal(stdin, stdout)
-    try:
-        presets = presets_from(settings)
-    except PresetError as exc:
-        io.say(f"muse console: {exc}")
-        return 2
-    async with Store.open(settings.db_path, mark_interrupted=mark_interrupted) as store:
-        engine = build_engine(settings)
-        ready = asyncio.ensure_future(engine.wait_ready())
-        console = Console(settings, store, engine, presets, io, ready=ready)
-        loop = asyncio.get_running_loop()
-        handled = on_signals(loop, asyncio.current_task())
-        try:
-            return await console.serve()
-        except asyncio.CancelledError:
-            io.say("\nbye.")
-            return 0
-        except ModelLoadError as exc:
-            io.say(f"muse console: {exc}")
-            return EXIT_MODEL_FAILED
-        finally:
-            if ready.done() and not ready.cancelled():
-                ready.exception()  # retrieved: a load error was reported or did not matter
-            ready.cancel()
-            await engine.aclose(SHUTDOWN_GRACE_S)  # lets an aborted step end; nothing else runs
-            for sig in handled:
-                loop.remove_signal_handler(sig)
-
-
-def on_signals(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> list[int]:
-    """Ctrl-C / SIGTERM cancel `task` (once: a second Ctrl-C does not break the clean-up)."""
-    fired: list[bool] = []
-
-    def stop() -> None:
-        if not fired and task is not None:
-            fired.append(True)
-            task.cancel()
-
-    handled = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop)
-            handled.append(sig)
-    return handled
 
 
 class Console(Context):
     """The read–run loop and the commands that are not generations."""
 
     def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        engine: Any,
-        presets: dict[str, Any],
-        io: Terminal,
-        ready: asyncio.Task[Any] | None = None,
+        self, app: Muse, io: Terminal, ready: asyncio.Future[ReadyModel] | None = None
     ) -> None:
-        super().__init__(settings, store, engine, presets, io, ready)
+        super().__init__(app, io, ready)
         # /chat's conversation: created on first use, under a thread id no Discord thread
         # can have (snowflakes are positive), one per console session.
         self.thread_id = -(secrets.randbelow(2**53) + 1)
@@ -199,12 +98,12 @@ class Console(Context):
         """One /chat turn with this session's history (kept in the store's conversations)."""
         gen.plan_for(self, "chat", {"message": message})  # refuse bad fields before storing
         if self.conversation_id is None:
-            conversation = await self.store.create_conversation(
+            conversation = await self.app.store.create_conversation(
                 self.thread_id, user_id=CONSOLE_USER_ID, guild_id=CONSOLE_GUILD_ID
             )
             self.conversation_id = conversation.id
         await self.wait_ready()  # the history budget depends on the model's context
-        plan = await chat_plan(self, CONSOLE_USER_ID, message, self.conversation_id, None)  # type: ignore[arg-type]
+        plan = await chat_plan(self.app, CONSOLE_USER_ID, message, self.conversation_id, None)
         return await gen.generate(self, plan)
 
     async def cmd_help(self) -> None:
@@ -212,7 +111,7 @@ class Console(Context):
 
     async def cmd_history(self, count: int = HISTORY_COUNT) -> None:
         """The console user's newest generations."""
-        rows = await self.store.recent_generations(CONSOLE_USER_ID, CONSOLE_GUILD_ID, count)
+        rows = await self.app.store.recent_generations(CONSOLE_USER_ID, CONSOLE_GUILD_ID, count)
         if not rows:
             self.io.say("No generations yet.")
         for row in rows:
@@ -225,17 +124,17 @@ class Console(Context):
     async def cmd_privacy(self, training: str | None = None) -> None:
         """What is kept; `training=deny` opts the console user out of training exports."""
         if training is not None:
-            await self.store.set_opted_out(CONSOLE_USER_ID, training == "deny")
+            await self.app.store.set_opted_out(CONSOLE_USER_ID, training == "deny")
             self.io.say(
                 "Your texts and ratings are left out of training exports from now on."
                 if training == "deny"
                 else "Your texts and ratings may be used in training exports again."
             )
             return
-        out = await self.store.is_opted_out(CONSOLE_USER_ID)
+        out = await self.app.store.is_opted_out(CONSOLE_USER_ID)
         self.io.say(
             f"Muse keeps your prompts, the generated texts, your ratings and votes in "
-            f"{self.settings.db_path} (as user {CONSOLE_USER_ID}). Training exports: "
+            f"{self.app.settings.db_path} (as user {CONSOLE_USER_ID}). Training exports: "
             f"{'denied' if out else 'allowed'}. /privacy training=deny opts out; "
             "/forget deletes all of it."
         )
@@ -248,11 +147,11 @@ class Console(Context):
         if (answer or "").strip().lower() not in ("y", "yes"):
             self.io.say("Nothing was deleted.")
             return
-        counts = await self.store.forget_user(CONSOLE_USER_ID)
+        counts = await self.app.store.forget_user(CONSOLE_USER_ID)
         self.conversation_id = None
         done = ", ".join(f"{n} {table}" for table, n in counts.items() if n)
         self.io.say(f"🗑️ Forgotten: {done or 'there was nothing to delete'}.")
 
     async def cmd_stats(self) -> None:
         """The console's rating summary (`muse stats` shows every guild)."""
-        self.io.say(format_table(await self.store.stats(CONSOLE_GUILD_ID)))
+        self.io.say(format_table(await self.app.store.stats(CONSOLE_GUILD_ID)))

@@ -13,7 +13,7 @@ import queue
 import threading
 from typing import TextIO
 
-log = logging.getLogger("muse.bot.console_io")
+log = logging.getLogger("muse.bot.console.terminal")
 
 _Request = tuple[asyncio.AbstractEventLoop, "asyncio.Future[str]"]
 

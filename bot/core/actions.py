@@ -1,174 +1,96 @@
-"""What Muse's buttons do; `bot.views` routes each custom id here."""
+"""What the buttons (and the console's keys) do, front-end free: each returns what to say."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-import discord
-
-from bot import scenes
-from bot.guild_policy import admitted, texts_of
-from bot.modals import GONE, StarsModal
-from bot.streaming import ActiveRun, answer_ephemeral, make_plan, run_generation
-from generation.types import Message
+from bot.core import scenes
+from bot.core.app import Muse
+from bot.core.texts import COMPARISON_GONE, GONE, NOT_YOURS, thanks_rating, thanks_vote
 from storage.errors import GenerationGone
 from storage.models import Generation
 
-if TYPE_CHECKING:
-    from bot.client import MuseBot
-
-log = logging.getLogger("muse.bot.actions")
-
-NOT_YOURS = "Only the person who asked for this text, or a moderator, can {what} it."
+log = logging.getLogger("muse.bot.core.actions")
 
 
-def may_manage(interaction: discord.Interaction, owner_id: int) -> bool:
-    """The requester, or a member with Manage Messages here."""
-    perms = interaction.permissions
-    return interaction.user.id == owner_id or perms.manage_messages or perms.administrator
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who pressed: their id, and whether they moderate here (Manage Messages)."""
+
+    user_id: int
+    moderator: bool = False
+
+    def may_manage(self, owner_id: int) -> bool:
+        """The requester, or a moderator."""
+        return self.user_id == owner_id or self.moderator
 
 
-async def stop(interaction: discord.Interaction[MuseBot], generation_id: int) -> None:
+def parse_stars(text: str) -> int | None:
+    """`"4"` → 4; anything but a whole number 1–5 → None. (`isdecimal`, not `isdigit`:
+    "²" is a digit that `int` refuses.)"""
+    text = text.strip().rstrip("⭐").strip()
+    return int(text) if text.isdecimal() and 1 <= int(text) <= 5 else None
+
+
+def stop(app: Muse, generation_id: int, actor: Actor) -> str:
     """⏹: abort a generation that is still streaming."""
-    run: ActiveRun | None = interaction.client.active.get(generation_id)
+    run = app.active.get(generation_id)
     if run is None:
-        await answer_ephemeral(interaction, "That text has already finished.")
-    elif not may_manage(interaction, run.user_id):
-        await answer_ephemeral(interaction, NOT_YOURS.format(what="stop"))
-    else:
-        interaction.client.engine.abort(run.request_id)
-        await answer_ephemeral(interaction, "⏹ Stopping.")
+        return "That text has already finished."
+    if not actor.may_manage(run.user_id):
+        return NOT_YOURS.format(what="stop")
+    app.engine.abort(run.request_id)
+    return "⏹ Stopping."
 
 
-async def rate(interaction: discord.Interaction[MuseBot], generation_id: int, thumbs: str) -> None:
-    """👍 / 👎: one vote per user, changeable."""
+async def rate(
+    app: Muse,
+    generation_id: int,
+    user_id: int,
+    *,
+    thumbs: str | None = None,
+    stars: int | None = None,
+    comment: str | None = None,
+) -> str:
+    """👍 / 👎 / ⭐ (with an optional comment): one rating per user, changeable."""
     try:
-        await interaction.client.store.record_feedback(
-            generation_id,
-            interaction.user.id,
-            thumbs="up" if thumbs == "up" else "down",
-        )
+        if stars is not None:
+            await app.store.record_feedback(generation_id, user_id, stars=stars, comment=comment)
+        else:
+            up = "up" if thumbs == "up" else "down"
+            await app.store.record_feedback(generation_id, user_id, thumbs=up)
     except GenerationGone:
-        await answer_ephemeral(interaction, GONE)
-        return
-    await answer_ephemeral(interaction, f"Thanks — saved {'👍' if thumbs == 'up' else '👎'}")
+        return GONE
+    return thanks_rating(thumbs, stars)
 
 
-async def open_stars(interaction: discord.Interaction[MuseBot], generation_id: int) -> None:
-    """⭐: the stars modal."""
-    await interaction.response.send_modal(StarsModal(generation_id))
+async def vote(app: Muse, generation_a: int, generation_b: int, user_id: int, winner: str) -> str:
+    """A / B / tie on a comparison: one vote per user per pair, changeable."""
+    first = await app.store.get_generation(generation_a)
+    prompt = scenes.main_prompt(app.presets, first) if first else ""
+    choice = "tie" if winner == "tie" else "A" if winner == "A" else "B"
+    try:
+        await app.store.record_comparison(prompt, generation_a, generation_b, user_id, choice)
+    except GenerationGone:
+        return COMPARISON_GONE
+    return thanks_vote(choice)
 
 
-async def _live(interaction: discord.Interaction[MuseBot], generation_id: int) -> Generation | None:
-    """The generation if it can still be used; otherwise say so and return None."""
-    generation = await interaction.client.store.get_generation(generation_id)
+async def live(app: Muse, generation_id: int) -> Generation | None:
+    """The generation if it can still be used (not deleted or forgotten)."""
+    generation = await app.store.get_generation(generation_id)
     if generation is None or generation.status == "deleted":
-        await answer_ephemeral(interaction, "That text was deleted or forgotten.")
         return None
     return generation
 
 
-async def regenerate(interaction: discord.Interaction[MuseBot], generation_id: int) -> None:
-    """🔁: the same messages with a new seed, as a new reply that belongs to the presser."""
-    parent = await _live(interaction, generation_id)
-    if parent is None:
-        return
-    params = parent.params
-    async with admitted(interaction, parent.task, texts_of(parent.fields)) as guild:
-        if guild is None:
-            return
-        plan = make_plan(
-            interaction.client,
-            interaction.user.id,
-            parent.task,
-            parent.fields,
-            parent_id=parent.id,
-            guild=guild,
-            temperature=params.get("temperature"),
-            max_new_tokens=params.get("max_new_tokens"),
-        )
-        request = replace(
-            plan.request,
-            messages=tuple(Message(m["role"], m["content"]) for m in parent.messages),  # type: ignore[arg-type]
-            response_prefix=str(params.get("response_prefix") or ""),
-        )
-        await run_generation(interaction, replace(plan, request=request))
-
-
-async def continue_scene(
-    interaction: discord.Interaction[MuseBot], generation_id: int, *, branch: bool
-) -> None:
-    """▶ (more lines) or 🔀 (an alternative next line) of a dialogue, linked to the parent."""
-    parent = await _live(interaction, generation_id)
-    if parent is None:
-        return
-    fields, messages, prefix = scenes.follow_up(parent, branch=branch)
-    async with admitted(interaction, "dialogue", texts_of(fields)) as guild:
-        if guild is None:
-            return
-        plan = make_plan(
-            interaction.client, interaction.user.id, "dialogue", fields, parent.id, guild=guild
-        )
-        request = replace(plan.request, messages=messages, response_prefix=prefix)
-        await run_generation(interaction, replace(plan, request=request))
-
-
-async def script(interaction: discord.Interaction[MuseBot], generation_id: int) -> None:
-    """📄: the scene as JSON and text attachments, ephemeral."""
-    generation = await _live(interaction, generation_id)
-    if generation is None:
-        return
-    as_json, as_text = scenes.script_files(generation)
-    files = [
-        discord.File(io.BytesIO(as_json.encode()), f"scene-{generation_id}.json"),
-        discord.File(io.BytesIO(as_text.encode()), f"scene-{generation_id}.txt"),
-    ]
-    await answer_ephemeral(interaction, "📄 The scene as a script:", files=files)
-
-
-async def delete(interaction: discord.Interaction[MuseBot], generation_id: int) -> None:
-    """🗑: delete the reply and mark the generation deleted."""
-    generation = await interaction.client.store.get_generation(generation_id)
-    if generation is not None and not may_manage(interaction, generation.user_id):
-        await answer_ephemeral(interaction, NOT_YOURS.format(what="delete"))
-        return
-    if interaction.message is not None:
-        await interaction.message.delete()
-    if generation is not None:
-        await delete_followups(interaction, generation.followup_message_ids)
-        await interaction.client.store.mark_deleted(generation_id)
-    await answer_ephemeral(interaction, "🗑️ Deleted.")
-
-
-async def delete_followups(interaction: discord.Interaction[MuseBot], ids: tuple[int, ...]) -> None:
-    """The rest of a long reply; ones already gone (deleted by a moderator) are skipped."""
-    channel = interaction.client.get_partial_messageable(interaction.channel_id or 0)
-    for message_id in ids:
-        with contextlib.suppress(discord.NotFound):
-            await channel.get_partial_message(message_id).delete()
-
-
-async def compare_vote(
-    interaction: discord.Interaction[MuseBot], generation_a: int, generation_b: int, winner: str
-) -> None:
-    """A/B/tie on a /compare: one vote per user per pair, changeable."""
-    store = interaction.client.store
-    first = await store.get_generation(generation_a)
-    prompt = scenes.main_prompt(interaction.client, first) if first else ""
-    try:
-        await store.record_comparison(
-            prompt,
-            generation_a,
-            generation_b,
-            interaction.user.id,
-            "tie" if winner == "tie" else "A" if winner == "A" else "B",
-        )
-    except GenerationGone:
-        await answer_ephemeral(interaction, "That comparison was deleted or forgotten.")
-        return
-    said = "a tie" if winner == "tie" else f"{winner} is better"
-    await answer_ephemeral(interaction, f"Thanks — saved ({said})")
+async def may_delete(
+    app: Muse, generation_id: int, actor: Actor
+) -> tuple[Generation | None, str | None]:
+    """🗑's check: (the generation or None when its row is gone, None) when `actor` may delete
+    the reply, else (None, why not)."""
+    generation = await app.store.get_generation(generation_id)
+    if generation is not None and not actor.may_manage(generation.user_id):
+        return None, NOT_YOURS.format(what="delete")
+    return generation, None

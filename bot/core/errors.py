@@ -6,12 +6,10 @@ import logging
 import secrets
 import sqlite3
 
-import discord
-
 from generation.errors import EngineDead, GenerationFailed
 from storage.errors import StoreClosed
 
-log = logging.getLogger("muse.bot.errors")
+log = logging.getLogger("muse.bot.core.errors")
 
 RESTARTING = "Muse is restarting — try again in a minute."
 
@@ -62,27 +60,3 @@ def storage_problem(exc: BaseException) -> str | None:
     if code == sqlite3.SQLITE_IOERR:
         return "the database's disk failed"
     return "the database could not be written"
-
-
-async def answer_failure(
-    interaction: discord.Interaction, exc: BaseException, context: str
-) -> None:
-    """Tell the user an interaction failed (ephemeral, or in place of "thinking…"): what is
-    wrong with the database when that is the cause, else the error id of the log line."""
-    problem = storage_problem(exc)
-    if problem is not None:
-        log.error("%s: %s (%s)", context, problem, exc)
-        text = f"⚠️ Muse could not save that: {problem}. Please try again later."
-    else:
-        text = report(exc, context)
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(
-                text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
-            )
-        else:
-            await interaction.response.send_message(
-                text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
-            )
-    except discord.HTTPException:
-        log.warning("could not show the failure of %s", context)

@@ -1,35 +1,24 @@
 """A guild's rules for starting a generation: enabled tasks, allowed channels, the blocklist,
 the limits; and the parsing of `/settings` options (pure functions, tested without Discord).
 
-Every command or button that starts a generation goes through `admitted`:
-
-    async with admitted(interaction, "story", [prompt]) as guild:
-        if guild is None:       # refused: the ephemeral answer was sent
-            return
-        ...                     # generate; the running slot is released on exit
+Every command or button that starts a generation goes through `admit` (the Discord front end
+wraps it in `bot.discord.admission.admitted`, which answers a refusal).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import discord
-
-from bot.limits import Limited, Slot
-from generation.presets import TASKS
+from bot.core.app import Muse
+from bot.core.limits import Slot
+from generation.presets import TASKS, PresetError
 from storage.models import GuildSettings
 
-if TYPE_CHECKING:
-    from bot.client import MuseBot
+log = logging.getLogger("muse.bot.core.policy")
 
-log = logging.getLogger("muse.bot.guild_policy")
-
-NO_MENTIONS = discord.AllowedMentions.none()
 CHANNEL = re.compile(r"^(?:<#(\d+)>|(\d+))$")
 
 
@@ -55,6 +44,13 @@ def out_of_range(name: str, value: object, low: float, high: float) -> str | Non
         return None
     shown = f"{value:g}" if number else repr(value)[:40]  # type: ignore[str-format]
     return f"{name} must be from {low:g} to {high:g}, not {shown}."
+
+
+def check_range(name: str, value: float | None, low: float, high: float) -> None:
+    """Re-validate a numeric option (raises `PresetError`); None passes."""
+    problem = None if value is None else out_of_range(name, value, low, high)
+    if problem:
+        raise PresetError(problem)
 
 
 def parse_tasks(raw: str) -> tuple[str, ...] | None:
@@ -153,53 +149,23 @@ def check_rules(settings: GuildSettings, task: str, where: Where, texts: Iterabl
             )
 
 
-async def guild_settings(bot: MuseBot, guild_id: int | None) -> GuildSettings:
+async def guild_settings(app: Muse, guild_id: int | None) -> GuildSettings:
     """The guild's settings (defaults outside a guild)."""
     if guild_id is None:
         return GuildSettings()
-    return await bot.store.get_guild_settings(guild_id)
+    return await app.store.get_guild_settings(guild_id)
 
 
 async def admit(
-    bot: MuseBot, task: str, where: Where, texts: Iterable[str]
+    app: Muse, task: str, where: Where, texts: Iterable[str]
 ) -> tuple[GuildSettings, Slot]:
     """The guild's settings and a running slot, or `Refused` / `Limited`."""
-    settings = await guild_settings(bot, where.guild_id)
+    settings = await guild_settings(app, where.guild_id)
     check_rules(settings, task, where, texts)
     per_minute = settings.per_user_per_minute
     if per_minute is None:
-        per_minute = bot.settings.user_per_minute
-    return settings, bot.limits.acquire(where.user_id, where.guild_id, per_minute)
-
-
-def where_of(interaction: discord.Interaction) -> Where:
-    channel = interaction.channel
-    parent = getattr(channel, "parent_id", None) if isinstance(channel, discord.Thread) else None
-    return Where(interaction.user.id, interaction.guild_id, interaction.channel_id, parent)
-
-
-@contextlib.asynccontextmanager
-async def admitted(
-    interaction: discord.Interaction[MuseBot], task: str, texts: Iterable[str]
-) -> AsyncIterator[GuildSettings | None]:
-    """Yield the guild's settings with a running slot held, or None after refusing."""
-    try:
-        settings, slot = await admit(interaction.client, task, where_of(interaction), texts)
-    except (Refused, Limited) as exc:
-        await _refuse(interaction, str(exc))
-        yield None
-        return
-    try:
-        yield settings
-    finally:
-        slot.release()
-
-
-async def _refuse(interaction: discord.Interaction, text: str) -> None:
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-    else:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        per_minute = app.settings.user_per_minute
+    return settings, app.limits.acquire(where.user_id, where.guild_id, per_minute)
 
 
 def texts_of(fields: dict[str, object]) -> list[str]:

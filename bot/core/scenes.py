@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from generation.dialogue import parse_characters
+from generation.presets import Preset
 from generation.types import Message
 from storage.models import Generation
-
-if TYPE_CHECKING:
-    from bot.client import MuseBot
 
 CONTINUE = "Continue the scene with {lines} more lines of dialogue, in the same format."
 BRANCH = "Write one different next line for this scene, in the same format."
@@ -68,8 +66,8 @@ def script_files(generation: Generation) -> tuple[str, str]:
     return json.dumps(data, ensure_ascii=False, indent=2) + "\n", text
 
 
-def main_prompt(bot: MuseBot, generation: Generation) -> str:
+def main_prompt(presets: dict[str, Preset], generation: Generation) -> str:
     """The generation's main field (what /compare's `prompt` filled)."""
-    preset = bot.presets.get(generation.task)
+    preset = presets.get(generation.task)
     key = preset.main_field if preset else "prompt"
     return str(generation.fields.get(key, ""))

@@ -70,8 +70,10 @@ class Settings:
             guild_ids=_ints("MUSE_GUILD_IDS", env.get("MUSE_GUILD_IDS", "")),
             model=env.get("MUSE_MODEL", ""),
             device=env.get("MUSE_DEVICE", "auto"),
-            db_path=Path(env.get("MUSE_DB") or "muse.db"),
-            cache_dir=Path(env.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse"),
+            db_path=Path(env.get("MUSE_DB") or "muse.db").expanduser(),
+            cache_dir=Path(
+                env.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse"
+            ).expanduser(),
             presets_path=env.get("MUSE_PRESETS", ""),
             queue_size=_int("MUSE_QUEUE_SIZE", 64, minimum=1),
             max_batch=_int("MUSE_MAX_BATCH", 16, minimum=1),

@@ -12,11 +12,10 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from bot.errors import report
+from bot.core.errors import report, storage_problem
+from bot.discord.context import NO_MENTIONS, answer_ephemeral
 
-log = logging.getLogger("muse.bot.app_errors")
-
-NO_MENTIONS = discord.AllowedMentions.none()
+log = logging.getLogger("muse.bot.discord.app_errors")
 BAD_OPTIONS = (app_commands.CommandSignatureMismatch, app_commands.TransformerError)
 OUT_OF_DATE = "Check each option and try again (Discord may still show an older version of it)."
 
@@ -84,3 +83,20 @@ async def check_option_types(interaction: discord.Interaction) -> bool:
     log.warning("refused a command with a mistyped option: %s", problem)
     await interaction.response.send_message(problem, ephemeral=True, allowed_mentions=NO_MENTIONS)
     return False
+
+
+async def answer_failure(
+    interaction: discord.Interaction, exc: BaseException, context: str
+) -> None:
+    """Tell the user an interaction failed (ephemeral, or in place of "thinking…"): what is
+    wrong with the database when that is the cause, else the error id of the log line."""
+    problem = storage_problem(exc)
+    if problem is not None:
+        log.error("%s: %s (%s)", context, problem, exc)
+        text = f"⚠️ Muse could not save that: {problem}. Please try again later."
+    else:
+        text = report(exc, context)
+    try:
+        await answer_ephemeral(interaction, text)
+    except discord.HTTPException:
+        log.warning("could not show the failure of %s", context)

@@ -1,21 +1,35 @@
-"""Buttons as `DynamicItem`s: their state lives in `muse:<action>:<generation id>[:<value>]`,
-so buttons on old messages keep working after a restart. Callbacks live in `bot.actions`."""
+"""Buttons as `DynamicItem`s that carry their own behaviour: their state lives in
+`muse:<action>:<generation id>[:<value>]`, so buttons on old messages keep working after a
+restart. What a press does is the core's (`bot.core.actions`, `bot.core.plans`); a button
+only answers."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from typing import Any
 
 import discord
 
-from bot import actions
-from bot.errors import answer_failure
+from bot.core import actions, plans, scenes
+from bot.core.app import Muse
+from bot.core.plans import Plan
+from bot.core.policy import texts_of
+from bot.core.texts import DELETED
+from bot.discord.admission import admitted
+from bot.discord.app_errors import answer_failure
+from bot.discord.context import actor_of, answer_ephemeral, app_of
+from bot.discord.modals import StarsModal
+from bot.discord.replies import run_in_reply
+from storage.models import Generation, GuildSettings
 
 Style = discord.ButtonStyle
 
 
 class MuseButton(discord.ui.DynamicItem[discord.ui.Button], template=r"muse:base:(?P<id>\d+)"):
-    """A button for one generation; subclasses set `action`, the template and the look."""
+    """A button for one generation; subclasses set `action`, the template, the look, and
+    `act` (what pressing it does)."""
 
     action = ""
     button_emoji: str | None = None
@@ -49,18 +63,25 @@ class MuseButton(discord.ui.DynamicItem[discord.ui.Button], template=r"muse:base
             await answer_failure(interaction, exc, f"button {self.custom_id}")
 
     async def act(self, interaction: discord.Interaction) -> None:
-        """What pressing the button does (subclasses)."""
+        """What pressing the button does: every concrete button overrides it."""
         raise NotImplementedError
 
 
 class StopButton(MuseButton, template=r"muse:stop:(?P<id>\d+)"):
+    """⏹: abort a generation that is still streaming (requester or Manage Messages)."""
+
     action, button_emoji, button_style = "stop", "⏹️", Style.danger
 
     async def act(self, interaction: discord.Interaction) -> None:
-        await actions.stop(interaction, self.generation_id)
+        app = app_of(interaction.client)
+        await answer_ephemeral(
+            interaction, actions.stop(app, self.generation_id, actor_of(interaction))
+        )
 
 
 class RateButton(MuseButton, template=r"muse:rate:(?P<id>\d+):(?P<value>up|down)"):
+    """👍 / 👎: one vote per user, changeable."""
+
     action = "rate"
 
     def __init__(self, generation_id: int, value: str = "up") -> None:
@@ -68,53 +89,122 @@ class RateButton(MuseButton, template=r"muse:rate:(?P<id>\d+):(?P<value>up|down)
         super().__init__(generation_id, value)
 
     async def act(self, interaction: discord.Interaction) -> None:
-        await actions.rate(interaction, self.generation_id, self.value)
+        app = app_of(interaction.client)
+        said = await actions.rate(app, self.generation_id, interaction.user.id, thumbs=self.value)
+        await answer_ephemeral(interaction, said)
 
 
 class StarsButton(MuseButton, template=r"muse:stars:(?P<id>\d+)"):
+    """⭐: the stars modal."""
+
     action, button_emoji = "stars", "⭐"
 
     async def act(self, interaction: discord.Interaction) -> None:
-        await actions.open_stars(interaction, self.generation_id)
+        await interaction.response.send_modal(StarsModal(self.generation_id))
 
 
-class RegenerateButton(MuseButton, template=r"muse:regen:(?P<id>\d+)"):
-    action, button_emoji = "regen", "🔁"
+class FollowUpButton(MuseButton, template=r"muse:followup:(?P<id>\d+)"):
+    """A button that starts a new generation from this one, as a new reply that belongs to
+    the presser (subclasses say which task it is and how it is planned)."""
+
+    def admission(self, parent: Generation) -> tuple[str, dict[str, Any]]:
+        """The task and fields the guild's rules are checked against."""
+        return parent.task, parent.fields
+
+    def plan(self, app: Muse, parent: Generation, user_id: int, guild: GuildSettings) -> Plan:
+        """The follow-up's plan: every concrete button overrides it."""
+        raise NotImplementedError
 
     async def act(self, interaction: discord.Interaction) -> None:
-        await actions.regenerate(interaction, self.generation_id)
+        app = app_of(interaction.client)
+        parent = await actions.live(app, self.generation_id)
+        if parent is None:
+            await answer_ephemeral(interaction, DELETED)
+            return
+        task, fields = self.admission(parent)
+        async with admitted(interaction, task, texts_of(fields)) as guild:
+            if guild is not None:
+                plan = self.plan(app, parent, interaction.user.id, guild)
+                await run_in_reply(interaction, plan, VIEWS)
+
+
+class RegenerateButton(FollowUpButton, template=r"muse:regen:(?P<id>\d+)"):
+    """🔁: the same messages with a new seed."""
+
+    action, button_emoji = "regen", "🔁"
+
+    def plan(self, app: Muse, parent: Generation, user_id: int, guild: GuildSettings) -> Plan:
+        return plans.regenerate_plan(app, parent, user_id, guild)
 
 
 class DeleteButton(MuseButton, template=r"muse:delete:(?P<id>\d+)"):
+    """🗑: delete the reply (and its follow-ups) and mark the generation deleted."""
+
     action, button_emoji = "delete", "🗑️"
 
     async def act(self, interaction: discord.Interaction) -> None:
-        await actions.delete(interaction, self.generation_id)
+        app = app_of(interaction.client)
+        generation, refusal = await actions.may_delete(
+            app, self.generation_id, actor_of(interaction)
+        )
+        if refusal is not None:
+            await answer_ephemeral(interaction, refusal)
+            return
+        if interaction.message is not None:
+            await interaction.message.delete()
+        if generation is not None:
+            channel = interaction.client.get_partial_messageable(interaction.channel_id or 0)
+            for message_id in generation.followup_message_ids:  # ones already gone are skipped
+                with contextlib.suppress(discord.NotFound):
+                    await channel.get_partial_message(message_id).delete()
+            await app.store.mark_deleted(self.generation_id)
+        await answer_ephemeral(interaction, "🗑️ Deleted.")
 
 
-class ContinueButton(MuseButton, template=r"muse:continue:(?P<id>\d+)"):
+class SceneButton(FollowUpButton, template=r"muse:scene:(?P<id>\d+)"):
+    """▶ and 🔀: the scene goes on, linked to its parent."""
+
+    branch = False
+
+    def admission(self, parent: Generation) -> tuple[str, dict[str, Any]]:
+        return "dialogue", scenes.follow_up(parent, branch=self.branch)[0]
+
+    def plan(self, app: Muse, parent: Generation, user_id: int, guild: GuildSettings) -> Plan:
+        return plans.scene_plan(app, parent, user_id, guild, branch=self.branch)
+
+
+class ContinueButton(SceneButton, template=r"muse:continue:(?P<id>\d+)"):
+    """▶: more lines."""
+
     action, button_emoji, button_label = "continue", "▶️", "Continue"
 
-    async def act(self, interaction: discord.Interaction) -> None:
-        await actions.continue_scene(interaction, self.generation_id, branch=False)
 
+class BranchButton(SceneButton, template=r"muse:branch:(?P<id>\d+)"):
+    """🔀: an alternative next line."""
 
-class BranchButton(MuseButton, template=r"muse:branch:(?P<id>\d+)"):
-    action, button_emoji, button_label = "branch", "🔀", "Branch"
-
-    async def act(self, interaction: discord.Interaction) -> None:
-        await actions.continue_scene(interaction, self.generation_id, branch=True)
+    action, button_emoji, button_label, branch = "branch", "🔀", "Branch", True
 
 
 class ScriptButton(MuseButton, template=r"muse:script:(?P<id>\d+)"):
+    """📄: the scene as JSON and text attachments, ephemeral."""
+
     action, button_emoji, button_label = "script", "📄", "Script"
 
     async def act(self, interaction: discord.Interaction) -> None:
-        await actions.script(interaction, self.generation_id)
+        generation = await actions.live(app_of(interaction.client), self.generation_id)
+        if generation is None:
+            await answer_ephemeral(interaction, DELETED)
+            return
+        as_json, as_text = scenes.script_files(generation)
+        files = [
+            discord.File(io.BytesIO(as_json.encode()), f"scene-{self.generation_id}.json"),
+            discord.File(io.BytesIO(as_text.encode()), f"scene-{self.generation_id}.txt"),
+        ]
+        await answer_ephemeral(interaction, "📄 The scene as a script:", files=files)
 
 
 class CompareButton(MuseButton, template=r"muse:compare:(?P<id>\d+):(?P<value>\d+:(?:A|B|tie))"):
-    """`muse:compare:<generation A>:<generation B>:<winner>`."""
+    """`muse:compare:<generation A>:<generation B>:<winner>`: one vote per user per pair."""
 
     action, button_style = "compare", Style.primary
     LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie"}
@@ -125,7 +215,9 @@ class CompareButton(MuseButton, template=r"muse:compare:(?P<id>\d+):(?P<value>\d
 
     async def act(self, interaction: discord.Interaction) -> None:
         other, _, winner = self.value.partition(":")
-        await actions.compare_vote(interaction, self.generation_id, int(other), winner)
+        app = app_of(interaction.client)
+        said = await actions.vote(app, self.generation_id, int(other), interaction.user.id, winner)
+        await answer_ephemeral(interaction, said)
 
 
 DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
@@ -148,29 +240,38 @@ def _view(*items: discord.ui.Item[Any]) -> discord.ui.View:
     return view
 
 
-def streaming_view(generation_id: int) -> discord.ui.View:
-    """⏹ while the text streams."""
-    return _view(StopButton(generation_id))
+class MuseViews:
+    """The buttons each kind of reply carries (a `ViewSet`)."""
 
+    def streaming(self, generation_id: int) -> discord.ui.View:
+        """⏹ while the text streams."""
+        return _view(StopButton(generation_id))
 
-def finished_view(generation_id: int, task: str) -> discord.ui.View:
-    """👍 👎 ⭐ 🔁 🗑 (and ▶ 🔀 📄 for a dialogue)."""
-    items: list[discord.ui.Item[Any]] = [
-        RateButton(generation_id, "up"),
-        RateButton(generation_id, "down"),
-        StarsButton(generation_id),
-        RegenerateButton(generation_id),
-        DeleteButton(generation_id),
-    ]
-    if task == "dialogue":
-        items += [
-            ContinueButton(generation_id),
-            BranchButton(generation_id),
-            ScriptButton(generation_id),
+    def finished(self, generation_id: int, task: str) -> discord.ui.View:
+        """👍 👎 ⭐ 🔁 🗑 (and ▶ 🔀 📄 for a dialogue)."""
+        items: list[discord.ui.Item[Any]] = [
+            RateButton(generation_id, "up"),
+            RateButton(generation_id, "down"),
+            StarsButton(generation_id),
+            RegenerateButton(generation_id),
+            DeleteButton(generation_id),
         ]
-    return _view(*items)
+        if task == "dialogue":
+            items += [
+                ContinueButton(generation_id),
+                BranchButton(generation_id),
+                ScriptButton(generation_id),
+            ]
+        return _view(*items)
+
+    def compare(self, generation_a: int, generation_b: int) -> discord.ui.View:
+        """`A is better`, `B is better`, `Tie`."""
+        winners = ("A", "B", "tie")
+        return _view(*(CompareButton(generation_a, f"{generation_b}:{w}") for w in winners))
+
+    def retry(self, generation_id: int) -> discord.ui.View:
+        """🔁 alone: on a reply a restart cut off."""
+        return _view(RegenerateButton(generation_id))
 
 
-def compare_view(generation_a: int, generation_b: int) -> discord.ui.View:
-    """`A is better`, `B is better`, `Tie`."""
-    return _view(*(CompareButton(generation_a, f"{generation_b}:{w}") for w in ("A", "B", "tie")))
+VIEWS = MuseViews()

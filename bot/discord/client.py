@@ -9,23 +9,23 @@ from typing import Any
 import discord
 from discord.ext import commands
 
-from bot.app_errors import check_option_types, on_app_command_error
-from bot.limits import Limits
-from bot.recovery import start_recovery
-from bot.settings import Settings
-from bot.sharding import ShardPlan, plan_shards
-from bot.streaming import EDIT_INTERVAL_S, ActiveRun
-from bot.views import DYNAMIC_ITEMS
+from bot.core.app import Muse
+from bot.core.settings import Settings
+from bot.discord.app_errors import check_option_types, on_app_command_error
+from bot.discord.buttons import DYNAMIC_ITEMS, VIEWS
+from bot.discord.recovery import start_recovery
+from bot.discord.sharding import ShardPlan, plan_shards
+from generation.backend import Backend
 from generation.presets import Preset
 from storage.store import Store
 
-log = logging.getLogger("muse.bot.client")
+log = logging.getLogger("muse.bot.discord.client")
 
 EXTENSIONS = (
-    "bot.cogs.generation",
-    "bot.cogs.chat",
-    "bot.cogs.account",
-    "bot.cogs.admin",
+    "bot.discord.cogs.generation",
+    "bot.discord.cogs.chat",
+    "bot.discord.cogs.account",
+    "bot.discord.cogs.admin",
 )
 
 
@@ -37,14 +37,15 @@ def intents_for(settings: Settings) -> discord.Intents:
 
 
 class MuseBot(commands.Bot):
-    """Loads the command cogs, registers the persistent buttons, syncs the commands."""
+    """Loads the command cogs, registers the persistent buttons, syncs the commands. `app` is
+    the application every handler works on (`bot.discord.context.app_of`)."""
 
     def __init__(
         self,
         *,
         settings: Settings,
         store: Store,
-        engine: Any,
+        engine: Backend,
         presets: dict[str, Preset],
         intents: discord.Intents | None = None,
         **options: Any,
@@ -56,14 +57,7 @@ class MuseBot(commands.Bot):
             help_command=None,
             **options,
         )
-        self.settings = settings
-        self.store = store
-        self.engine = engine
-        self.presets = presets
-        self.active: dict[int, ActiveRun] = {}
-        self.limits = Limits(guild_concurrency=settings.guild_concurrency)
-        self.edit_interval_s = EDIT_INTERVAL_S
-        self.stopping = False  # set by `bot.shutdown.drain`: new generations are refused
+        self.app = Muse(settings=settings, store=store, engine=engine, presets=presets)
         self.recovery: asyncio.Task[int] | None = None
 
     async def setup_hook(self) -> None:
@@ -73,15 +67,15 @@ class MuseBot(commands.Bot):
         self.tree.interaction_check = check_option_types  # type: ignore[method-assign]
         self.tree.on_error = on_app_command_error  # type: ignore[method-assign]
         await self.sync_commands()
-        self.recovery = start_recovery(self)  # replies a crash cut off say so
+        self.recovery = start_recovery(self, self.app, VIEWS)  # replies a crash cut off say so
 
     async def sync_commands(self) -> None:
         """To `MUSE_GUILD_IDS` (instant) when set, else globally (may take an hour to show)."""
-        if not self.settings.guild_ids:
+        if not self.app.settings.guild_ids:
             synced = await self.tree.sync()
             log.info("synced %d global commands", len(synced))
             return
-        for guild_id in self.settings.guild_ids:
+        for guild_id in self.app.settings.guild_ids:
             guild = discord.Object(guild_id)
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
@@ -115,7 +109,7 @@ class ShardedMuseBot(MuseBot, commands.AutoShardedBot):
 
 
 def create_bot(
-    *, settings: Settings, store: Store, engine: Any, presets: dict[str, Preset]
+    *, settings: Settings, store: Store, engine: Backend, presets: dict[str, Preset]
 ) -> MuseBot:
     """A `MuseBot`, or a `ShardedMuseBot` when `MUSE_SHARDS` is set (raises `SettingsError`
     for shard settings that do not fit together)."""

@@ -6,20 +6,14 @@ import logging
 
 import discord
 
-from bot.streaming import answer_ephemeral
-from storage.errors import GenerationGone
+from bot.core import actions
+from bot.core.actions import parse_stars
+from bot.core.errors import report
+from bot.discord.context import answer_ephemeral, app_of
 
-log = logging.getLogger("muse.bot.modals")
+log = logging.getLogger("muse.bot.discord.modals")
 
-GONE = "That generation was deleted or forgotten, so it can no longer be rated."
 COMMENT_LIMIT = 1000
-
-
-def parse_stars(text: str) -> int | None:
-    """`"4"` → 4; anything but a whole number 1–5 → None. (`isdecimal`, not `isdigit`:
-    "²" is a digit that `int` refuses.)"""
-    text = text.strip().rstrip("⭐").strip()
-    return int(text) if text.isdecimal() and 1 <= int(text) <= 5 else None
 
 
 class StarsModal(discord.ui.Modal, title="Rate this text"):
@@ -51,16 +45,11 @@ class StarsModal(discord.ui.Modal, title="Rate this text"):
                 interaction, f"A comment can be at most {COMMENT_LIMIT:,} characters."
             )
             return
-        try:
-            await interaction.client.store.record_feedback(  # type: ignore[attr-defined]
-                self.generation_id, interaction.user.id, stars=stars, comment=comment
-            )
-        except GenerationGone:
-            await answer_ephemeral(interaction, GONE)
-            return
-        await answer_ephemeral(interaction, f"Thanks — saved {'⭐' * stars}")
+        app = app_of(interaction.client)
+        said = await actions.rate(
+            app, self.generation_id, interaction.user.id, stars=stars, comment=comment
+        )
+        await answer_ephemeral(interaction, said)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        from bot.errors import report
-
         await answer_ephemeral(interaction, report(error, "stars modal"))

@@ -11,35 +11,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import discord
 
-from bot import rendering
+from bot.core.app import Muse
+from bot.core.texts import finish_note
+from bot.discord import rendering
+from bot.discord.context import NO_MENTIONS
 
-if TYPE_CHECKING:
-    from bot.client import MuseBot
-
-log = logging.getLogger("muse.bot.recovery")
-
-NO_MENTIONS = discord.AllowedMentions.none()
+log = logging.getLogger("muse.bot.discord.recovery")
 
 
-def start_recovery(bot: MuseBot) -> asyncio.Task[int] | None:
+class RetryViews(Protocol):
+    def retry(self, generation_id: int) -> discord.ui.View: ...
+
+
+def start_recovery(
+    client: discord.Client, app: Muse, views: RetryViews
+) -> asyncio.Task[int] | None:
     """Edit the interrupted replies in the background (from `setup_hook`); None if none."""
-    ids = tuple(getattr(bot.store, "interrupted", ()))  # older stores do not report them
+    ids = tuple(app.store.interrupted)
     if not ids:
         return None
-    return asyncio.create_task(edit_interrupted(bot, ids), name="muse-recovery")
+    task = edit_interrupted(client, app, views, ids)
+    return asyncio.create_task(task, name="muse-recovery")
 
 
-async def edit_interrupted(bot: MuseBot, generation_ids: tuple[int, ...]) -> int:
+async def edit_interrupted(
+    client: discord.Client, app: Muse, views: RetryViews, generation_ids: tuple[int, ...]
+) -> int:
     """Edit each reply; a reply that cannot be edited is logged and skipped. Returns how many
     were edited."""
     edited = 0
     for generation_id in generation_ids:
         try:
-            edited += await edit_reply(bot, generation_id)
+            edited += await edit_reply(client, app, views, generation_id)
         except discord.HTTPException as exc:
             log.warning("could not edit the reply of generation %s: %s", generation_id, exc)
         except Exception:  # noqa: BLE001 - one bad row must not stop the others
@@ -48,24 +55,23 @@ async def edit_interrupted(bot: MuseBot, generation_ids: tuple[int, ...]) -> int
     return edited
 
 
-async def edit_reply(bot: MuseBot, generation_id: int) -> bool:
+async def edit_reply(
+    client: discord.Client, app: Muse, views: RetryViews, generation_id: int
+) -> bool:
     """Keep the partial text shown, add the note and 🔁; False when there is nothing to edit."""
-    from bot.views import RegenerateButton
-
-    generation = await bot.store.get_generation(generation_id)
+    generation = await app.store.get_generation(generation_id)
     if generation is None or generation.status != "interrupted":
         return False
     if not generation.channel_id or not generation.message_id:
         log.info("generation %s has no reply message to edit", generation_id)
         return False
-    channel = bot.get_partial_messageable(generation.channel_id)
+    channel = client.get_partial_messageable(generation.channel_id)
     message = channel.get_partial_message(generation.message_id)
     try:
         shown = (await message.fetch()).content
     except discord.NotFound:
         return False
-    view = discord.ui.View(timeout=None)
-    view.add_item(RegenerateButton(generation_id))
+    view = views.retry(generation_id)
     await message.edit(content=interrupted_text(shown), view=view, allowed_mentions=NO_MENTIONS)
     return True
 
@@ -77,7 +83,7 @@ def interrupted_text(shown: str, limit: int = 2000) -> str:
         text = text[: -len(rendering.IN_PROGRESS)].rstrip()
     if text.startswith("⏳"):  # "⏳ writing…" or "⏳ Queued — position N": no text yet
         text = ""
-    note = rendering.finish_note("interrupted")
+    note = finish_note("interrupted")
     room = limit - len(note) - 2
     if len(text) > room:
         text = text[: room - 1] + "…"

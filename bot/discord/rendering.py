@@ -1,8 +1,10 @@
-"""Pure functions that turn generations into what Discord shows."""
+"""Pure functions that turn generations into what Discord shows (its markdown)."""
 
 from __future__ import annotations
 
 import re
+
+from bot.core import texts
 
 IN_PROGRESS = "▌"
 _SPEAKER = re.compile(r"^([^:\n*]{1,40}):\s*(.*)$")
@@ -51,10 +53,8 @@ def render_output(task: str, text: str) -> str:
 
 
 def footer(model_id: str, tokens_out: int, total_ms: float | None) -> str:
-    """`-# model · N tokens · S s · AI-generated`."""
-    seconds = (total_ms or 0.0) / 1000
-    name = model_id or "model"
-    return f"-# {name} · {tokens_out} tokens · {seconds:.1f} s · AI-generated"
+    """`-# model · N tokens · S s · AI-generated` (small text)."""
+    return f"-# {texts.footer(model_id, tokens_out, total_ms)}"
 
 
 def queued(position: int) -> str:
@@ -68,19 +68,6 @@ def in_progress(text: str, limit: int = 1900) -> str:
     if len(shown) > limit:  # cut: a code block may lose its opening fence
         shown = "…" + unmask_links(text.strip())[-limit:]
     return f"{shown} {IN_PROGRESS}" if shown else f"⏳ writing… {IN_PROGRESS}"
-
-
-FINISH_NOTES = {
-    "cancelled": "⏹ Stopped.",
-    "timeout": "⌛ Timed out.",
-    "error": "⚠️ Generation failed.",
-    "interrupted": "⚠️ Muse restarted while writing this — press 🔁 to try again.",
-}
-
-
-def finish_note(reason: str | None) -> str:
-    """A line saying why a text ended early (empty for a normal end)."""
-    return FINISH_NOTES.get(reason or "", "")
 
 
 def unsaved_note(problem: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.settings import Settings, SettingsError
+from bot.core.settings import Settings, SettingsError
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from bot.client import MuseBot
+from bot.discord.client import MuseBot
 from tests.bot.community import muse
 from tests.bot.fakes import ReplayEngine
 from tests.discord_emulator import DiscordEmulator, InteractionRecord, MessageRecord
@@ -172,8 +172,8 @@ class Harness:
             done = (
                 record.acknowledged
                 and not (original is not None and original.loading)
-                and not self.bot.active
-                and not self.bot.limits._running_users
+                and not self.bot.app.active
+                and not self.bot.app.limits._running_users
                 and time.monotonic() - max(last, record.last_activity) >= quiet_s
             )
             if done:
@@ -182,7 +182,7 @@ class Harness:
                 raise AssertionError(
                     f"interaction {record.id} not settled: callback {record.callback_type}, "
                     f"loading {original is not None and original.loading}, active "
-                    f"{self.bot.active}"
+                    f"{self.bot.app.active}"
                 )
             await asyncio.sleep(0.02)
 
@@ -250,7 +250,7 @@ async def harness(emu: DiscordEmulator, tmp_path: Path, **settings: Any) -> Asyn
     db = tmp_path / "muse.db"
     try:
         async with muse(emu, db, engine, user_per_minute=0, **settings) as bot:
-            bot.edit_interval_s = 0.02
+            bot.app.edit_interval_s = 0.02
             yield Harness(emu, bot, engine, db, errors)
     finally:
         root.removeHandler(errors)

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from bot.client import MuseBot
-from bot.runtime import presets_from
+from bot.cli.wiring import presets_from
+from bot.discord.client import MuseBot
 from storage.store import Store
 from tests.bot.conftest import make_settings
 from tests.discord_emulator import DiscordEmulator, InteractionRecord, MessageRecord, run_bot
@@ -23,7 +23,7 @@ async def muse(
     settings = make_settings(emu, db, **({"max_tokens": 512} | changes))
     async with Store.open(settings.db_path) as store:
         bot = MuseBot(settings=settings, store=store, engine=engine, presets=presets_from(settings))
-        bot.edit_interval_s = 0.05
+        bot.app.edit_interval_s = 0.05
         async with run_bot(bot, emu):
             yield bot
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from bot.client import MuseBot
-from bot.runtime import presets_from
-from bot.settings import Settings
+from bot.cli.wiring import presets_from
+from bot.core.settings import Settings
+from bot.discord.client import MuseBot
 from generation.engine import Engine, EngineConfig
 from generation.models import LoadedModel, load_model
 from storage.store import Store
@@ -67,7 +67,7 @@ def start_bot(emu: DiscordEmulator, tmp_path: Path) -> BotFactory:
                 settings=settings, store=store, engine=engine, presets=presets_from(settings)
             )
             if edit_interval_s is not None:
-                bot.edit_interval_s = edit_interval_s
+                bot.app.edit_interval_s = edit_interval_s
             async with run_bot(bot, emu):
                 yield bot
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from generation.backend import ReadyModel
 from generation.errors import EngineBusy
-from generation.types import GenerationChunk, GenerationRequest
+from generation.openai_backend import RemoteModel
+from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
 
 
 class ReplayEngine:
     """Yields queued texts word by word, `delay_s` apart; `busy` makes `stream` refuse."""
 
     model_id = "replay-model"
+    context_tokens = 2048
 
     def __init__(self, texts: list[str] | None = None, delay_s: float = 0.01) -> None:
         self.texts = list(texts or ["Hello from the replay engine."])
@@ -24,8 +27,17 @@ class ReplayEngine:
         self._waiting: set[str] = set()
         self._running: set[str] = set()
 
-    async def wait_ready(self) -> None:
-        return None
+    async def wait_ready(self) -> ReadyModel:
+        return RemoteModel(self.model_id, "replay")
+
+    def models(self) -> list[str]:
+        return [self.model_id]
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        return await drain(self.stream(request))
+
+    def close(self) -> None:
+        self.aborted |= self._waiting | self._running
 
     def queue_position(self, request_id: str) -> int | None:
         if request_id in self._waiting:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import cli
+from bot.cli import main as cli
 from storage.migrations import MIGRATIONS
 from storage.store import Store
 from tests.bot.fake_openai import MODEL, FakeOpenAI

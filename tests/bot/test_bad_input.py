@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bot.compare import EMBED_LIMIT, take_embed
-from bot.rendering import in_progress, show_links
-from bot.splitting import split_message
+from bot.discord.compare_reply import EMBED_LIMIT, take_embed
+from bot.discord.rendering import in_progress, show_links
+from bot.discord.splitting import split_message
 from generation.engine import Engine
 from storage.store import approximate_tokens
 from tests.bot.bad_input import (
@@ -122,8 +122,8 @@ def with_named(test):
 async def reset_guild(h: Harness) -> None:
     """Undo whatever a drawn /settings changed, so later examples still reach the engine."""
     keys = ("temperature", "max_tokens", "per_user_per_minute", "enabled_tasks", "channels")
-    await h.bot.store.update_guild_settings(h.emu.guild.id, **dict.fromkeys(keys), blocklist=())
-    await h.bot.store.set_opted_out(h.emu.user("alice").id, False)
+    await h.bot.app.store.update_guild_settings(h.emu.guild.id, **dict.fromkeys(keys), blocklist=())
+    await h.bot.app.store.set_opted_out(h.emu.user("alice").id, False)
 
 
 @settings(max_examples=90, deadline=None, suppress_health_check=FIXTURE_OK)
@@ -329,11 +329,11 @@ async def test_a_chat_history_over_the_budget_keeps_the_newest_turns(
         await emu.slash_command("chat", {"message": "Hello there."})
         thread = await emu.wait_for(lambda: emu.threads() and emu.threads()[0])
         await bot_reply_in(emu, thread)
-        conversation = await bot.store.get_conversation(thread.id)
+        conversation = await bot.app.store.get_conversation(thread.id)
         alice = emu.user("alice").id
         for n in range(40):  # ~40 × 250 approximate tokens, far over the 2,048 budget
             said = f"turn {n:02d} " + "and the river kept running " * 36
-            turn = await bot.store.record_generation(
+            turn = await bot.app.store.record_generation(
                 user_id=alice,
                 task="chat",
                 messages=[{"role": "user", "content": said}],
@@ -343,7 +343,7 @@ async def test_a_chat_history_over_the_budget_keeps_the_newest_turns(
                 guild_id=emu.guild.id,
                 channel_id=thread.id,
             )
-            await bot.store.finish_generation(
+            await bot.app.store.finish_generation(
                 turn, f"reply {n:02d} " + "yes " * 20, "stop", 1, 1, 1.0, 1.0
             )
         reply = await slowly_finished(
@@ -373,7 +373,7 @@ async def test_hostile_prompts_with_the_real_model(
     emu: DiscordEmulator, tmp_path: Path, engine: Engine, name: str, options: dict[str, Any]
 ):
     async with harness(emu, tmp_path, max_tokens=16) as h:
-        h.bot.engine, h.settle_timeout_s = engine, 120.0
+        h.bot.app.engine, h.settle_timeout_s = engine, 120.0
         outcome = await h.run(emu.slash_command(name, options))
         assert not outcome.refused
         assert any("muse:rate:1" in c for c in outcome.record.original.custom_ids())

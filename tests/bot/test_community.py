@@ -65,7 +65,7 @@ async def test_chat_history_drops_the_oldest_turns_to_fit(emu: DiscordEmulator, 
             )
         last = [m.content for m in engine.requests[-1].messages if m.role == "user"]
         assert last[-1] == "fourth" and "first" not in last and "third" in last
-        assert bot.engine is engine
+        assert bot.app.engine is engine
 
 
 async def test_plain_messages_in_a_muse_thread_with_the_real_model(
@@ -139,10 +139,10 @@ async def test_export_is_for_managers_and_holds_this_guild_only(emu: DiscordEmul
     db = tmp_path / "muse.db"
     async with muse(emu, db, ReplayEngine()) as bot:
         await finished(await emu.slash_command("story", {"prompt": "a fox"}))
-        other = await bot.store.record_generation(
+        other = await bot.app.store.record_generation(
             user_id=1, task="story", messages=[], params={}, model_id="m", guild_id=42
         )
-        await bot.store.finish_generation(other, "elsewhere", "stop", 1, 1, 1.0, 1.0)
+        await bot.app.store.finish_generation(other, "elsewhere", "stop", 1, 1, 1.0, 1.0)
         refused = await refusal(await emu.slash_command("export", {"format": "raw"}))
         export = await emu.slash_command("export", {"format": "raw"}, user="manager")
         message = await answered(export)
@@ -157,7 +157,7 @@ async def test_export_too_large_says_what_to_run(
     emu: DiscordEmulator, tmp_path, monkeypatch: pytest.MonkeyPatch
 ):
     async with muse(emu, tmp_path / "muse.db", ReplayEngine()):
-        loaded = sys.modules["bot.cogs.admin"]  # load_extension imports a fresh module
+        loaded = sys.modules["bot.discord.cogs.admin"]  # load_extension imports a fresh module
         monkeypatch.setattr(loaded, "upload_limit", lambda interaction: 10)
         await finished(await emu.slash_command("story", {"prompt": "a fox"}))
         export = await emu.slash_command(
@@ -194,12 +194,12 @@ async def test_forget_needs_the_callers_own_confirmation(emu: DiscordEmulator, t
         assert ask.custom_ids() == [custom_id]
         other = await ephemeral(await emu.press_button(ask, custom_id, user="bob"))
         assert "Only the person who asked" in other.content
-        assert await bot.store.get_generation(1) is not None
+        assert await bot.app.store.get_generation(1) is not None
         confirm = await emu.press_button(ask, custom_id, user="alice")
         await confirm.wait_callback()
         await emu.wait_for(lambda: "Done" in ask.content)
         assert "1 generations" in ask.content and ask.custom_ids() == []
-        assert await bot.store.get_generation(1) is None
+        assert await bot.app.store.get_generation(1) is None
 
 
 async def test_help_names_every_command(emu: DiscordEmulator, tmp_path):

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import cli
-from bot.console_parse import (
+from bot.cli import main as cli
+from bot.console.parse import (
     COMMANDS,
     RATE_KEYS,
     ConsoleError,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 
-from bot.client import MuseBot
-from bot.runtime import EXIT_ENGINE_DEAD, presets_from
+from bot.cli.wiring import EXIT_ENGINE_DEAD, presets_from
+from bot.discord.client import MuseBot
 from generation.engine import Engine, EngineConfig
 from generation.models import LoadedModel
 from generation.types import GenerationRequest
@@ -182,7 +182,7 @@ def start(emu: DiscordEmulator, tmp_path: Path, loaded_model: LoadedModel):
                 bot = MuseBot(
                     settings=settings, store=store, engine=engine, presets=presets_from(settings)
                 )
-                bot.edit_interval_s = 0.3
+                bot.app.edit_interval_s = 0.3
                 async with run_bot(bot, emu):
                     yield bot
         finally:
@@ -212,12 +212,12 @@ async def test_model_errors_out_of_memory_and_timeouts_fail_only_their_requests(
         assert "ran out of memory" in await failure_text(memory)
         await healthy.wait_until(has_buttons, 60)
         assert "AI-generated" in healthy.original.content
-        settings = bot.settings
-        bot.settings = replace(settings, timeout_s=2.0)  # for the next request only
+        settings = bot.app.settings
+        bot.app.settings = replace(settings, timeout_s=2.0)  # for the next request only
         slow = await emu.slash_command("generate", {"prompt": "SLOW"}, user="moderator")
         await slow.wait_callback()
         await asyncio.sleep(0.5)
-        bot.settings = settings
+        bot.app.settings = settings
         await slow.wait_until(has_buttons, 30)
         assert "⌛ Timed out." in slow.original.content
         after = await emu.slash_command("generate", SHORT, user="bob")
@@ -280,7 +280,7 @@ async def test_a_read_only_database_still_answers_and_says_not_saved(
     async with start(max_tokens=24) as bot:
         saved = await emu.slash_command("generate", SHORT, user="bob")
         await saved.wait_until(has_buttons, 60)
-        await bot.store._write(pragma("PRAGMA query_only = ON"))
+        await bot.app.store._write(pragma("PRAGMA query_only = ON"))
         for user in ("alice", "manager"):  # every request answers: no crash, no loop
             ro = await emu.slash_command("generate", SHORT, user=user)
             await ro.wait_until(footed, 60)
@@ -296,8 +296,8 @@ async def test_a_full_database_still_answers_says_not_saved_and_heals(
     start, emu: DiscordEmulator, tmp_path: Path
 ):
     async with start(max_tokens=24) as bot:
-        pages = (await bot.store._write(pragma("PRAGMA page_count")))[0][0]
-        await bot.store._write(pragma(f"PRAGMA max_page_count = {pages}"))
+        pages = (await bot.app.store._write(pragma("PRAGMA page_count")))[0][0]
+        await bot.app.store._write(pragma(f"PRAGMA max_page_count = {pages}"))
         big = {"prompt": "Describe this scene. " + "A quiet harbour at dawn. " * 38}
         full: list[InteractionRecord] = []
         for user in ("alice", "bob", "manager", "moderator"):
@@ -307,7 +307,7 @@ async def test_a_full_database_still_answers_says_not_saved_and_heals(
             if "Not saved (the database is full)" in record.original.content:
                 break
         assert "Not saved (the database is full)" in full[-1].original.content
-        await bot.store._write(pragma("PRAGMA max_page_count = 1073741823"))
+        await bot.app.store._write(pragma("PRAGMA max_page_count = 1073741823"))
         healed = await emu.slash_command("generate", SHORT, user="owner")
         await healed.wait_until(has_buttons, 60)  # saved again, without a restart
         assert "Not saved" not in healed.original.content

@@ -32,15 +32,15 @@ async def test_settings_are_for_managers_show_validate_and_clear(emu: DiscordEmu
         assert "Unknown task limerick" in await settings(emu, enabled_tasks="story, limerick")
         assert "not a channel" in await settings(emu, channels="general")
         assert "blocklist: none" in await settings(emu, blocklist="")
-        stored = await bot.store.get_guild_settings(emu.guild.id)
+        stored = await bot.app.store.get_guild_settings(emu.guild.id)
         assert "Cannot reset colour" in await settings(emu, reset="colour, temperature")
         both = await settings(emu, temperature=0.5, reset="temperature")
         assert "both set and reset" in both
-        assert (await bot.store.get_guild_settings(emu.guild.id)) == stored  # nothing changed
+        assert (await bot.app.store.get_guild_settings(emu.guild.id)) == stored  # nothing changed
         back = await settings(emu, reset="Temperature, enabled_tasks")
         assert back.startswith("✅ Saved.") and "enabled_tasks: all" in back
         assert "temperature: preset default" in back
-        after_reset = await bot.store.get_guild_settings(emu.guild.id)
+        after_reset = await bot.app.store.get_guild_settings(emu.guild.id)
     assert stored.enabled_tasks == ("story", "poem") and stored.temperature == 0.3
     assert stored.blocklist == () and stored.channels == (emu.channel.id,)
     assert after_reset.temperature is None and after_reset.enabled_tasks is None
@@ -104,7 +104,7 @@ async def test_a_burst_is_refused_while_another_user_is_served(emu: DiscordEmula
     engine = ReplayEngine([" ".join(["slow"] * 40)], delay_s=0.02)
     async with muse(emu, tmp_path / "muse.db", engine, user_per_minute=3) as bot:
         now = [1000.0]
-        bot.limits.clock = lambda: now[0]
+        bot.app.limits.clock = lambda: now[0]
         burst = [
             await emu.slash_command("generate", {"prompt": f"take {n}"}, user="alice")
             for n in range(8)
@@ -133,7 +133,7 @@ async def test_guild_concurrency_caps_running_generations(emu: DiscordEmulator, 
         assert "already has 1 texts being written — try again in" in busy
         await finished(alice)
         await finished(await emu.slash_command("story", {"prompt": "b"}, user="bob"))
-        assert bot.limits.running(emu.guild.id) == 0
+        assert bot.app.limits.running(emu.guild.id) == 0
 
 
 async def test_the_running_slot_is_released_after_a_refusal_by_the_engine(
@@ -146,7 +146,7 @@ async def test_the_running_slot_is_released_after_a_refusal_by_the_engine(
         assert busy == "Muse is busy — try again in 5 s."
         engine.busy_retry_s = None
         await finished(await emu.slash_command("story", {"prompt": "a fox"}))
-        assert bot.limits.running(emu.guild.id) == 0
+        assert bot.app.limits.running(emu.guild.id) == 0
 
 
 async def test_retention_purges_old_generations_daily(emu: DiscordEmulator, tmp_path):

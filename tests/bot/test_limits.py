@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.cogs.account import removed_summary
-from bot.cogs.admin import export_command, settings_changes, stats_lines
-from bot.conversation import thread_name
-from bot.guild_policy import (
+from bot.core.limits import Limited, Limits
+from bot.core.policy import (
     Refused,
     Where,
     blocked_by,
@@ -16,7 +14,9 @@ from bot.guild_policy import (
     parse_channels,
     parse_tasks,
 )
-from bot.limits import Limited, Limits
+from bot.discord.cogs.account import removed_summary
+from bot.discord.cogs.admin import export_command, settings_changes, stats_lines
+from bot.discord.cogs.chat import thread_name
 from storage.models import GuildSettings
 from storage.stats import TaskModelStats
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bot.modals import parse_stars
-from bot.rendering import footer, render_dialogue
-from bot.scenes import next_speaker, script_lines
-from bot.splitting import split_message
+from bot.core.actions import parse_stars
+from bot.core.scenes import next_speaker, script_lines
+from bot.discord.rendering import footer, render_dialogue
+from bot.discord.splitting import split_message
 
 
 def test_short_text_is_one_piece():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bot import shutdown
+from bot.core import shutdown
 from tests.bot.conftest import BotFactory
 from tests.bot.fakes import ReplayEngine
 from tests.discord_emulator import DiscordEmulator
@@ -28,14 +28,14 @@ async def test_long_text_continues_in_followups_and_deletes_with_them(
         assert FOOTER.search(parts[-1].content)
         assert "muse:rate:1:up" in story.original.custom_ids()
         assert all(m.pings_no_one for m in story.messages)
-        row = await bot.store.get_generation(1)
+        row = await bot.app.store.get_generation(1)
         assert row is not None and row.status == "done" and len(row.output) > 4000
         assert row.followup_message_ids == tuple(m.id for m in parts[1:])
 
         gone = await emu.press_button(story.original, "muse:delete:1", user="alice")
         await gone.wait_until(lambda i: i.original)
         assert all(m.deleted for m in parts)  # the whole reply, not just its first message
-        assert (await bot.store.get_generation(1)).status == "deleted"
+        assert (await bot.app.store.get_generation(1)).status == "deleted"
 
 
 async def test_queue_full_answers_busy_at_once(emu: DiscordEmulator, start_bot: BotFactory):
@@ -46,7 +46,7 @@ async def test_queue_full_answers_busy_at_once(emu: DiscordEmulator, start_bot: 
         await story.wait_finished()
         assert story.callback_type == 4 and story.original.ephemeral
         assert story.original.content == "Muse is busy — try again in 12 s."
-        assert await bot.store.get_generation(1) is None
+        assert await bot.app.store.get_generation(1) is None
 
 
 async def test_queued_position_then_edits_at_most_every_interval(
@@ -64,7 +64,7 @@ async def test_queued_position_then_edits_at_most_every_interval(
         assert edits[0].components and "muse:stop:1" in str(edits[0].components)
         assert any(e.content.endswith("▌") for e in edits)
         gaps = [b.at - a.at for a, b in zip(edits[:-2], edits[1:-1], strict=True)]
-        assert gaps and min(gaps) >= bot.edit_interval_s * 0.95
+        assert gaps and min(gaps) >= bot.app.edit_interval_s * 0.95
         assert FOOTER.search(edits[-1].content) and "word59" in edits[-1].content
 
 
@@ -82,7 +82,7 @@ async def test_stop_and_delete_are_for_the_requester_or_a_moderator(
         await stopped.wait_until(lambda i: i.original)
         await story.wait_until(lambda i: "muse:rate:1:up" in i.original.custom_ids())
         assert "Stopped" in story.original.content
-        assert (await bot.store.get_generation(1)).status == "cancelled"
+        assert (await bot.app.store.get_generation(1)).status == "cancelled"
 
         bob = await emu.press_button(story.original, "muse:delete:1", user="bob")
         await bob.wait_until(lambda i: i.original)
@@ -90,7 +90,7 @@ async def test_stop_and_delete_are_for_the_requester_or_a_moderator(
         mod = await emu.press_button(story.original, "muse:delete:1", user="moderator")
         await mod.wait_until(lambda i: i.original)
         assert story.original.deleted
-        assert (await bot.store.get_generation(1)).status == "deleted"
+        assert (await bot.app.store.get_generation(1)).status == "deleted"
 
 
 async def test_rate_limited_edit_still_lands_the_final_text(
@@ -106,7 +106,7 @@ async def test_rate_limited_edit_still_lands_the_final_text(
         assert emu.faults.count(429) >= 1
         assert story.original.content.startswith("one two three four five six seven eight")
         assert "muse:rate:1:up" in story.original.custom_ids()
-        assert (await bot.store.get_generation(1)).status == "done"
+        assert (await bot.app.store.get_generation(1)).status == "done"
 
 
 async def test_bad_option_is_refused_by_the_bot(emu: DiscordEmulator, start_bot: BotFactory):
@@ -114,7 +114,7 @@ async def test_bad_option_is_refused_by_the_bot(emu: DiscordEmulator, start_bot:
         bad = await emu.slash_command("generate", {"prompt": "x", "temperature": 5.0})
         await bad.wait_finished()
         assert bad.original.ephemeral and "temperature must be from 0 to 2" in bad.original.content
-        assert bot.engine.requests == []
+        assert bot.app.engine.requests == []
 
 
 async def test_a_shutdown_gives_a_compare_its_grace_then_cuts_both_takes_off(
@@ -123,11 +123,11 @@ async def test_a_shutdown_gives_a_compare_its_grace_then_cuts_both_takes_off(
     engine = ReplayEngine(["quick answer", " ".join(["slow"] * 400)], delay_s=0.02)
     async with start_bot(engine) as bot:
         compare = await emu.slash_command("compare", {"prompt": "a dragon"}, user="alice")
-        await compare.wait_until(lambda _: len(bot.active) == 2)
+        await compare.wait_until(lambda _: len(bot.app.active) == 2)
         # Both takes count as running until the compare ends; A had finished, so only B is cut.
-        assert await shutdown.drain(bot, grace_s=0.3, final_edits_s=5) == 2
+        assert await shutdown.drain(bot.app, grace_s=0.3, final_edits_s=5) == 2
         await compare.wait_until(lambda i: "restarted" in i.original.content, timeout=10)
-        statuses = [(await bot.store.get_generation(i)).status for i in (1, 2)]
+        statuses = [(await bot.app.store.get_generation(i)).status for i in (1, 2)]
         assert statuses == ["done", "interrupted"]
         assert not compare.original.custom_ids()  # no A/B/Tie: nothing finished to vote on
-        assert not bot.active
+        assert not bot.app.active

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from bot.client import MuseBot, ShardedMuseBot, create_bot
-from bot.settings import Settings, SettingsError
-from bot.sharding import ShardPlan, plan_shards
+from bot.core.settings import Settings, SettingsError
+from bot.discord.client import MuseBot, ShardedMuseBot, create_bot
+from bot.discord.sharding import ShardPlan, plan_shards
+from storage.store import Store
 from tests.bot.community import finished
 from tests.bot.fake_openai import FakeOpenAI
 from tests.bot.fakes import ReplayEngine
@@ -91,9 +92,12 @@ class QuickShardedMuse(ShardedMuseBot):
 
 
 async def test_auto_shards_take_discords_recommended_count(tmp_path: Path):
-    async with DiscordEmulator(guilds=4, shards=3) as emu:
+    async with (
+        DiscordEmulator(guilds=4, shards=3) as emu,
+        Store.open(tmp_path / "muse.db") as store,
+    ):
         settings = Settings(shards="auto", guild_ids=tuple(g.id for g in emu.guilds))
-        bot = QuickShardedMuse(settings=settings, store=None, engine=ReplayEngine(), presets={})
+        bot = QuickShardedMuse(settings=settings, store=store, engine=ReplayEngine(), presets={})
         async with run_bot(bot, emu):
             assert bot.shard_count == 3 and sorted(bot.shards) == [0, 1, 2]
             assert {g.id: g.shard_id for g in bot.guilds} == {

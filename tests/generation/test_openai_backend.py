@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from bot.runtime import build_engine
-from bot.settings import Settings
+from bot.cli.wiring import build_engine
+from bot.core.settings import Settings
 from generation.errors import EngineBusy, GenerationFailed
 from generation.models import ModelLoadError
 from generation.openai_backend import OpenAIEngine, RemoteConfig

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import cli_data
+from bot.cli import data as cli_data
 from storage.migrations import MIGRATIONS
 
 

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.guild_policy import out_of_range
-from bot.splitting import split_message
-from bot.streaming import NO_MENTIONS, answer_ephemeral
+from bot.core.policy import out_of_range
+from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of
+from bot.discord.splitting import split_message
 from storage.models import Generation
 
-if TYPE_CHECKING:
-    from bot.client import MuseBot
-
-log = logging.getLogger("muse.bot.cogs.account")
+log = logging.getLogger("muse.bot.discord.cogs.account")
 
 PREVIEW_CHARS = 60
 TABLE_NAMES = {
@@ -117,8 +114,8 @@ class ForgetButton(
         await answer_ephemeral(interaction, "🚫 Only the person who asked can confirm this.")
         return False
 
-    async def callback(self, interaction: discord.Interaction[MuseBot]) -> None:
-        counts = await interaction.client.store.forget_user(self.user_id)
+    async def callback(self, interaction: discord.Interaction) -> None:
+        counts = await app_of(interaction.client).store.forget_user(self.user_id)
         text = f"🗑️ Done. Muse deleted everything it kept about you: {removed_summary(counts)}."
         await interaction.response.edit_message(content=text, view=None)
 
@@ -126,8 +123,9 @@ class ForgetButton(
 class AccountCog(commands.Cog):
     """Your data: history, privacy, forgetting; and help."""
 
-    def __init__(self, bot: MuseBot) -> None:
+    def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
+        self.app = app_of(bot)
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(ForgetButton)
@@ -140,7 +138,7 @@ class AccountCog(commands.Cog):
     @app_commands.describe(count="How many (1–25, default 10)")
     async def history(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         count: app_commands.Range[int, 1, 25] | None = None,
     ) -> None:
         """Your recent generations on this server (only you see them)."""
@@ -148,7 +146,7 @@ class AccountCog(commands.Cog):
         if problem := out_of_range("count", count, 1, 25):
             await answer_ephemeral(interaction, f"⚠️ {problem}")
             return
-        rows = await self.bot.store.recent_generations(
+        rows = await self.app.store.recent_generations(
             interaction.user.id, interaction.guild_id, limit=count
         )
         pieces = split_message(history_lines(rows))
@@ -161,14 +159,14 @@ class AccountCog(commands.Cog):
     @app_commands.describe(training="allow or deny the use of your data in training exports")
     async def privacy(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         training: Literal["allow", "deny"] | None = None,
     ) -> None:
         """What Muse keeps about you; opt out of (or back into) training exports."""
         if training not in (None, "allow", "deny"):
             await answer_ephemeral(interaction, "⚠️ training must be allow or deny.")
             return
-        store, user_id = self.bot.store, interaction.user.id
+        store, user_id = self.app.store, interaction.user.id
         if training is not None:
             await store.set_opted_out(user_id, training == "deny")
         opted_out = await store.is_opted_out(user_id)
@@ -182,7 +180,7 @@ class AccountCog(commands.Cog):
 
     @app_commands.command()
     @app_commands.guild_only()
-    async def forget(self, interaction: discord.Interaction[MuseBot]) -> None:
+    async def forget(self, interaction: discord.Interaction) -> None:
         """Delete all your data (after you confirm)."""
         view = discord.ui.View(timeout=None)
         view.add_item(ForgetButton(interaction.user.id))
@@ -195,10 +193,10 @@ class AccountCog(commands.Cog):
 
     @app_commands.command(name="help")
     @app_commands.guild_only()
-    async def help_(self, interaction: discord.Interaction[MuseBot]) -> None:
+    async def help_(self, interaction: discord.Interaction) -> None:
         """What Muse does and how ratings are used."""
         await interaction.response.send_message(HELP, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
-async def setup(bot: MuseBot) -> None:
+async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(AccountCog(bot))

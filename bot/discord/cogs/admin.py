@@ -9,13 +9,13 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.guild_policy import (
+from bot.core.policy import (
     Refused,
     describe,
     out_of_range,
@@ -23,14 +23,11 @@ from bot.guild_policy import (
     parse_channels,
     parse_tasks,
 )
-from bot.streaming import NO_MENTIONS, answer_ephemeral
+from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of
 from storage.export import ExportFilters
 from storage.stats import TaskModelStats, ratings_chart_png
 
-if TYPE_CHECKING:
-    from bot.client import MuseBot
-
-log = logging.getLogger("muse.bot.cogs.admin")
+log = logging.getLogger("muse.bot.discord.cogs.admin")
 
 DEFAULT_UPLOAD_LIMIT = 25 * 1024 * 1024
 DAY_S = 24 * 60 * 60
@@ -78,12 +75,13 @@ class AdminCog(commands.Cog):
 
     first_purge_s = 60.0  # the first purge runs shortly after start
 
-    def __init__(self, bot: MuseBot) -> None:
+    def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
+        self.app = app_of(bot)
         self.retention: asyncio.Task[None] | None = None
 
     async def cog_load(self) -> None:
-        if self.bot.settings.retention_days > 0:
+        if self.app.settings.retention_days > 0:
             self.retention = asyncio.create_task(self.purge_daily(), name="muse-retention")
 
     async def cog_unload(self) -> None:
@@ -94,11 +92,11 @@ class AdminCog(commands.Cog):
 
     async def purge_daily(self) -> None:
         """`MUSE_RETENTION_DAYS`: delete older generations, shortly after start, then daily."""
-        days = self.bot.settings.retention_days
+        days = self.app.settings.retention_days
         await asyncio.sleep(self.first_purge_s)
         while True:
             try:
-                counts = await self.bot.store.purge_older_than(days)
+                counts = await self.app.store.purge_older_than(days)
                 log.info("retention (%d days) purged %s", days, counts)
             except Exception:  # noqa: BLE001 - try again tomorrow
                 log.exception("the retention purge failed")
@@ -106,10 +104,10 @@ class AdminCog(commands.Cog):
 
     @app_commands.command()
     @app_commands.guild_only()
-    async def stats(self, interaction: discord.Interaction[MuseBot]) -> None:
+    async def stats(self, interaction: discord.Interaction) -> None:
         """This server's ratings per task, with a chart."""
         await interaction.response.defer(thinking=True)
-        stats = await self.bot.store.stats(interaction.guild_id)
+        stats = await self.app.store.stats(interaction.guild_id)
         png = await asyncio.to_thread(ratings_chart_png, stats, "Ratings per task")
         await interaction.followup.send(
             stats_lines(stats),
@@ -123,7 +121,7 @@ class AdminCog(commands.Cog):
     @app_commands.describe(format="The training format", min_score="The least score to include")
     async def export(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         format: Literal["sft", "dpo", "kto", "raw"],  # noqa: A002 - the option's name
         min_score: int | None = None,
     ) -> None:
@@ -144,14 +142,14 @@ class AdminCog(commands.Cog):
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 filters = ExportFilters(min_score=min_score, guild_id=guild_id)
-                rows = await self.bot.store.export(format, out, filters)
+                rows = await self.app.store.export(format, out, filters)
             await self.send_export(interaction, path, format, rows, min_score)
         finally:
             os.unlink(path)
 
     async def send_export(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         path: str,
         fmt: str,
         rows: int,
@@ -189,7 +187,7 @@ class AdminCog(commands.Cog):
     )
     async def settings(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         temperature: app_commands.Range[float, 0.0, 2.0] | None = None,
         max_tokens: app_commands.Range[int, 16, 1024] | None = None,
         per_user_per_minute: app_commands.Range[int, 0, 120] | None = None,
@@ -213,7 +211,7 @@ class AdminCog(commands.Cog):
         }
         try:
             changes = settings_changes(options)
-            store, guild_id = self.bot.store, interaction.guild_id or 0
+            store, guild_id = self.app.store, interaction.guild_id or 0
             if changes:
                 current = await store.update_guild_settings(guild_id, **changes)
             else:
@@ -222,7 +220,7 @@ class AdminCog(commands.Cog):
             await answer_ephemeral(interaction, f"⚠️ {exc}")
             return
         saved = "✅ Saved.\n" if changes else ""
-        text = saved + describe(current, self.bot.settings.user_per_minute)
+        text = saved + describe(current, self.app.settings.user_per_minute)
         await answer_ephemeral(interaction, text)
 
 
@@ -265,5 +263,5 @@ def parse_reset(raw: str | None, names: list[str]) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-async def setup(bot: MuseBot) -> None:
+async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(AdminCog(bot))

@@ -3,41 +3,36 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.compare import run_compare
-from bot.guild_policy import admitted, out_of_range, texts_of
-from bot.streaming import answer_ephemeral, make_plan, run_generation
+from bot.core.compare import run_compare
+from bot.core.plans import make_plan
+from bot.core.policy import check_range, texts_of
+from bot.discord.admission import admitted
+from bot.discord.buttons import VIEWS
+from bot.discord.compare_reply import CompareReply
+from bot.discord.context import answer_ephemeral, app_of, where_of
+from bot.discord.replies import run_in_reply
 from generation.presets import PresetError
 
-if TYPE_CHECKING:
-    from bot.client import MuseBot
-
-log = logging.getLogger("muse.bot.cogs.generation")
+log = logging.getLogger("muse.bot.discord.cogs.generation")
 
 Text = app_commands.Range[str, 1, 1000]
-
-
-def check_range(name: str, value: float | None, low: float, high: float) -> None:
-    """Re-validate a numeric option (Discord clients validate; the API does not promise to)."""
-    problem = None if value is None else out_of_range(name, value, low, high)
-    if problem:
-        raise PresetError(problem)
 
 
 class GenerationCog(commands.Cog):
     """Single-shot generation commands."""
 
-    def __init__(self, bot: MuseBot) -> None:
-        self.bot = bot
+    def __init__(self, bot: commands.Bot) -> None:
+        self.app = app_of(bot)
 
     async def start(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         task: str,
         fields: dict[str, Any],
         **kw: Any,
@@ -48,18 +43,18 @@ class GenerationCog(commands.Cog):
             if guild is None:
                 return
             try:
-                plan = make_plan(self.bot, interaction.user.id, task, fields, guild=guild, **kw)
+                plan = make_plan(self.app, interaction.user.id, task, fields, guild=guild, **kw)
             except PresetError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
-            await run_generation(interaction, plan)
+            await run_in_reply(interaction, plan, VIEWS)
 
     @app_commands.command()
     @app_commands.guild_only()
     @app_commands.describe(prompt="What the story is about", length="How long the story is")
     async def story(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         prompt: Text,
         length: Literal["short", "medium", "long"] | None = None,
     ) -> None:
@@ -71,7 +66,7 @@ class GenerationCog(commands.Cog):
     @app_commands.describe(topic="What the poem is about", form="The poem's form")
     async def poem(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         topic: Text,
         form: Literal["free", "haiku", "sonnet", "limerick"] | None = None,
     ) -> None:
@@ -88,7 +83,7 @@ class GenerationCog(commands.Cog):
     )
     async def dialogue(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         scene: Text,
         characters: Text,
         lines: app_commands.Range[int, 2, 20] | None = None,
@@ -110,7 +105,7 @@ class GenerationCog(commands.Cog):
     @app_commands.describe(product="The product to describe", audience="Who it is for")
     async def describe(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         product: Text,
         audience: app_commands.Range[str, 1, 200] | None = None,
     ) -> None:
@@ -126,7 +121,7 @@ class GenerationCog(commands.Cog):
     )
     async def generate(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         prompt: Text,
         temperature: app_commands.Range[float, 0.0, 2.0] | None = None,
         max_tokens: app_commands.Range[int, 16, 1024] | None = None,
@@ -153,7 +148,7 @@ class GenerationCog(commands.Cog):
     )
     async def compare(
         self,
-        interaction: discord.Interaction[MuseBot],
+        interaction: discord.Interaction,
         prompt: Text,
         task: Literal["story", "poem", "describe", "generate"] | None = None,
     ) -> None:
@@ -163,9 +158,17 @@ class GenerationCog(commands.Cog):
             await answer_ephemeral(interaction, "⚠️ task must be story, poem, describe or generate.")
             return
         async with admitted(interaction, task, [prompt]) as guild:
-            if guild is not None:
-                await run_compare(interaction, task, prompt, guild)
+            if guild is None:
+                return
+            fields = {self.app.presets[task].main_field: prompt}
+            try:
+                plan = make_plan(self.app, interaction.user.id, task, fields, guild=guild)
+            except PresetError as exc:
+                await answer_ephemeral(interaction, f"⚠️ {exc}")
+                return
+            reply = CompareReply(interaction, self.app, VIEWS)
+            await run_compare(self.app, plan, where_of(interaction), reply)
 
 
-async def setup(bot: MuseBot) -> None:
+async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(GenerationCog(bot))

@@ -1,0 +1,45 @@
+"""The application every front end shares: settings, store, engine, presets and the state of
+the generations in flight (running slots, ⏹ targets, shutting down)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bot.core.limits import Limits
+from bot.core.settings import Settings
+from generation.backend import Backend
+from generation.presets import Preset
+from storage.store import Store
+
+EDIT_INTERVAL_S = 1.2  # progress edits of a reply: at most one per interval
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    """A generation being streamed (⏹ needs its request id and requester)."""
+
+    request_id: str
+    user_id: int
+    interrupted: bool = False  # cut off by a shutdown: stored `interrupted`, reply says so
+
+
+@dataclass(slots=True)
+class Muse:
+    """One Muse: what a command needs, whichever front end it came from."""
+
+    settings: Settings
+    store: Store
+    engine: Backend
+    presets: dict[str, Preset]
+    limits: Limits = field(init=False)
+    active: dict[int, ActiveRun] = field(default_factory=dict)
+    stopping: bool = False  # set by `bot.core.shutdown.drain`: new generations are refused
+    edit_interval_s: float = EDIT_INTERVAL_S
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(guild_concurrency=self.settings.guild_concurrency)
+
+    @property
+    def model_name(self) -> str:
+        """What a generation's row records as its model."""
+        return self.engine.model_id or self.settings.model or "default"

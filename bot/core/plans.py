@@ -1,0 +1,103 @@
+"""What to generate: a `Plan` from a preset and a guild's defaults, and the plans that follow
+an earlier generation (🔁 a new take, ▶ more lines, 🔀 another next line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bot.core import scenes
+from bot.core.app import Muse
+from generation.requests import build_request
+from generation.types import GenerationRequest, Message
+from storage.models import Generation, GuildSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The task, its fields, the request, and the generation it follows."""
+
+    task: str
+    fields: dict[str, Any]
+    request: GenerationRequest
+    parent_id: int | None = None
+    finish_fields: dict[str, Any] = field(default_factory=dict)
+    conversation_id: int | None = None
+    blocklist: tuple[str, ...] = ()  # the guild's: an output that hits it is withheld
+
+    @property
+    def shown_fields(self) -> dict[str, Any]:
+        return self.finish_fields or self.fields
+
+
+def make_plan(
+    app: Muse,
+    user_id: int,
+    task: str,
+    fields: dict[str, Any],
+    parent_id: int | None = None,
+    *,
+    guild: GuildSettings | None = None,
+    **overrides: Any,
+) -> Plan:
+    """A plan from a preset (the guild's temperature / max_tokens as defaults); raises
+    `PresetError` for bad fields."""
+    preset = app.presets[task]
+    if guild is not None:
+        if overrides.get("temperature") is None and guild.temperature is not None:
+            overrides["temperature"] = guild.temperature
+        if overrides.get("max_new_tokens") is None and guild.max_tokens:
+            overrides["max_new_tokens"] = guild.max_tokens
+    preset.resolve(fields)
+    request = build_request(
+        preset, fields, timeout_s=app.settings.timeout_s, user_key=str(user_id), **overrides
+    )
+    if request.max_new_tokens > app.settings.max_tokens:
+        request = replace(request, max_new_tokens=app.settings.max_tokens)
+    return Plan(task, fields, request, parent_id, blocklist=guild.blocklist if guild else ())
+
+
+def stored_messages(generation: Generation) -> tuple[Message, ...]:
+    """The messages a generation sent to the model, as the engine takes them."""
+    return tuple(Message(m["role"], m["content"]) for m in generation.messages)  # type: ignore[arg-type]
+
+
+def regenerate_plan(
+    app: Muse, parent: Generation, user_id: int, guild: GuildSettings | None = None
+) -> Plan:
+    """🔁: the parent's messages with a new seed, linked to it, belonging to `user_id`."""
+    params = parent.params
+    plan = make_plan(
+        app,
+        user_id,
+        parent.task,
+        parent.fields,
+        parent_id=parent.id,
+        guild=guild,
+        temperature=params.get("temperature"),
+        max_new_tokens=params.get("max_new_tokens"),
+    )
+    request = replace(
+        plan.request,
+        messages=stored_messages(parent),
+        response_prefix=str(params.get("response_prefix") or ""),
+    )
+    return replace(plan, request=request)
+
+
+def scene_plan(
+    app: Muse, parent: Generation, user_id: int, guild: GuildSettings | None, *, branch: bool
+) -> Plan:
+    """▶ (more lines) or 🔀 (an alternative next line) of a dialogue, linked to the parent."""
+    fields, messages, prefix = scenes.follow_up(parent, branch=branch)
+    plan = make_plan(app, user_id, "dialogue", fields, parent.id, guild=guild)
+    request = replace(plan.request, messages=messages, response_prefix=prefix)
+    return replace(plan, request=request)
+
+
+def second_take(plan: Plan) -> Plan:
+    """/compare's B: the same plan with the next seed and its own request id."""
+    request = plan.request
+    return replace(
+        plan, request=replace(request, seed=request.seed + 1, request_id=request.request_id + "b")
+    )
