@@ -64,14 +64,24 @@ def show_end(io: Terminal, settled: Settled) -> None:
     io.say(footer(last.model_id, last.tokens_out, last.total_ms))
 
 
-class TerminalReply:
-    """`Surface` on the terminal: the text is printed as it streams."""
+class TerminalLines:
+    """What both terminal surfaces say the same way: a refusal, a failure, the notice."""
 
     def __init__(self, io: Terminal) -> None:
         self.io = io
 
     async def refuse(self, text: str) -> None:
         self.io.say(text)
+
+    async def fail(self, text: str) -> None:
+        self.io.say(text)
+
+    async def notify(self, text: str) -> None:
+        self.io.say(text)
+
+
+class TerminalReply(TerminalLines):
+    """`Surface` on the terminal: the text is printed as it streams."""
 
     async def begin(self) -> int | None:
         return None
@@ -92,22 +102,13 @@ class TerminalReply:
         show_end(self.io, settled)
         return Shown()
 
-    async def fail(self, text: str) -> None:
-        self.io.say(text)
 
-    async def notify(self, text: str) -> None:
-        self.io.say(text)
-
-
-class TerminalCompare:
+class TerminalCompare(TerminalLines):
     """`CompareSurface` on the terminal: A streams, B is printed when both are done."""
 
     def __init__(self, io: Terminal) -> None:
-        self.io = io
+        super().__init__(io)
         self.first = TerminalReply(io)  # A's text streams as a single reply's would
-
-    async def refuse(self, text: str) -> None:
-        self.io.say(text)
 
     async def begin(self) -> int | None:
         self.io.say("A:")
@@ -129,12 +130,6 @@ class TerminalCompare:
                 self.io.say(f"B:\n{take.output}")
             show_end(self.io, take)
         return Shown()
-
-    async def fail(self, text: str) -> None:
-        self.io.say(text)
-
-    async def notify(self, text: str) -> None:
-        self.io.say(text)
 
 
 def plan_for(ctx: Context, task: str, fields: dict[str, Any], **overrides: Any) -> Plan:
