@@ -5,17 +5,27 @@ from storage.errors import (
     DatabaseReadOnly,
     DatabaseTooNew,
     GenerationGone,
+    ModelExists,
     NotFound,
     StorageError,
     StoreClosed,
 )
 from storage.export import FORMATS, ExportFilters
-from storage.models import Conversation, FeedbackOutcome, Generation, GuildSettings
+from storage.models import (
+    ArenaVote,
+    Conversation,
+    FeedbackOutcome,
+    Generation,
+    GuildSettings,
+    ModelRecord,
+    Persona,
+)
 from storage.stats import TaskModelStats
 from storage.store import Store
 
 __all__ = [
     "FORMATS",
+    "ArenaVote",
     "Conversation",
     "ConversationGone",
     "DatabaseReadOnly",
@@ -25,7 +35,10 @@ __all__ = [
     "Generation",
     "GenerationGone",
     "GuildSettings",
+    "ModelExists",
+    "ModelRecord",
     "NotFound",
+    "Persona",
     "StorageError",
     "Store",
     "StoreClosed",

@@ -59,3 +59,11 @@ class DatabaseReadOnly(StorageError):
             f"the database {path} {state} ({reason}): fix its permissions or set MUSE_DB "
             "to a writable file."
         )
+
+
+class ModelExists(StorageError):
+    """A model of that name is registered already (pass `replace=True` to overwrite it)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"a model named {name!r} is registered already")

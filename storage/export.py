@@ -3,15 +3,23 @@
 Rows come from a read-only connection in one snapshot, one cursor row at a time (never
 `fetchall`). sft, kto and dpo rows go through the pure builders of `storage.export_rows`; raw
 rows are assembled by SQLite (`export_sql.RAW_ROWS`). dpo pairs come from /compare votes (net
-votes per pair decide; a tie gives nothing) and from takes of one prompt (a generation and its
-regenerations: same root, same messages) whose scores differ; only the ids of compared pairs
-are held in memory, to skip their duplicates among the takes.
+votes per pair decide; a tie gives nothing), from takes of one prompt (a generation and its
+regenerations: same root, same messages) whose scores differ, and from edits; only the ids of
+compared pairs are held in memory, to skip their duplicates among the others.
+
+Edits (a member's corrected text, `source` "edit") are human-written targets. The editor's
+preference for the edit counts as one good vote, so an edit is used unless the raters rated it
+down (score >= 0), and never as a negative: sft keeps it as a row; kto as a row with label
+true; dpo as a row with the edit chosen over its original (when the original is exportable),
+margin 1 + edit score - original score, at least 1. Edits never pair up as takes.
 
 Never exported: deleted generations; generations of users who opted out (as requester, as
-owner of the root prompt, or of the conversation); ratings by opted-out users. Forgotten users
-are no longer in the database. sft, dpo and kto use `done` generations only; raw has every
-status but `deleted`. `min_score` is how strong a signal must be: sft and raw keep
-score >= N, kto |score| >= N, dpo a margin (score difference, or net votes) >= N.
+owner of the root prompt, or of the conversation; for an edit also as requester of what it
+edits); ratings by opted-out users. Forgotten users are no longer in the database. sft, dpo and
+kto use `done` generations only; raw has every status but `deleted`. `min_score` N is how
+strong a signal must be: sft keeps score >= N (and > 0), kto |score| >= N (and != 0), an edit
+(in sft and kto) score + 1 >= N, dpo a margin (score difference, net votes, or edit margin)
+>= N, and raw score >= N.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from storage.export_rows import (
     Pseudonyms,
     comparison_outcome,
     dpo_row,
+    edit_margin,
     kto_row,
     sft_row,
     take_pairs,
@@ -66,6 +75,7 @@ def export_jsonl(
         salt = conn.execute("SELECT value FROM meta WHERE key = 'export_salt'").fetchone()[0]
         pseudonyms = Pseudonyms(salt)
         conn.create_function("pseudonym", 1, pseudonyms.of, deterministic=True)
+        conn.create_function("pseudonym_id", 2, pseudonyms.id_of, deterministic=True)
         exporter = _Exporter(conn, pseudonyms, filters)
         last_id = conn.execute("SELECT COALESCE(MAX(id), 0) FROM generations").fetchone()[0]
         meter = _Progress(fmt, last_id, enabled=progress)
@@ -82,6 +92,10 @@ def export_jsonl(
     log.info("exported %d %s rows from %s", written, fmt, db_path)
     return written
 
+
+# An edit is a member's corrected text: its editor's preference counts as one good vote. It is
+# kept unless rated down, and with `min_score` N when that vote and its score reach N.
+_EDIT_KEPT = "score >= 0 AND (:min_score IS NULL OR score + 1 >= :min_score)"
 
 _dumps = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
@@ -113,6 +127,8 @@ class _Exporter:
             messages=json.loads(row[7]),
             output=row[8] or "",
             created_utc=row[9],
+            source=row[10],
+            parent_id=row[11],
             score=row[-2],
             self_vote=bool(row[-1]),
         )
@@ -125,19 +141,23 @@ class _Exporter:
         return self._conn.execute(query, {**self._params, "min_score": self._min, **params})
 
     def sft(self) -> Iterator[str]:
-        condition = "score > 0 AND (:min_score IS NULL OR score >= :min_score)"
+        condition = f"""CASE WHEN source = 'edit' THEN {_EDIT_KEPT}
+            ELSE score > 0 AND (:min_score IS NULL OR score >= :min_score) END"""
         for row in self._scored(sql.TRAINING, condition):
             self.position = row[0]
             yield _dumps(sft_row(self._generation(row)))
 
     def kto(self) -> Iterator[str]:
-        condition = "score != 0 AND (:min_score IS NULL OR abs(score) >= :min_score)"
+        condition = f"""CASE WHEN source = 'edit' THEN {_EDIT_KEPT}
+            ELSE score != 0 AND (:min_score IS NULL OR abs(score) >= :min_score) END"""
         for row in self._scored(sql.TRAINING, condition):
             self.position = row[0]
             yield _dumps(kto_row(self._generation(row)))
 
     def dpo(self) -> Iterator[str]:
-        """Comparison votes first, then takes of one prompt with different scores."""
+        """Comparison votes first, then takes of one prompt with different scores, then edits
+        over their originals. Edits are no takes: an edit shares its original's prompt, and
+        its score (other raters only) could rank it below the reply it corrects."""
         min_margin = max(self._min or 1, 1)
         seen: set[frozenset[int]] = set()
         votes = self._conn.execute(sql.COMPARISON_VOTES)
@@ -156,13 +176,37 @@ class _Exporter:
             )
             yield _dumps(row)
         group: list[tuple[Any, ...]] = []  # rows of one root, decoded only when they pair up
-        for row in self._scored(sql.TRAINING, "1", order="root_id, id"):
+        for row in self._scored(sql.TRAINING + sql.MODEL_ONLY, "1", order="root_id, id"):
             if group and group[0][1] != row[1]:
                 self.position = row[1]
                 yield from self._take_rows(group, min_margin, seen)
                 group = []
             group.append(row)
         yield from self._take_rows(group, min_margin, seen)
+        yield from self._edit_rows(min_margin, seen)
+
+    def _edit_rows(self, min_margin: int, seen: set[frozenset[int]]) -> Iterator[str]:
+        """Each edit not rated down, chosen over its original when that is exportable too."""
+        for row in self._scored(sql.TRAINING + sql.EDITS_ONLY, "score >= 0"):
+            edit = self._generation(row)
+            original = self._original(edit.parent_id)
+            if original is None or frozenset((edit.id, original.id)) in seen:
+                continue
+            margin = edit_margin(edit, original)
+            if margin < min_margin:
+                continue
+            self_vote = edit.self_vote or original.self_vote
+            yield _dumps(dpo_row(edit, original, source="edit", margin=margin, self_vote=self_vote))
+
+    def _original(self, generation_id: int | None) -> ExportGeneration | None:
+        """The generation an edit corrects, if it may be exported (filters aside: they apply
+        to the edit, which shares its original's task)."""
+        if generation_id is None:  # purged by retention
+            return None
+        query = sql.scored(sql.TRAINING + " AND g.id = :original", "1", "id")
+        unfiltered = dict.fromkeys(("since", "guild_id", "task", "min_score"))
+        row = self._conn.execute(query, {**unfiltered, "original": generation_id}).fetchone()
+        return None if row is None else self._generation(row)
 
     def _pair(self, a_id: int, b_id: int) -> tuple[ExportGeneration, ExportGeneration] | None:
         """Both generations of a comparison, if both are exportable with the same prompt."""

@@ -16,16 +16,36 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+#: The kinds of Discord id that `Pseudonyms.id_of` hides. A thread is a channel (a message in a
+#: thread has the thread as its channel), so thread ids are pseudonymised as channels.
+ID_KINDS = frozenset({"guild", "channel", "message"})
+
 
 class Pseudonyms:
-    """Stable, salted pseudonyms for Discord user ids: sha256(salt:id), 16 hex digits."""
+    """Stable, salted pseudonyms for Discord ids, 16 hex digits of sha256.
+
+    A user id is hashed as `salt:id`; any other id as `salt:kind:id` (kind in `ID_KINDS`), so
+    ids of different kinds never share a pseudonym, not even a thread and the message that
+    started it (Discord gives them the same id).
+    """
 
     def __init__(self, salt: str) -> None:
         self._salt = salt.encode()
         self.of = lru_cache(maxsize=65_536)(self._compute)
+        self._ids = lru_cache(maxsize=65_536)(self._compute_id)
 
     def _compute(self, user_id: int) -> str:
         return hashlib.sha256(self._salt + b":" + str(user_id).encode()).hexdigest()[:16]
+
+    def id_of(self, kind: str, value: int | None) -> str | None:
+        """The pseudonym of a guild, channel or message id; None stays None."""
+        if kind not in ID_KINDS:
+            raise ValueError(f"unknown kind of id {kind!r}")
+        return None if value is None else self._ids(kind, value)
+
+    def _compute_id(self, kind: str, value: int) -> str:
+        text = f"{kind}:{value}".encode()
+        return hashlib.sha256(self._salt + b":" + text).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +64,8 @@ class ExportGeneration:
     score: int
     self_vote: bool
     created_utc: str
+    source: str = "model"  # or "edit"
+    parent_id: int | None = None
 
 
 def assistant(text: str) -> dict[str, str]:
@@ -63,6 +85,8 @@ def metadata(g: ExportGeneration) -> dict[str, Any]:
         "self_vote": g.self_vote,
         "user": g.user,
         "created_utc": g.created_utc,
+        "source": g.source,
+        "persona": g.params.get("persona"),
     }
 
 
@@ -72,11 +96,12 @@ def sft_row(g: ExportGeneration) -> dict[str, Any]:
 
 
 def kto_row(g: ExportGeneration) -> dict[str, Any]:
-    """KTO: unpaired; label is whether the score is positive."""
+    """KTO: unpaired; label is whether the score is positive. An edit is desirable (label
+    true) unless rated down; the exporter leaves rated-down edits out."""
     return {
         "prompt": g.messages,
         "completion": [assistant(g.output)],
-        "label": g.score > 0,
+        "label": g.score >= 0 if g.source == "edit" else g.score > 0,
         "metadata": metadata(g),
     }
 
@@ -89,7 +114,8 @@ def dpo_row(
     margin: int,
     self_vote: bool,
 ) -> dict[str, Any]:
-    """DPO: one prompt, the preferred and the other reply. `source`: comparison or takes."""
+    """DPO: one prompt, the preferred and the other reply. `source`: comparison, takes, or edit
+    (a member's edit chosen over the reply it corrects)."""
     return {
         "prompt": chosen.messages,
         "chosen": [assistant(chosen.output)],
@@ -100,10 +126,17 @@ def dpo_row(
             "self_vote": self_vote,
             "task": chosen.task,
             "model": chosen.model_id,
+            "persona": chosen.params.get("persona"),
             "chosen": metadata(chosen),
             "rejected": metadata(rejected),
         },
     }
+
+
+def edit_margin(edit: ExportGeneration, original: ExportGeneration) -> int:
+    """How strongly an edit is preferred to its original: the editor's own preference (one
+    vote) plus how much better the raters scored the edit, and never less than that one vote."""
+    return max(1, 1 + edit.score - original.score)
 
 
 def take_pairs(

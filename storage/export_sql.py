@@ -1,7 +1,8 @@
 """The SQL of the exports: which generations are eligible, their scores, and raw rows.
 
-Scores count only raters who have not opted out. `pseudonym(user_id)` is a function the
-exporter registers on its connection (salted hash, see `export_rows.Pseudonyms`).
+Scores count only raters who have not opted out. `pseudonym(user_id)` and
+`pseudonym_id(kind, id)` are functions the exporter registers on its connection (salted
+hashes, see `export_rows.Pseudonyms`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,21 @@ SCORE = """(SELECT COALESCE(SUM(f.verdict), 0) FROM feedback AS f
 SELF_VOTE = """EXISTS (SELECT 1 FROM feedback AS f
     WHERE f.generation_id = g.id AND f.is_self = 1 AND f.verdict != 0)"""
 
-# Requester, owner of the root prompt and owner of the conversation must not have opted out.
-ELIGIBLE = """
+# Edits whose original, or any generation above them through a chain of edits, was requested by
+# a user who opted out: an edit rewrites its original, so the original's requester's opt-out
+# applies to it (beside the editor's own, the root's and the conversation owner's).
+_OPTED_OUT_EDITS = """(
+    WITH RECURSIVE blocked (id) AS (
+        SELECT o.id FROM users AS ou JOIN generations AS o ON o.user_id = ou.user_id
+            WHERE ou.opted_out = 1
+        UNION
+        SELECT e.id FROM generations AS e JOIN blocked AS b ON e.parent_id = b.id
+            WHERE e.source = 'edit')
+    SELECT id FROM blocked)"""
+
+# Requester, owner of the root prompt and owner of the conversation must not have opted out;
+# nor, for an edit, the requester of what it edits.
+ELIGIBLE = f"""
 FROM generations AS g
     LEFT JOIN users AS u ON u.user_id = g.user_id
     LEFT JOIN generations AS root ON root.id = g.root_id
@@ -23,16 +37,19 @@ FROM generations AS g
     LEFT JOIN users AS cu ON cu.user_id = c.user_id
 WHERE COALESCE(u.opted_out, 0) = 0 AND COALESCE(ru.opted_out, 0) = 0
     AND COALESCE(cu.opted_out, 0) = 0
+    AND (g.source = 'model' OR g.id NOT IN {_OPTED_OUT_EDITS})
     AND (:since IS NULL OR g.created_utc >= :since)
     AND (:guild_id IS NULL OR g.guild_id = :guild_id)
     AND (:task IS NULL OR g.task = :task)
 """
 
 TRAINING = " AND g.status = 'done' AND COALESCE(g.output, '') != ''"
+MODEL_ONLY = " AND g.source = 'model'"
+EDITS_ONLY = " AND g.source = 'edit'"
 
 # The columns `_Exporter._generation` reads, in this order; score and self_vote follow.
 BASE_COLUMNS = """g.id, g.root_id, g.user_id, g.task, g.model_id, g.model_revision,
-    g.params_json, g.messages_json, g.output, g.created_utc"""
+    g.params_json, g.messages_json, g.output, g.created_utc, g.source, g.parent_id"""
 
 
 def scored(where: str, condition: str, order: str) -> str:
@@ -73,16 +90,23 @@ _COMPARISONS = """(SELECT json_group_array(json(item)) FROM (
         AND COALESCE(ku.opted_out, 0) = 0
     ORDER BY k.id))"""
 
+_FOLLOWUPS = """(SELECT json_group_array(pseudonym_id('message', value)) FROM (
+    SELECT value FROM json_each(g.followup_message_ids_json) ORDER BY key))"""
+
 # Raw rows are assembled by SQLite's JSON functions: decoding and re-encoding the JSON columns
 # and the nested ratings in Python costs about 60 µs a row, several times the whole query.
-# The metadata object has the keys of `export_rows.metadata` (a test holds them equal).
+# The metadata object has the keys of `export_rows.metadata` (a test holds them equal). Discord
+# ids are pseudonymised like user ids, each kind with its own prefix; a thread is a channel.
 RAW_ROWS = f"""
 SELECT id, json_object(
     'id', id, 'root_id', root_id, 'user', pseudonym(user_id), 'task', task,
     'messages', json(messages_json), 'params', json(params_json), 'model_id', model_id,
     'model_revision', model_revision, 'output', output, 'created_utc', created_utc,
-    'parent_id', parent_id, 'conversation_id', conversation_id, 'guild_id', guild_id,
-    'channel_id', channel_id, 'message_id', message_id, 'finish_reason', finish_reason,
+    'source', source, 'parent_id', parent_id, 'conversation_id', conversation_id,
+    'thread_id', thread_id, 'guild_id', pseudonym_id('guild', guild_id),
+    'channel_id', pseudonym_id('channel', channel_id),
+    'message_id', pseudonym_id('message', message_id),
+    'followup_message_ids', json(followup_message_ids), 'finish_reason', finish_reason,
     'tokens_in', tokens_in, 'tokens_out', tokens_out, 'ttft_ms', ttft_ms,
     'total_ms', total_ms, 'status', status, 'error', error, 'finished_utc', finished_utc,
     'deleted_utc', deleted_utc, 'fields', json(fields_json), 'score', score,
@@ -92,9 +116,10 @@ SELECT id, json_object(
         'generation_id', id, 'task', task, 'model', model_id,
         'model_revision', model_revision, 'params', json(params_json), 'score', score,
         'self_vote', json(IIF(self_vote, 'true', 'false')), 'user', pseudonym(user_id),
-        'created_utc', created_utc))
+        'created_utc', created_utc, 'source', source, 'persona', params_json -> '$.persona'))
 FROM (SELECT g.*, {SCORE} AS score, {SELF_VOTE} AS self_vote, {_FEEDBACK} AS feedback,
-          {_COMPARISONS} AS comparisons
+          {_COMPARISONS} AS comparisons, {_FOLLOWUPS} AS followup_message_ids,
+          pseudonym_id('channel', c.thread_id) AS thread_id
       {ELIGIBLE} AND g.status != 'deleted')
 WHERE :min_score IS NULL OR score >= :min_score
 ORDER BY id

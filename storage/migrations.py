@@ -134,7 +134,36 @@ def _followup_messages(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_initial_schema, _followup_messages)
+def _edits_personas_models(conn: sqlite3.Connection) -> None:
+    """Version 3: edits (`generations.source`), per-channel personas, the models registry."""
+    conn.execute(
+        """ALTER TABLE generations ADD COLUMN source TEXT NOT NULL DEFAULT 'model'
+               CHECK (source IN ('model', 'edit'))"""
+    )
+    conn.execute(
+        """CREATE TABLE personas (
+            channel_id INTEGER PRIMARY KEY,
+            guild_id INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            prompt TEXT NOT NULL,
+            updated_utc TEXT NOT NULL
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE models (
+            name TEXT PRIMARY KEY,
+            base_model TEXT NOT NULL,
+            adapter_path TEXT NOT NULL,
+            method TEXT NOT NULL,
+            created_utc TEXT NOT NULL,
+            data_json TEXT NOT NULL DEFAULT '{}',
+            metrics_json TEXT NOT NULL DEFAULT '{}',
+            retired_utc TEXT
+        )"""
+    )
+
+
+MIGRATIONS: Sequence[Migration] = (_initial_schema, _followup_messages, _edits_personas_models)
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Literal
 
 Thumbs = Literal["up", "down"]
 Winner = Literal["A", "B", "tie"]
 Status = Literal["running", "done", "failed", "cancelled", "interrupted", "deleted"]
+Source = Literal["model", "edit"]
 FINISHED_STATUSES = frozenset({"done", "failed", "cancelled", "interrupted"})
 ROLES = frozenset({"system", "user", "assistant"})
 
@@ -67,6 +68,7 @@ class Generation:
     finished_utc: datetime | None
     deleted_utc: datetime | None
     followup_message_ids: tuple[int, ...] = ()  # where a reply over 2,000 characters goes on
+    source: Source = "model"  # "edit": a member's corrected text of its parent (✏️)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Generation:
@@ -77,6 +79,7 @@ class Generation:
         values["followup_message_ids"] = tuple(
             json.loads(values.pop("followup_message_ids_json", "[]"))
         )
+        values.setdefault("source", "model")
         for name in ("created_utc", "finished_utc", "deleted_utc"):
             values[name] = parse_utc(values[name])
         return cls(**{name: values[name] for name in _GENERATION_FIELDS})
@@ -109,6 +112,72 @@ class Conversation:
 
 
 @dataclass(frozen=True, slots=True)
+class Persona:
+    """The persona a channel's replies speak as: a name and the prompt that sets it up."""
+
+    channel_id: int
+    guild_id: int
+    name: str
+    prompt: str
+    updated_utc: datetime
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Persona:
+        return cls(
+            channel_id=row["channel_id"],
+            guild_id=row["guild_id"],
+            name=row["name"],
+            prompt=row["prompt"],
+            updated_utc=parse_utc(row["updated_utc"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRecord:
+    """One entry of the models registry: a fine-tuned adapter on a base model.
+
+    `created_utc` None (when registering) means "now". `data` says what it was trained on,
+    `metrics` how it scored; both are JSON objects. A retired model stays in the registry (its
+    generations still name it) but is no longer offered.
+    """
+
+    name: str
+    base_model: str
+    adapter_path: str
+    method: str
+    created_utc: datetime | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    retired: bool = False
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> ModelRecord:
+        return cls(
+            name=row["name"],
+            base_model=row["base_model"],
+            adapter_path=row["adapter_path"],
+            method=row["method"],
+            created_utc=parse_utc(row["created_utc"]),
+            data=json.loads(row["data_json"]),
+            metrics=json.loads(row["metrics_json"]),
+            retired=row["retired_utc"] is not None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ArenaVote:
+    """One arena vote: a comparison of two generations by different models.
+
+    `is_self`: the voter requested one of the two generations.
+    """
+
+    model_a: str
+    model_b: str
+    winner: Winner
+    is_self: bool
+
+
+@dataclass(frozen=True, slots=True)
 class FeedbackOutcome:
     """What a rating action did: the rater's verdict now, the generation's score now."""
 
@@ -127,6 +196,7 @@ class GuildSettings:
     enabled_tasks: tuple[str, ...] | None = None
     channels: tuple[int, ...] = ()
     blocklist: tuple[str, ...] = ()
+    default_model: str | None = None  # a name in the models registry; None: the bot's model
 
     @classmethod
     def from_json(cls, text: str) -> GuildSettings:
@@ -176,4 +246,7 @@ def _settings_values(values: dict[str, Any]) -> dict[str, Any]:
         out["channels"] = tuple(int(channel) for channel in out["channels"])
     if "blocklist" in out:
         out["blocklist"] = tuple(str(word) for word in out["blocklist"])
+    model = out.get("default_model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise ValueError("default_model must be a model name (or None for the bot's model)")
     return out

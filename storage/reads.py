@@ -31,6 +31,15 @@ async def recent_generations(
     return [Generation.from_row(row) for row in rows]
 
 
+async def children(conn: aiosqlite.Connection, generation_id: int) -> list[Generation]:
+    """The generation's direct children (regenerations, continuations, edits), oldest first."""
+    rows = await conn.execute_fetchall(
+        "SELECT * FROM generations WHERE parent_id = ? AND status != 'deleted' ORDER BY id",
+        (generation_id,),
+    )
+    return [Generation.from_row(row) for row in rows]
+
+
 async def get_conversation(conn: aiosqlite.Connection, thread_id: int) -> Conversation | None:
     """The conversation bound to a Discord thread, if any."""
     async with conn.execute("SELECT * FROM conversations WHERE thread_id = ?", (thread_id,)) as cur:
@@ -48,13 +57,16 @@ async def conversation_history(
 
     A turn is the user's message (the last user message the model saw) and the reply; turns
     are taken newest first and the first one that does not fit ends the history, so it stays
-    contiguous. Unknown conversations have no history.
+    contiguous. Edits are left out: a turn is what the model answered. (`retention.forget_user`
+    relies on that: an editor's words reach no later turn.) Unknown conversations have no
+    history.
     """
     turns: list[tuple[str, str]] = []
     used = 0
     async with conn.execute(
         """SELECT messages_json, output FROM generations
            WHERE conversation_id = ? AND status = 'done' AND output IS NOT NULL
+               AND source = 'model'
            ORDER BY id DESC""",
         (conversation_id,),
     ) as cursor:

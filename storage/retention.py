@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import sqlite3
 
-# Generations that carry the user's words: their own, every descendant of those (a regeneration,
-# continuation or branch repeats the prompt), every generation in a conversation the user
-# started, and every later turn of a conversation the user spoke in (the history repeats it).
+# Generations that carry the user's words: their own (edits they made included), every
+# descendant of those (a regeneration, continuation, branch or edit repeats the prompt), every
+# generation in a conversation the user started, and every later turn of a conversation the
+# user spoke in (the history repeats it). An edit is not speaking in the conversation: the
+# history leaves edits out (`reads.conversation_history`; should it ever show them, drop the
+# `mine.source` condition).
 _DOOMED_SQL = """
 WITH RECURSIVE doomed (id) AS (
     SELECT id FROM generations WHERE user_id = :user_id
@@ -22,7 +25,7 @@ WITH RECURSIVE doomed (id) AS (
     UNION
     SELECT later.id FROM generations AS later
         JOIN generations AS mine ON mine.conversation_id = later.conversation_id
-        WHERE mine.user_id = :user_id AND later.id > mine.id
+        WHERE mine.user_id = :user_id AND mine.source = 'model' AND later.id > mine.id
     UNION
     SELECT g.id FROM generations AS g JOIN doomed AS d ON g.parent_id = d.id
 )

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+# Edits are counted apart: they are members' texts, neither the model's output nor its speed.
 _GENERATIONS_SQL = """
-SELECT task, model_id, COUNT(*),
-       SUM(status = 'done'),
-       AVG(CASE WHEN status = 'done' THEN total_ms END),
-       SUM(CASE WHEN status = 'done' AND total_ms > 0 THEN tokens_out END),
-       SUM(CASE WHEN status = 'done' AND total_ms > 0 THEN total_ms END)
+SELECT task, model_id, SUM(source = 'model'),
+       SUM(source = 'model' AND status = 'done'),
+       AVG(CASE WHEN source = 'model' AND status = 'done' THEN total_ms END),
+       SUM(CASE WHEN source = 'model' AND status = 'done' AND total_ms > 0 THEN tokens_out END),
+       SUM(CASE WHEN source = 'model' AND status = 'done' AND total_ms > 0 THEN total_ms END),
+       SUM(source = 'edit')
 FROM generations
 WHERE :guild_id IS NULL OR guild_id = :guild_id
 GROUP BY task, model_id
@@ -25,14 +27,18 @@ SELECT g.task, g.model_id, COUNT(*),
        SUM(f.stars = 1), SUM(f.stars = 2), SUM(f.stars = 3), SUM(f.stars = 4), SUM(f.stars = 5),
        SUM(f.verdict = 1), SUM(f.verdict = 0), SUM(f.verdict = -1)
 FROM feedback AS f JOIN generations AS g ON g.id = f.generation_id
-WHERE :guild_id IS NULL OR g.guild_id = :guild_id
+WHERE g.source = 'model' AND (:guild_id IS NULL OR g.guild_id = :guild_id)
 GROUP BY g.task, g.model_id
 """
 
 
 @dataclass(frozen=True, slots=True)
 class TaskModelStats:
-    """Figures for one (task, model). Ratings are raters (one row per user per generation)."""
+    """Figures for one (task, model). Ratings are raters (one row per user per generation).
+
+    `generations` and the ratings are the model's own answers; `edits` counts members'
+    corrections (✏️) of them, apart.
+    """
 
     task: str
     model_id: str
@@ -47,6 +53,7 @@ class TaskModelStats:
     bad: int = 0
     mean_latency_ms: float | None = None
     tokens_per_s: float | None = None
+    edits: int = 0
 
     @property
     def share_up(self) -> float | None:
@@ -64,7 +71,7 @@ async def task_stats(
         (row[0], row[1]): row[2:] for row in await conn.execute_fetchall(_FEEDBACK_SQL, params)
     }
     result = []
-    for task, model, count, done, latency, tokens, total_ms in await conn.execute_fetchall(
+    for task, model, count, done, latency, tokens, total_ms, edits in await conn.execute_fetchall(
         _GENERATIONS_SQL, params
     ):
         rated = ratings.get((task, model))
@@ -79,8 +86,9 @@ async def task_stats(
             TaskModelStats(
                 task=task,
                 model_id=model,
-                generations=count,
+                generations=int(count or 0),
                 done=int(done or 0),
+                edits=int(edits or 0),
                 mean_latency_ms=latency,
                 tokens_per_s=tokens * 1000 / total_ms if tokens and total_ms else None,
                 **extra,
@@ -94,7 +102,7 @@ def format_table(stats: Sequence[TaskModelStats]) -> str:
     if not stats:
         return "No generations yet."
     header = (
-        f"{'task':<10} {'model':<28} {'gens':>6} {'ratings':>7} {'up share':>8} "
+        f"{'task':<10} {'model':<28} {'gens':>6} {'edits':>5} {'ratings':>7} {'up share':>8} "
         f"{'★1..5':<19} {'latency ms':>10} {'tok/s':>6}"
     )
     lines = [header]
@@ -104,7 +112,7 @@ def format_table(stats: Sequence[TaskModelStats]) -> str:
         speed = "-" if s.tokens_per_s is None else f"{s.tokens_per_s:.1f}"
         stars = "/".join(str(n) for n in s.stars)
         lines.append(
-            f"{s.task:<10} {s.model_id[-28:]:<28} {s.generations:>6} {s.ratings:>7} "
+            f"{s.task:<10} {s.model_id[-28:]:<28} {s.generations:>6} {s.edits:>5} {s.ratings:>7} "
             f"{share:>8} {stars:<19} {latency:>10} {speed:>6}"
         )
     return "\n".join(lines)

@@ -12,30 +12,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sqlite3
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
 import aiosqlite
 
-from storage import reads, retention, writes
-from storage.db import Clock, connect, create_file, format_utc, read_only_error, utc_now
+from storage import arena, reads, registry, retention, writes
+from storage.db import Clock, format_utc, utc_now
 from storage.export import ExportFilters, export_jsonl
 from storage.maintenance import backup_file
-from storage.migrations import MIGRATIONS, Migration, migrate
+from storage.migrations import MIGRATIONS, Migration
 from storage.models import (
     FINISHED_STATUSES,
     ROLES,
+    ArenaVote,
     Conversation,
     FeedbackOutcome,
     Generation,
     GuildSettings,
+    ModelRecord,
+    Persona,
     Thumbs,
     Winner,
     verdict_of,
 )
+from storage.opening import Opening, open_connections
 from storage.stats import TaskModelStats, task_stats
 from storage.writer import Writer
 
@@ -70,7 +73,7 @@ class Store:
         clock: Clock = utc_now,
         migrations: Sequence[Migration] = MIGRATIONS,
         max_batch: int = 1024,
-    ) -> _Opening:
+    ) -> Opening[Store]:
         """Open (creating mode 0600 and migrating if needed) the database at `path`.
 
         Use as `async with Store.open(path) as store:` or `store = await Store.open(path)`.
@@ -79,59 +82,13 @@ class Store:
         `DatabaseReadOnly` when the file (or its folder, where the `-wal`/`-shm` files go)
         cannot be written.
         """
-        return _Opening(cls._open(Path(path), mark_interrupted, clock, migrations, max_batch))
+        return Opening(cls._open(Path(path), clock, mark_interrupted, migrations, max_batch))
 
     @classmethod
-    async def _open(
-        cls,
-        path: Path,
-        mark_interrupted: bool,
-        clock: Clock,
-        migrations: Sequence[Migration],
-        max_batch: int,
-    ) -> Store:
-        interrupted: list[int] = []
-
-        def opener() -> sqlite3.Connection:
-            try:
-                return open_for_writing()
-            except (OSError, sqlite3.Error) as exc:
-                read_only = read_only_error(path, exc)
-                if read_only is None:
-                    raise
-                raise read_only from exc
-
-        def open_for_writing() -> sqlite3.Connection:
-            create_file(path)
-            conn = connect(path)
-            try:
-                conn.execute("PRAGMA secure_delete = ON")  # forgotten data is overwritten
-                migrate(conn, migrations, path=str(path))
-                if mark_interrupted:
-                    conn.execute("BEGIN IMMEDIATE")
-                    interrupted.extend(writes.interrupt_running_ids(conn, format_utc(clock())))
-                    conn.execute("COMMIT")
-                    if interrupted:
-                        log.warning(
-                            "%d generations left running by a crash: interrupted", len(interrupted)
-                        )
-            except BaseException:
-                conn.close()
-                raise
-            return conn
-
-        writer = Writer(opener, max_batch=max_batch)
-        await writer.start()
-        try:
-            reader = await aiosqlite.connect(path, isolation_level=None)
-        except BaseException:
-            await writer.close()
-            raise
-        reader.row_factory = sqlite3.Row
-        await reader.execute("PRAGMA query_only = ON")
-        await reader.execute("PRAGMA busy_timeout = 30000")
+    async def _open(cls, path: Path, clock: Clock, *options: Any) -> Store:
+        writer, reader, interrupted = await open_connections(path, clock, *options)
         store = cls(path, writer, reader, clock)
-        store.interrupted = tuple(interrupted)
+        store.interrupted = interrupted
         return store
 
     async def close(self) -> None:
@@ -210,17 +167,9 @@ class Store:
         """Store the result. `status`: done, failed, cancelled or interrupted."""
         if status not in FINISHED_STATUSES:
             raise ValueError(f"status must be one of {sorted(FINISHED_STATUSES)}, not {status!r}")
-        values = {
-            "output": output,
-            "finish_reason": finish_reason,
-            "tokens_in": tokens_in,
-            "tokens_out": tokens_out,
-            "ttft_ms": ttft_ms,
-            "total_ms": total_ms,
-            "status": status,
-            "error": error,
-            "finished_utc": self._now(),
-        }
+        values = dict(output=output, finish_reason=finish_reason, status=status, error=error)
+        values.update(tokens_in=tokens_in, tokens_out=tokens_out, ttft_ms=ttft_ms)
+        values.update(total_ms=total_ms, finished_utc=self._now())
         await self._write(writes.finish_generation, generation_id, values)
 
     async def set_message_id(self, generation_id: int, message_id: int) -> None:
@@ -235,6 +184,29 @@ class Store:
         """The reply was deleted (🗑): status `deleted`, never rated or exported again."""
         await self._write(writes.mark_deleted, generation_id, self._now())
 
+    async def record_edit(
+        self,
+        original_id: int,
+        user_id: int,
+        text: str,
+        *,
+        guild_id: int | None,
+        channel_id: int | None,
+        message_id: int | None = None,
+    ) -> int:
+        """A member's corrected text of a generation (✏️); returns the edit's id.
+
+        The edit is a finished generation (`source` "edit", status done) with the original as
+        its parent, the editor as its user, and the original's prompt, fields, params and model.
+        Raises `GenerationGone` for a missing or deleted original, `ValueError` for an empty
+        text or one equal to the original's output (both after stripping whitespace).
+        """
+        if not text.strip():
+            raise ValueError("an edit needs some text")
+        values = dict(user_id=user_id, guild_id=guild_id, channel_id=channel_id, output=text)
+        values.update(message_id=message_id, now=self._now())
+        return await self._write(writes.record_edit, original_id, values)
+
     async def get_generation(self, generation_id: int) -> Generation | None:
         """Any generation by id (deleted included); None if missing or forgotten."""
         return await reads.get_generation(self._reader, generation_id)
@@ -244,6 +216,10 @@ class Store:
     ) -> list[Generation]:
         """The user's newest generations (not deleted), newest first, optionally in one guild."""
         return await reads.recent_generations(self._reader, user_id, guild_id, limit)
+
+    async def children(self, generation_id: int) -> list[Generation]:
+        """Direct children (regenerations, continuations, edits), not deleted, oldest first."""
+        return await reads.children(self._reader, generation_id)
 
     # --- ratings ---------------------------------------------------------------------
 
@@ -277,15 +253,8 @@ class Store:
             raise ValueError(f"winner must be 'A', 'B' or 'tie', not {winner!r}")
         if generation_a == generation_b:
             raise ValueError("a comparison needs two different generations")
-        await self._write(
-            writes.record_comparison,
-            prompt,
-            generation_a,
-            generation_b,
-            user_id,
-            winner,
-            self._now(),
-        )
+        vote = (prompt, generation_a, generation_b, user_id, winner, self._now())
+        await self._write(writes.record_comparison, *vote)
 
     # --- conversations ---------------------------------------------------------------
 
@@ -340,11 +309,55 @@ class Store:
         """Record the first-use notice; True if this was the first time (show it)."""
         return await self._write(writes.mark_notice_shown, user_id, self._now())
 
+    # --- personas and models --------------------------------------------------------
+
+    async def set_persona(self, guild_id: int, channel_id: int, name: str, prompt: str) -> Persona:
+        """Give the channel a persona (replacing its previous one); returns it."""
+        if not name.strip() or not prompt.strip():
+            raise ValueError("a persona needs a name and a prompt")
+        values = dict(guild_id=guild_id, channel_id=channel_id, name=name, prompt=prompt)
+        return await self._write(registry.set_persona, {**values, "now": self._now()})
+
+    async def get_persona(self, channel_id: int) -> Persona | None:
+        """The channel's persona, if it has one."""
+        return await registry.get_persona(self._reader, channel_id)
+
+    async def clear_persona(self, channel_id: int) -> bool:
+        """Remove the channel's persona; True if it had one."""
+        return await self._write(registry.clear_persona, channel_id)
+
+    async def register_model(self, record: ModelRecord, *, replace: bool = False) -> None:
+        """Add a model to the registry (`created_utc` None: now, `retired` True: retired now).
+
+        Raises `ModelExists` for a name already there, unless `replace`: then the record
+        overwrites it, and a retired model comes back unless `record.retired`.
+        """
+        values = registry.model_values(record, self._now())  # validates
+        await self._write(registry.register_model, values, replace)
+
+    async def get_model(self, name: str) -> ModelRecord | None:
+        """A registered model by name, retired or not."""
+        return await registry.get_model(self._reader, name)
+
+    async def list_models(self, include_retired: bool = False) -> list[ModelRecord]:
+        """The registered models, newest first."""
+        return await registry.list_models(self._reader, include_retired)
+
+    async def retire_model(self, name: str) -> bool:
+        """Stop offering a model (it stays registered); False if missing or retired already."""
+        return await self._write(registry.retire_model, name, self._now())
+
     # --- statistics, retention, privacy, export --------------------------------------
 
     async def stats(self, guild_id: int | None = None) -> list[TaskModelStats]:
         """Per task and model: generations, ratings, 👍 share, ★ histogram, latency, tokens/s."""
         return await task_stats(self._reader, guild_id)
+
+    async def arena_votes(
+        self, guild_id: int | None = None, task: str | None = None
+    ) -> list[ArenaVote]:
+        """Comparisons of two different models' answers, for the leaderboard (see `arena`)."""
+        return await arena.arena_votes(self._reader, guild_id, task)
 
     async def purge_older_than(self, days: float) -> dict[str, int]:
         """Retention: delete generations older than `days` (> 0) with their ratings; counts."""
@@ -383,22 +396,3 @@ class Store:
         `overwrite`) or a missing folder.
         """
         return await asyncio.to_thread(backup_file, self.path, Path(path), overwrite=overwrite)
-
-
-class _Opening:
-    """What `Store.open` returns: awaitable, or usable as `async with`."""
-
-    def __init__(self, opening: Awaitable[Store]) -> None:
-        self._opening = opening
-        self._store: Store | None = None
-
-    def __await__(self) -> Generator[Any, None, Store]:
-        return self._opening.__await__()
-
-    async def __aenter__(self) -> Store:
-        self._store = await self._opening
-        return self._store
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._store is not None:
-            await self._store.close()

@@ -61,6 +61,35 @@ def record_generation(conn: sqlite3.Connection, values: Mapping[str, Any]) -> in
     return generation_id
 
 
+_EDIT_COPIES = "task, fields_json, messages_json, params_json, model_id, model_revision"
+
+
+def record_edit(conn: sqlite3.Connection, original_id: int, values: Mapping[str, Any]) -> int:
+    """Insert a finished `edit` generation: the original's prompt and model, the new text.
+
+    It joins the original's conversation, so the conversation's privacy rules cover it.
+    """
+    original = conn.execute(
+        "SELECT status, output FROM generations WHERE id = ?", (original_id,)
+    ).fetchone()
+    if original is None:
+        raise GenerationGone(original_id, "missing or forgotten")
+    if original[0] == "deleted":
+        raise GenerationGone(original_id, "deleted")
+    if values["output"].strip() == (original[1] or "").strip():
+        raise ValueError("the edit is the same text as the original")
+    cursor = conn.execute(
+        f"""INSERT INTO generations (parent_id, root_id, conversation_id, user_id, guild_id,
+               channel_id, message_id, {_EDIT_COPIES}, output, finish_reason, status, source,
+               created_utc, finished_utc)
+           SELECT id, root_id, conversation_id, :user_id, :guild_id, :channel_id, :message_id,
+               {_EDIT_COPIES}, :output, 'stop', 'done', 'edit', :now, :now
+           FROM generations WHERE id = :original_id""",
+        {**values, "original_id": original_id},
+    )
+    return cursor.lastrowid
+
+
 def finish_generation(
     conn: sqlite3.Connection, generation_id: int, values: Mapping[str, Any]
 ) -> None:
@@ -188,9 +217,17 @@ def record_comparison(
     winner: Winner,
     now: str,
 ) -> None:
-    """One vote per user per (A, B) pair; voting again changes it."""
+    """One vote per user per pair of generations; voting again changes it.
+
+    A vote on (B, A) replaces the same user's vote on (A, B): the later vote counts.
+    """
     _live_generation(conn, generation_a)
     _live_generation(conn, generation_b)
+    conn.execute(
+        """DELETE FROM comparisons
+           WHERE generation_a_id = ? AND generation_b_id = ? AND user_id = ?""",
+        (generation_b, generation_a, user_id),
+    )
     conn.execute(
         """INSERT INTO comparisons (prompt, generation_a_id, generation_b_id, user_id, winner,
                created_utc, updated_utc)

@@ -127,3 +127,44 @@ async def rated(store: Store, clock: FakeClock, make_generation: MakeGeneration)
     ids["g11"] = await make_generation(user_id=3, output="O11")
     await store.record_feedback(ids["g11"], 2, thumbs="up")
     return ids
+
+
+@pytest.fixture
+async def edited(store: Store, rated: dict[str, int], make_generation: MakeGeneration):
+    """`rated` plus edits (✏️), made nine days in; returns every id by name.
+
+    e1  user 6 edits g1 (score 2), channel 300, message 400     score 0: sft, kto, dpo over g1
+    e2  user 7 edits g2: 👎 by 8                                score -1: raw only
+    e3  user 4 (opted out) edits g9                             never exported
+    g12 user 9 (opted out later), 🔁 of g11                     never exported
+    e4  user 6 edits g12: its original's requester opted out    never exported
+    g13 user 3, persona "Pirate" in its params, unrated         score 0: raw; dpo as rejected
+    e5  user 2 edits g13: 👍 by 1                               score 1: sft, kto, dpo margin 2
+    e6  user 8 edits e1 (an edit of an edit)                    score 0: sft, kto, dpo over e1
+    e7  user 6 edits g3, then deleted                           never exported
+    e8  user 7 edits g6 (failed)                                score 0: sft, kto; no dpo
+    """
+    ids = dict(rated)
+
+    async def edit(original: str, user_id: int, text: str, **where: Any) -> int:
+        where.setdefault("guild_id", 100)
+        where.setdefault("channel_id", 300)
+        return await store.record_edit(ids[original], user_id, text, **where)
+
+    ids["e1"] = await edit("g1", 6, "O1, better.", message_id=400)
+    ids["e2"] = await edit("g2", 7, "O2, fixed.")
+    await store.record_feedback(ids["e2"], 8, thumbs="down")
+    ids["e3"] = await edit("g9", 4, "O9 by an opted-out editor")
+    ids["g12"] = await make_generation(user_id=9, output="O12", parent_id=ids["g11"])
+    await store.set_opted_out(9, True)
+    ids["e4"] = await edit("g12", 6, "O12, fixed.")
+    ids["g13"] = await make_generation(
+        user_id=3, output="O13", params={"seed": 9, "persona": "Pirate"}
+    )
+    ids["e5"] = await edit("g13", 2, "O13, arr.")
+    await store.record_feedback(ids["e5"], 1, thumbs="up")
+    ids["e6"] = await edit("e1", 8, "O1, best.")
+    ids["e7"] = await edit("g3", 6, "O3, deleted.", guild_id=200)
+    await store.mark_deleted(ids["e7"])
+    ids["e8"] = await edit("g6", 7, "O6, finished.")
+    return ids

@@ -36,11 +36,13 @@ def user(db_path) -> Any:
     return lambda user_id: hashlib.sha256(f"{salt}:{user_id}".encode()).hexdigest()[:16]
 
 
-def _meta(gid, user, score, *, task="story", self_vote=False, created=DAY1) -> dict[str, Any]:
+def _meta(
+    gid, user, score, *, task="story", self_vote=False, created=DAY1, source="model", params=PARAMS
+) -> dict[str, Any]:
     return {
         "generation_id": gid, "task": task, "model": "smollm2-135m", "model_revision": None,
-        "params": PARAMS, "score": score, "self_vote": self_vote, "user": user,
-        "created_utc": created,
+        "params": params, "score": score, "self_vote": self_vote, "user": user,
+        "created_utc": created, "source": source, "persona": params.get("persona"),
     }  # fmt: skip
 
 
@@ -87,7 +89,7 @@ async def test_dpo(store: Store, rated, user) -> None:
             "rejected": _assistant("O8"),
             "metadata": {
                 "source": "comparison", "margin": 1, "self_vote": False, "task": "describe",
-                "model": "smollm2-135m",
+                "model": "smollm2-135m", "persona": None,
                 "chosen": _meta(g["g7"], user(5), 0, task="describe"),
                 "rejected": _meta(g["g8"], user(5), 0, task="describe"),
             },
@@ -98,7 +100,7 @@ async def test_dpo(store: Store, rated, user) -> None:
             "rejected": _assistant("O2"),
             "metadata": {
                 "source": "takes", "margin": 3, "self_vote": False, "task": "story",
-                "model": "smollm2-135m",
+                "model": "smollm2-135m", "persona": None,
                 "chosen": _meta(g["g1"], user(1), 2),
                 "rejected": _meta(g["g2"], user(2), -1),
             },
@@ -106,7 +108,15 @@ async def test_dpo(store: Store, rated, user) -> None:
     ]  # fmt: skip
 
 
-async def test_raw(store: Store, rated, user) -> None:
+@pytest.fixture
+def discord_id(db_path) -> Any:
+    """Expected pseudonyms of guild, channel and message ids (a thread is a channel)."""
+    with sqlite3.connect(db_path) as conn:
+        salt = conn.execute("SELECT value FROM meta WHERE key = 'export_salt'").fetchone()[0]
+    return lambda kind, value: hashlib.sha256(f"{salt}:{kind}:{value}".encode()).hexdigest()[:16]
+
+
+async def test_raw(store: Store, rated, user, discord_id) -> None:
     g = rated
     rows = await _export(store, "raw")
     assert [row["id"] for row in rows] == [
@@ -115,8 +125,9 @@ async def test_raw(store: Store, rated, user) -> None:
     assert rows[0] == {
         "id": g["g1"], "root_id": g["g1"], "user": user(1), "task": "story", "messages": PROMPT,
         "params": PARAMS, "model_id": "smollm2-135m", "model_revision": None, "output": "O1",
-        "created_utc": DAY1, "parent_id": None, "conversation_id": None, "guild_id": 100,
-        "channel_id": None, "message_id": None, "finish_reason": "stop", "tokens_in": 20,
+        "created_utc": DAY1, "source": "model", "parent_id": None, "conversation_id": None,
+        "thread_id": None, "guild_id": discord_id("guild", 100), "channel_id": None,
+        "message_id": None, "followup_message_ids": [], "finish_reason": "stop", "tokens_in": 20,
         "tokens_out": 40, "ttft_ms": 80.0, "total_ms": 2000.0, "status": "done", "error": None,
         "finished_utc": DAY1, "deleted_utc": None, "fields": {}, "score": 2, "self_vote": False,
         "feedback": [

@@ -29,7 +29,7 @@ def _meta(id_: int, score: int, self_vote=False) -> dict:
     return {
         "generation_id": id_, "task": "story", "model": "m", "model_revision": "r1",
         "params": {"seed": id_}, "score": score, "self_vote": self_vote, "user": "u",
-        "created_utc": "2025-01-01T00:00:00.000Z",
+        "created_utc": "2025-01-01T00:00:00.000Z", "source": "model", "persona": None,
     }  # fmt: skip
 
 
@@ -58,7 +58,7 @@ def test_dpo_row() -> None:
         "rejected": [{"role": "assistant", "content": "out 2"}],
         "metadata": {
             "source": "takes", "margin": 4, "self_vote": False, "task": "story", "model": "m",
-            "chosen": _meta(1, 3), "rejected": _meta(2, -1),
+            "persona": None, "chosen": _meta(1, 3), "rejected": _meta(2, -1),
         },
     }  # fmt: skip
 

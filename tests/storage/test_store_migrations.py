@@ -23,6 +23,8 @@ TABLES = {
     "feedback",
     "feedback_events",
     "comparisons",
+    "personas",
+    "models",
 }
 
 
@@ -74,6 +76,43 @@ async def test_migrates_from_every_earlier_version(db_path: Path, version: int) 
     with sqlite3.connect(db_path) as conn:
         assert schema_version(conn) == len(MIGRATIONS)
     assert _tables(db_path) >= TABLES
+
+
+async def test_a_version_2_file_with_data_upgrades_to_3(db_path: Path) -> None:
+    with sqlite3.connect(db_path, isolation_level=None) as conn:
+        migrate(conn, MIGRATIONS[:2])
+        conn.execute(
+            """INSERT INTO generations (id, root_id, user_id, task, messages_json, model_id,
+                   output, status, created_utc, followup_message_ids_json)
+               VALUES (1, 1, 7, 'story', '[{"role":"user","content":"hi"}]', 'm', 'old', 'done',
+                   '2025-01-01T00:00:00.000Z', '[55]')"""
+        )
+        conn.execute(
+            """INSERT INTO guild_settings (guild_id, settings_json, updated_utc)
+               VALUES (5, '{"temperature": 0.5}', '2025-01-01T00:00:00.000Z')"""
+        )
+        assert "source" not in {r[1] for r in conn.execute("PRAGMA table_info(generations)")}
+    async with Store.open(db_path) as store:
+        old = await store.get_generation(1)
+        assert (old.source, old.output, old.followup_message_ids) == ("model", "old", (55,))
+        assert (await store.get_guild_settings(5)).default_model is None
+        edit = await store.record_edit(1, 8, "new", guild_id=None, channel_id=None)
+        assert (await store.get_generation(edit)).source == "edit"
+        assert (await store.set_persona(5, 6, "Bard", "Speak in verse.")).name == "Bard"
+        assert await store.list_models() == []
+    with sqlite3.connect(db_path) as conn:
+        assert schema_version(conn) == len(MIGRATIONS)
+        columns = {r[1]: r for r in conn.execute("PRAGMA table_info(generations)")}
+        assert columns["source"][2:5] == ("TEXT", 1, "'model'")  # type, NOT NULL, default
+        models = [r[1] for r in conn.execute("PRAGMA table_info(models)")]
+        assert models == [
+            "name", "base_model", "adapter_path", "method", "created_utc", "data_json",
+            "metrics_json", "retired_utc",
+        ]  # fmt: skip
+        personas = [r[1] for r in conn.execute("PRAGMA table_info(personas)")]
+        assert personas == ["channel_id", "guild_id", "name", "prompt", "updated_utc"]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def _synthetic() -> list:

@@ -87,6 +87,48 @@ async def test_forget_user_removes_everything_about_them(store: Store, db_path, 
     assert await store.mark_notice_shown(1) is True  # a forgotten user is a new user
 
 
+async def test_forget_reaches_edits(store: Store, db_path, make_generation) -> None:
+    mine = await make_generation(user_id=1, messages=_user(SECRET), output="mine")
+    theirs = await make_generation(user_id=2, messages=_user("user two's prompt"), output="theirs")
+    of_mine = await store.record_edit(mine, 2, "user two's edit of mine", guild_id=1, channel_id=1)
+    edit_chain = await store.record_edit(of_mine, 3, "and user three's", guild_id=1, channel_id=1)
+    my_edit = await store.record_edit(theirs, 1, "user one's edit", guild_id=1, channel_id=1)
+    await store.record_feedback(of_mine, 3, thumbs="up")
+    await store.record_feedback(my_edit, 2, thumbs="down")
+    await store.record_feedback(theirs, 1, stars=2)
+    await store.record_feedback(theirs, 3, stars=5)
+
+    counts = await store.forget_user(1)
+
+    # mine, the two edits under it (they repeat user 1's prompt), and user 1's own edit
+    assert counts == {
+        "generations": 4, "feedback": 3, "feedback_events": 3, "comparisons": 0,
+        "conversations": 0, "users": 0,
+    }  # fmt: skip
+    assert _rows_mentioning(db_path, 1) == {}
+    for gone in (mine, of_mine, edit_chain, my_edit):
+        assert await store.get_generation(gone) is None
+    assert [g.id for g in await store.children(theirs)] == []
+    assert (await store.get_generation(theirs)).output == "theirs"
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT generation_id, user_id FROM feedback").fetchall() == [
+            (theirs, 3)
+        ]
+    raw = io.StringIO()
+    await store.export("raw", raw)
+    assert SECRET not in raw.getvalue() and "user one's edit" not in raw.getvalue()
+
+
+async def test_forgetting_an_editor_keeps_the_later_turns(store: Store, make_generation) -> None:
+    thread = await store.create_conversation(700, user_id=3)
+    turn = await make_generation(user_id=3, task="chat", output="a", conversation_id=thread.id)
+    edit = await store.record_edit(turn, 1, "a, edited", guild_id=1, channel_id=700)
+    later = await make_generation(user_id=3, task="chat", output="b", conversation_id=thread.id)
+    assert (await store.forget_user(1))["generations"] == 1  # the history never showed the edit
+    assert await store.get_generation(edit) is None
+    assert [await store.get_generation(g) is not None for g in (turn, later)] == [True, True]
+
+
 async def test_forgotten_generation_cannot_be_rated(store: Store, make_generation) -> None:
     generation_id = await make_generation(user_id=1)
     await store.forget_user(1)

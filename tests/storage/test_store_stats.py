@@ -57,3 +57,24 @@ def test_chart_is_a_png() -> None:
     empty = ratings_chart_png([])
     assert empty.startswith(PNG)
     assert format_table([]) == "No generations yet."
+
+
+async def test_edits_are_counted_apart(store: Store, make_generation) -> None:
+    story = await make_generation(user_id=1, guild_id=100)
+    poem = await make_generation(user_id=1, task="poem", model_id="other-model", guild_id=200)
+    await store.record_feedback(story, 2, thumbs="up")
+    first = await store.record_edit(story, 2, "Better.", guild_id=100, channel_id=1)
+    await store.record_edit(first, 3, "Best.", guild_id=100, channel_id=1)
+    await store.record_edit(poem, 3, "A better poem.", guild_id=200, channel_id=2)
+    await store.record_feedback(first, 4, thumbs="down")  # a rating of a member's text
+    stats = {(s.task, s.model_id): s for s in await store.stats()}
+    story_stats = stats["story", "smollm2-135m"]
+    assert (story_stats.generations, story_stats.done, story_stats.edits) == (1, 1, 2)
+    assert (story_stats.ratings, story_stats.thumbs_up, story_stats.thumbs_down) == (1, 1, 0)
+    assert story_stats.mean_latency_ms == pytest.approx(2000.0)
+    assert story_stats.tokens_per_s == pytest.approx(20.0)
+    assert (stats["poem", "other-model"].generations, stats["poem", "other-model"].edits) == (1, 1)
+    assert [(s.task, s.edits) for s in await store.stats(guild_id=200)] == [("poem", 1)]
+    table = format_table(await store.stats())
+    assert "edits" in table.splitlines()[0]
+    assert ratings_chart_png(await store.stats()).startswith(PNG)

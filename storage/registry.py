@@ -1,0 +1,113 @@
+"""Personas (one per channel) and the models registry: the writer's operations and the reads."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+import aiosqlite
+
+from storage.db import format_utc
+from storage.errors import ModelExists
+from storage.models import ModelRecord, Persona
+from storage.writes import encode_json
+
+# --- personas -------------------------------------------------------------------------------
+
+
+def set_persona(conn: sqlite3.Connection, values: Mapping[str, Any]) -> Persona:
+    """Insert or replace the channel's persona; returns it as stored."""
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute(
+            """INSERT INTO personas (channel_id, guild_id, name, prompt, updated_utc)
+               VALUES (:channel_id, :guild_id, :name, :prompt, :now)
+               ON CONFLICT (channel_id) DO UPDATE SET guild_id = excluded.guild_id,
+                   name = excluded.name, prompt = excluded.prompt,
+                   updated_utc = excluded.updated_utc
+               RETURNING *""",
+            values,
+        ).fetchone()
+        return Persona.from_row(row)
+    finally:
+        conn.row_factory = None
+
+
+def clear_persona(conn: sqlite3.Connection, channel_id: int) -> bool:
+    """Remove the channel's persona; True if it had one."""
+    return conn.execute("DELETE FROM personas WHERE channel_id = ?", (channel_id,)).rowcount == 1
+
+
+async def get_persona(conn: aiosqlite.Connection, channel_id: int) -> Persona | None:
+    async with conn.execute("SELECT * FROM personas WHERE channel_id = ?", (channel_id,)) as cur:
+        row = await cur.fetchone()
+    return None if row is None else Persona.from_row(row)
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def model_values(record: ModelRecord, now: str) -> dict[str, Any]:
+    """The `models` columns of a record about to be registered at `now` (validated)."""
+    if not record.name.strip():
+        raise ValueError("a model needs a name")
+    return {
+        "name": record.name,
+        "base_model": record.base_model,
+        "adapter_path": str(record.adapter_path),
+        "method": record.method,
+        "created_utc": now if record.created_utc is None else format_utc(record.created_utc),
+        "data_json": encode_json(dict(record.data)),
+        "metrics_json": encode_json(dict(record.metrics)),
+        "retired_utc": now if record.retired else None,
+    }
+
+
+_INSERT_MODEL = """INSERT INTO models (name, base_model, adapter_path, method, created_utc,
+        data_json, metrics_json, retired_utc)
+    VALUES (:name, :base_model, :adapter_path, :method, :created_utc, :data_json, :metrics_json,
+        :retired_utc)"""
+
+_REPLACE_MODEL = f"""{_INSERT_MODEL}
+    ON CONFLICT (name) DO UPDATE SET base_model = excluded.base_model,
+        adapter_path = excluded.adapter_path, method = excluded.method,
+        created_utc = excluded.created_utc, data_json = excluded.data_json,
+        metrics_json = excluded.metrics_json, retired_utc = excluded.retired_utc"""
+
+
+def register_model(conn: sqlite3.Connection, values: Mapping[str, Any], replace: bool) -> None:
+    """Insert a model; with `replace`, overwrite one of that name (and so un-retire it)."""
+    statement = _INSERT_MODEL
+    if replace:
+        statement = _REPLACE_MODEL
+    try:
+        conn.execute(statement, values)
+    except sqlite3.IntegrityError as exc:
+        if exc.sqlite_errorcode != sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+            raise
+        raise ModelExists(values["name"]) from None
+
+
+def retire_model(conn: sqlite3.Connection, name: str, now: str) -> bool:
+    """Mark a live model retired; False if it is missing or retired already."""
+    cursor = conn.execute(
+        "UPDATE models SET retired_utc = ? WHERE name = ? AND retired_utc IS NULL", (now, name)
+    )
+    return cursor.rowcount == 1
+
+
+async def get_model(conn: aiosqlite.Connection, name: str) -> ModelRecord | None:
+    async with conn.execute("SELECT * FROM models WHERE name = ?", (name,)) as cur:
+        row = await cur.fetchone()
+    return None if row is None else ModelRecord.from_row(row)
+
+
+async def list_models(conn: aiosqlite.Connection, include_retired: bool) -> list[ModelRecord]:
+    """Newest first (ties by name)."""
+    rows = await conn.execute_fetchall(
+        """SELECT * FROM models WHERE :all OR retired_utc IS NULL
+           ORDER BY created_utc DESC, name""",
+        {"all": include_retired},
+    )
+    return [ModelRecord.from_row(row) for row in rows]
