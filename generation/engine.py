@@ -4,7 +4,8 @@ The event loop only enqueues requests and receives chunks (one `call_soon_thread
 through `Mailbox`); tokenising, prefill, decoding and detokenising all happen on the worker
 (generation/worker.py). Who waits and who runs is the scheduler's (generation/scheduler.py); the
 running rows keep their cache and sampler in step (generation/running_rows.py); running out of
-memory halves the batch (generation/oom.py).
+memory halves the batch (generation/oom.py). The base model and every registered LoRA adapter
+are served at once, rows of different adapters decoded in one batch (generation/adapters.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import atexit
 import logging
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from generation.errors import EngineBusy, EngineDead, GenerationFailed
+from generation.errors import EngineBusy, EngineDead, GenerationFailed, UnknownModel
 from generation.mailbox import Mailbox
 from generation.models import LoadedModel
 from generation.outbox import consume
@@ -51,6 +54,8 @@ class EngineConfig:
     max_new_tokens: int = 512  # MUSE_MAX_TOKENS: cap on any request
     step_timeout_s: float = 120.0  # a single step longer than this means the engine is hung
     prefix_cache_mb: int = 256  # remembered prompts' keys and values (0: off)
+    # LoRA adapters served beside the base model: name → PEFT adapter folder (the registry's).
+    adapters: Mapping[str, Path | str] = field(default_factory=dict)
 
 
 class Engine:
@@ -77,7 +82,13 @@ class Engine:
             ),
         )
         self._worker = Worker(
-            loader, self._scheduler, self._mailbox, self.prefixes, self._watchdog, fault_hook
+            loader,
+            self._scheduler,
+            self._mailbox,
+            self.prefixes,
+            self._watchdog,
+            fault_hook,
+            self.config.adapters,
         )
         self._thread = threading.Thread(target=self._worker.run, name="muse-engine", daemon=True)
 
@@ -111,13 +122,27 @@ class Engine:
         return self._worker.context
 
     def models(self) -> list[str]:
-        """The base model (adapters come later); empty until it is loaded."""
-        return [self.model_id] if self.model_id else []
+        """The base model's id, then the name of every adapter served; empty until loaded."""
+        return self._worker.served()
+
+    async def add_adapter(self, name: str, path: Path | str) -> None:
+        """Serve the LoRA adapter in `path` as `name` from the next step on, without a restart
+        (a freshly tuned one); raises `AdapterError` when it cannot be served."""
+        told: Future[None] = Future()
+        with self._scheduler.lock:
+            if self._scheduler.dead or self._worker.load_error or self._scheduler.stopping:
+                raise EngineDead("the engine is not serving")
+            self._scheduler.new_adapters.append((name, Path(path), told))
+            self._scheduler.lock.notify_all()
+        await asyncio.wrap_future(told)
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Queue `request` now (raising `EngineBusy` at once when full) and return its chunks."""
+        """Queue `request` now (raising `EngineBusy` at once when full, `UnknownModel` when it
+        names a model not served) and return its chunks."""
         loop = asyncio.get_running_loop()
         scheduler = self._scheduler
+        if request.model is not None:
+            self._check_model(request.model)
         with scheduler.lock:
             load_error = self._worker.load_error
             if scheduler.dead or load_error:
@@ -133,6 +158,12 @@ class Engine:
             abort=lambda: self.abort(rid),  # the consumer left: free its row
             wrap=_failed,
         )
+
+    def _check_model(self, name: str) -> None:
+        served = self.models()
+        if served and name not in served:
+            raise UnknownModel(name, served)
+        # Still loading (nothing served yet): the worker decides once it knows.
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         """The whole text of `request`; raises `GenerationFailed` if the worker failed it."""
@@ -220,4 +251,6 @@ class Engine:
 
 
 def _failed(exc: BaseException) -> BaseException:
+    if isinstance(exc, UnknownModel):  # named a model refused while the engine loaded
+        return UnknownModel(exc.model, exc.served)
     return GenerationFailed(str(exc))

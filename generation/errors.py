@@ -17,3 +17,13 @@ class EngineDead(Exception):
 
 class GenerationFailed(Exception):
     """The worker failed this request; the cause is chained."""
+
+
+class UnknownModel(Exception):
+    """A request named a model this backend does not serve; `served` lists what it does."""
+
+    def __init__(self, model: str, served: list[str]) -> None:
+        self.model = model
+        self.served = served
+        listed = ", ".join(repr(name) for name in served) or "nothing yet"
+        super().__init__(f"The model {model!r} is not served here; served: {listed}.")

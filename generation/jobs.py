@@ -45,6 +45,7 @@ class Job:
         self.text = request.response_prefix
         self.sent = 0  # characters of `text` already streamed
         self.first_token_at: float | None = None
+        self.slot = 0  # the adapter that decodes it (generation/adapters.py; 0: the base model)
 
     @property
     def user_key(self) -> str:
@@ -120,7 +121,7 @@ class Job:
             tokens_in=len(self.prompt_ids),
             tokens_out=len(self.generated),
             ttft_ms=ttft,
-            model_id=model_id,
+            model_id=self.request.model or model_id,  # the adapter's name, or the base's id
             **extra,
         )
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from generation.adapters import BASE_SLOT, Adapters
 from generation.prefix_cache import LayerStates, PrefixCache
 
 # Room for this many more tokens per layer before its buffers are reallocated.
@@ -88,12 +89,20 @@ def _with_room(states: torch.Tensor) -> torch.Tensor:
 
 
 class KVBatch:
-    """Rows' key/value cache, attention mask and lengths (real tokens cached per row)."""
+    """Rows' key/value cache, attention mask, lengths (real tokens cached per row) and the
+    adapter slot each row is decoded with (generation/adapters.py; 0: the base model)."""
 
-    def __init__(self, cache: Any, mask: torch.Tensor, lengths: torch.Tensor) -> None:
+    def __init__(
+        self,
+        cache: Any,
+        mask: torch.Tensor,
+        lengths: torch.Tensor,
+        slots: tuple[int, ...] | None = None,
+    ) -> None:
         self.cache = cache
         self.mask = mask
         self.lengths = lengths
+        self.slots = slots if slots is not None else (BASE_SLOT,) * int(mask.shape[0])
 
     @property
     def size(self) -> int:
@@ -112,7 +121,8 @@ class KVBatch:
         for layer, a, b in zip(cache.layers, self.cache.layers, other.cache.layers, strict=True):
             layer.assign_stacked([a.keys, b.keys], [a.values, b.values], width)
         mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)])
-        return KVBatch(cache, mask, torch.cat([self.lengths, other.lengths]))
+        lengths = torch.cat([self.lengths, other.lengths])
+        return KVBatch(cache, mask, lengths, self.slots + other.slots)
 
     def keep(self, rows: list[int]) -> KVBatch:
         """Only `rows`, with columns that are padding in every kept row dropped."""
@@ -125,7 +135,8 @@ class KVBatch:
                 keys = layer.keys.index_select(0, index)[:, :, start:]
                 values = layer.values.index_select(0, index)[:, :, start:]
                 _set_states(layer, keys, values)
-        return KVBatch(self.cache, mask[:, start:], self.lengths.index_select(0, index))
+        lengths = self.lengths.index_select(0, index)
+        return KVBatch(self.cache, mask[:, start:], lengths, tuple(self.slots[r] for r in rows))
 
     def row_states(self, row: int) -> LayerStates:
         """Row `row`'s keys and values without padding, as [1, heads, tokens, dim] copies."""
@@ -146,11 +157,13 @@ class KVBatch:
 
 
 class BatchRunner:
-    """Runs the model's forward for prefills and decoding steps over `KVBatch`es."""
+    """Runs the model's forward for prefills and decoding steps over `KVBatch`es; with
+    `adapters`, each row through its own adapter."""
 
-    def __init__(self, model: Any, pad_token_id: int) -> None:
+    def __init__(self, model: Any, pad_token_id: int, adapters: Adapters | None = None) -> None:
         self.model = model
         self.pad_token_id = pad_token_id
+        self.adapters = adapters
         self.device = next(model.parameters()).device
         params = inspect.signature(model.forward).parameters
         # transformers 5 names the cache argument `cache`; earlier releases `past_key_values`.
@@ -169,12 +182,18 @@ class BatchRunner:
 
     @torch.inference_mode()
     def prefill(
-        self, sequences: list[list[int]], prefix: LayerStates | None = None
+        self,
+        sequences: list[list[int]],
+        prefix: LayerStates | None = None,
+        slots: list[int] | None = None,
     ) -> tuple[KVBatch, torch.Tensor]:
-        """A new batch holding `sequences`; returns it and each row's last logits.
+        """A new batch holding `sequences` (row i through the adapter `slots[i]`; None: all the
+        base model); returns it and each row's last logits.
 
         With `prefix` (the keys and values of the first n tokens, which every sequence starts
-        with) only the rest is computed: rows are laid out as [prefix][padding][rest]."""
+        with, computed by the same adapter) only the rest is computed: rows are laid out as
+        [prefix][padding][rest]."""
+        row_slots = tuple(slots) if slots is not None else (BASE_SLOT,) * len(sequences)
         shared = prefix[0][0].shape[-2] if prefix else 0
         rests = [seq[shared:] for seq in sequences]
         width = max(len(rest) for rest in rests)
@@ -191,40 +210,45 @@ class BatchRunner:
             for layer, (keys, values) in zip(cache.layers, prefix, strict=True):
                 layer.assign(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
             mask = F.pad(mask, (shared, 0), value=1)
-        logits = self._forward(ids, mask, positions, cache)
+        logits = self._forward(ids, mask, positions, cache, row_slots)
         lengths = torch.tensor([len(seq) for seq in sequences], device=self.device)
-        return KVBatch(cache, mask, lengths), logits
+        return KVBatch(cache, mask, lengths, row_slots), logits
 
     def prefill_reusing(
-        self, sequences: list[list[int]], prefixes: PrefixCache
+        self, sequences: list[list[int]], prefixes: PrefixCache, slots: list[int] | None = None
     ) -> tuple[list[int], KVBatch, torch.Tensor]:
-        """Prefill `sequences`, each group that starts like a remembered prompt reusing its
-        columns (one forward per group), and remember them all. Returns the sequences' order in
-        the batch (indices into `sequences`), the batch and the last logits in that order."""
+        """Prefill `sequences` (row i through the adapter `slots[i]`), each group that starts
+        like a prompt remembered for the same adapter reusing its columns (one forward per
+        group), and remember them all. Returns the sequences' order in the batch (indices into
+        `sequences`), the batch and the last logits in that order."""
+        slots = list(slots) if slots is not None else [BASE_SLOT] * len(sequences)
         if not self.supports_merging:  # its layers cannot take borrowed columns either
-            batch, logits = self.prefill(sequences)
+            batch, logits = self.prefill(sequences, slots=slots)
             return list(range(len(sequences))), batch, logits
-        groups: dict[tuple[int, ...] | None, list[tuple[int, int]]] = {}
+        # Rows without a remembered beginning share one forward, whatever their adapters.
+        groups: dict[tuple[int, tuple[int, ...]] | None, list[tuple[int, int]]] = {}
         for index, seq in enumerate(sequences):
-            key, shared = prefixes.match(seq)
-            groups.setdefault(key, []).append((index, shared))
+            key, shared = prefixes.match(seq, slots[index])
+            group = None if key is None else (slots[index], key)
+            groups.setdefault(group, []).append((index, shared))
         order: list[int] = []
         batch: KVBatch | None = None
         logits: list[torch.Tensor] = []
-        for key, members in groups.items():
+        for group, members in groups.items():
             prefix = None
-            if key is not None:
+            if group is not None:
                 shared = min(count for _, count in members)
-                prefix = prefixes.states(key, shared)
+                prefix = prefixes.states(group[1], shared, group[0])
                 prefixes.hits += len(members)
                 prefixes.tokens_reused += shared * len(members)
-            part, part_logits = self.prefill([sequences[i] for i, _ in members], prefix)
+            rows = [sequences[i] for i, _ in members]
+            part, part_logits = self.prefill(rows, prefix, [slots[i] for i, _ in members])
             batch = part if batch is None else batch.merge(part)
             order += [i for i, _ in members]
             logits.append(part_logits)
         assert batch is not None
         for row, index in enumerate(order):
-            prefixes.add(sequences[index], batch.row_states(row))
+            prefixes.add(sequences[index], batch.row_states(row), slots[index])
         return order, batch, torch.cat(logits)
 
     @torch.inference_mode()
@@ -234,7 +258,7 @@ class BatchRunner:
         width = batch.width
         mask = F.pad(batch.mask, (0, 1), value=1)
         try:
-            logits = self._forward(ids, mask, batch.lengths.unsqueeze(1), batch.cache)
+            logits = self._forward(ids, mask, batch.lengths.unsqueeze(1), batch.cache, batch.slots)
         except BaseException:
             batch.truncate(width)
             raise
@@ -243,12 +267,23 @@ class BatchRunner:
         return logits
 
     def _forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: Any,
+        slots: tuple[int, ...],
     ) -> torch.Tensor:
         kwargs: dict[str, Any] = {self._cache_arg: cache, "use_cache": True}
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
+        if self.adapters is None:  # no adapter served: the model exactly as it is
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
+        else:
+            with self.adapters.route(slots):
+                out = self.model(
+                    input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs
+                )
         return out.logits[:, -1, :].float()
 
 

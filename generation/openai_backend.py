@@ -2,9 +2,11 @@
 
 `MUSE_BACKEND=openai` sends each request to `<MUSE_OPENAI_BASE_URL>/chat/completions` with
 `stream: true` and turns the server-sent events into Muse's chunks (vLLM, TGI, Ollama, llama.cpp's
-server or llama-cpp-python's). The server does the batching and queueing; Muse bounds how many
-requests it has in flight (`MUSE_QUEUE_SIZE`) and refuses more with `EngineBusy`, as the local
-engine does. Failures before any text was shown (connection refused, 429, 5xx, a stream that
+server or llama-cpp-python's). A request's `model` (an adapter's name, as vLLM serves LoRA
+adapters with `--lora-modules NAME=PATH`) is sent as the API's `model`; without one, the
+configured or first listed model is. The server does the batching and queueing; Muse bounds how
+many requests it has in flight (`MUSE_QUEUE_SIZE`) and refuses more with `EngineBusy`, as the
+local engine does. Failures before any text was shown (connection refused, 429, 5xx, a stream that
 broke early) are retried with exponential backoff, honouring Retry-After, within the request's
 timeout; after text was shown a failure ends the request with `GenerationFailed`, never with
 repeated or silently truncated text. The API key goes into the Authorization header only.
@@ -85,6 +87,7 @@ class OpenAIEngine:
         self._session: aiohttp.ClientSession | None = None
         self._jobs: dict[str, RemoteJob] = {}
         self._served = ""  # the model id as the server reports it
+        self._listed: list[str] = []  # what GET /models listed, in its order
         self._discovery: asyncio.Task[None] | None = None
         self._closing = False
         self._avg_job_s = 10.0
@@ -102,8 +105,10 @@ class OpenAIEngine:
         return None
 
     def models(self) -> list[str]:
-        """The base model (adapters come later); empty until it is known."""
-        return [self.model_id] if self.model_id else []
+        """What the server's `GET /models` listed (when it was asked: `wait_ready`), the
+        model used by default first; empty until it is known."""
+        base = self.model_id
+        return ([base] if base else []) + [name for name in self._listed if name != base]
 
     # -- the engine's face -------------------------------------------------------------------
     async def wait_ready(self) -> RemoteModel:
@@ -133,6 +138,7 @@ class OpenAIEngine:
             delay = min(delay * 2, 2.0)
         configured = self.config.model
         self._served = first_model(listed, configured)
+        self._listed = _model_ids(listed)
         if configured and self._served != configured:
             log.warning("%s does not list %s: using %s", self.server, configured, self._served)
         log.info("remote backend ready: %s at %s", self.model_id, self.server)
@@ -147,7 +153,7 @@ class OpenAIEngine:
         if len(self._jobs) >= self.config.queue_size:
             raise EngineBusy(max(1.0, round(self._avg_job_s)))
         cap = max(1, min(request.max_new_tokens, self.config.max_new_tokens))
-        job = RemoteJob(request, cap, self.model_id)
+        job = RemoteJob(request, cap, request.model or self.model_id)
         self._jobs[request.request_id] = job
         job.task = loop.create_task(self._run(job), name=f"muse-remote-{request.request_id}")
         job.task.add_done_callback(lambda _: self._forget(job))  # also when cancelled unstarted
@@ -236,14 +242,16 @@ class OpenAIEngine:
         try:
             async with self._http().get(self._url("models"), headers=self._headers) as resp:
                 if resp.status == 200:
-                    self._served = first_model(await resp.json(content_type=None), "")
+                    listed = await resp.json(content_type=None)
+                    self._served = first_model(listed, "")
+                    self._listed = _model_ids(listed)
         except (aiohttp.ClientError, ValueError) as exc:
             log.debug("GET %s/models failed: %s", self.server, describe(exc))
 
     async def _attempts(self, job: RemoteJob) -> None:
         """Send until the server streams an answer; retry what failed before any text showed."""
         await self._discover()
-        job.model_id = self.model_id
+        job.model_id = job.request.model or self.model_id
         delay = self.config.backoff_s
         while True:
             job.attempts += 1
@@ -304,8 +312,9 @@ class OpenAIEngine:
             "repetition_penalty": request.repetition_penalty,  # vLLM, TGI's native name
             "repeat_penalty": request.repetition_penalty,  # llama.cpp's name
         }
-        if self.model_id:
-            body["model"] = self.model_id
+        model = request.model or self.model_id
+        if model:
+            body["model"] = model
         if request.stop:
             body["stop"] = list(request.stop[:4])  # OpenAI's limit; all are enforced here
         if request.ignore_eos:
@@ -347,7 +356,7 @@ class OpenAIEngine:
             error = event["error"]
             message = error.get("message", error) if isinstance(error, dict) else error
             raise GenerationFailed(f"{self.server} reported an error mid-stream: {message}")
-        if event.get("model"):
+        if event.get("model") and not job.request.model:  # an adapter's name is not the base's
             self._served = str(event["model"])
         return job.apply(event)
 
@@ -366,3 +375,9 @@ class OpenAIEngine:
 
     def _url(self, path: str) -> yarl.URL:
         return yarl.URL(f"{self._base}/{path}", encoded=True)
+
+
+def _model_ids(listed: Any) -> list[str]:
+    """The ids of a `GET /models` answer, in its order."""
+    data = listed.get("data") if isinstance(listed, dict) else None
+    return [str(m["id"]) for m in data or [] if isinstance(m, dict) and m.get("id")]

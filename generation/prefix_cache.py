@@ -5,7 +5,9 @@ earlier turns, a regenerated prompt in full. A newcomer whose tokens begin like 
 prompt copies those columns of the cache instead of recomputing them, which cuts the time to its
 first token and the stall every running row takes while it is prefilled. Entries are whole
 prompts (their longest common prefix with a newcomer is what gets used), kept most recently used
-first within a byte budget.
+first within a byte budget. Keys and values depend on the adapter that computed them, so each
+entry belongs to one model (an adapter slot, generation/adapters.py; 0: the base model) and is
+only ever offered to rows of that model.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 MIN_SHARED_TOKENS = 16
 
 LayerStates = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, heads, n, dim]
+BASE_MODEL = 0
 
 
 class PrefixCache:
@@ -27,7 +30,8 @@ class PrefixCache:
     def __init__(self, budget_bytes: int, min_tokens: int = MIN_SHARED_TOKENS) -> None:
         self.budget_bytes = budget_bytes
         self.min_tokens = min_tokens
-        self._entries: OrderedDict[tuple[int, ...], LayerStates] = OrderedDict()
+        # By (model, prompt tokens).
+        self._entries: OrderedDict[tuple[int, tuple[int, ...]], LayerStates] = OrderedDict()
         self._bytes = 0
         self.hits = 0  # prompts that reused a remembered beginning
         self.tokens_reused = 0
@@ -35,34 +39,43 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def match(self, tokens: Sequence[int]) -> tuple[tuple[int, ...] | None, int]:
-        """The remembered prompt sharing the longest beginning with `tokens`, and how many tokens
-        they share: at least `min_tokens`, and always one short of `tokens` (the last position
-        must be computed: its logits choose the first new token). (None, 0) when none does."""
+    def match(
+        self, tokens: Sequence[int], model: int = BASE_MODEL
+    ) -> tuple[tuple[int, ...] | None, int]:
+        """The prompt remembered for `model` sharing the longest beginning with `tokens`, and how
+        many tokens they share: at least `min_tokens`, and always one short of `tokens` (the
+        last position must be computed: its logits choose the first new token). (None, 0) when
+        none does."""
         best_key, best = None, 0
-        for key in self._entries:
+        for owner, key in self._entries:
+            if owner != model:
+                continue
             shared = _shared_length(key, tokens)
             if shared > best:
                 best_key, best = key, shared
         best = min(best, len(tokens) - 1)
         if best_key is None or best < self.min_tokens:
             return None, 0
-        self._entries.move_to_end(best_key)
+        self._entries.move_to_end((model, best_key))
         return best_key, best
 
-    def states(self, key: tuple[int, ...], length: int) -> LayerStates:
-        """The first `length` columns of a remembered prompt's keys and values."""
-        return [(k[:, :, :length], v[:, :, :length]) for k, v in self._entries[key]]
+    def states(self, key: tuple[int, ...], length: int, model: int = BASE_MODEL) -> LayerStates:
+        """The first `length` columns of the keys and values `model` computed for a remembered
+        prompt."""
+        return [(k[:, :, :length], v[:, :, :length]) for k, v in self._entries[(model, key)]]
 
-    def add(self, tokens: Sequence[int], states: LayerStates) -> None:
-        """Remember `tokens`' cache columns; a remembered prompt that `tokens` extends goes."""
+    def add(self, tokens: Sequence[int], states: LayerStates, model: int = BASE_MODEL) -> None:
+        """Remember `tokens`' cache columns as `model` computed them; a prompt remembered for
+        `model` that `tokens` extends goes."""
         key = tuple(tokens)
         size = _nbytes(states)
         if size > self.budget_bytes:
             return
-        for old in [old for old in self._entries if key[: len(old)] == old]:
+        for old in [
+            old for old in self._entries if old[0] == model and key[: len(old[1])] == old[1]
+        ]:
             self._forget(old)
-        self._entries[key] = states
+        self._entries[(model, key)] = states
         self._bytes += size
         while self._bytes > self.budget_bytes:
             self._forget(next(iter(self._entries)))
@@ -71,7 +84,7 @@ class PrefixCache:
         self._entries.clear()
         self._bytes = 0
 
-    def _forget(self, key: tuple[int, ...]) -> None:
+    def _forget(self, key: tuple[int, tuple[int, ...]]) -> None:
         self._bytes -= _nbytes(self._entries.pop(key))
 
 

@@ -12,6 +12,8 @@ import itertools
 import math
 import threading
 import time
+from concurrent.futures import Future
+from pathlib import Path
 
 from generation.errors import EngineBusy, EngineDead
 from generation.fair_queue import FairQueue
@@ -35,6 +37,8 @@ class Scheduler:
         self.queue_size = queue_size
         self.stopping = False
         self.dead: str | None = None
+        # Adapters to serve from the next step on: (name, folder, told when it is served).
+        self.new_adapters: list[tuple[str, Path, Future[None]]] = []
         self._seq = itertools.count()
         self._avg_job_s = 10.0
 
@@ -81,6 +85,10 @@ class Scheduler:
     # -- the worker's side (lock held unless said) --------------------------------------------
     def idle(self) -> bool:
         return not self.waiting and not self.rows
+
+    def take_new_adapters(self) -> list[tuple[str, Path, Future[None]]]:
+        taken, self.new_adapters = self.new_adapters, []
+        return taken
 
     def admit(self) -> list[Job]:
         """Take as many waiting jobs as fit beside the running rows."""

@@ -42,6 +42,9 @@ class GenerationRequest:
     ignore_eos: bool = False
     # Who asked: fairness across users in the queue. Not sent to the model.
     user_key: str = ""
+    # The registered model that should write it: the base model's id or an adapter's name
+    # (None: the base model).
+    model: str | None = None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
@@ -58,7 +61,7 @@ class GenerationChunk:
     tokens_out: int = 0
     ttft_ms: float | None = None
     total_ms: float | None = None
-    model_id: str = ""
+    model_id: str = ""  # who wrote it: the base model's id or the adapter's name
     error: str | None = None
 
 

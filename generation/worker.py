@@ -1,8 +1,9 @@
-"""The worker thread: it loads the model, then steps until the engine stops.
+"""The worker thread: it loads the model and its adapters, then steps until the engine stops.
 
-Each step admits waiting requests into the running batch (fairly across users), retires
-finished, cancelled and timed-out rows, prefills the newcomers and decodes one token for every
-row. Tokenising, prefill, decoding and detokenising all happen here, never on the event loop.
+Each step serves adapters added since the last one, admits waiting requests into the running
+batch (fairly across users), retires finished, cancelled and timed-out rows, prefills the
+newcomers and decodes one token for every row, each row through its own adapter (or none).
+Tokenising, prefill, decoding and detokenising all happen here, never on the event loop.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from pathlib import Path
 
 import torch
 
+from generation.adapters import AdapterError, Adapters, load_adapters
+from generation.errors import EngineDead, UnknownModel
 from generation.jobs import Job
 from generation.kv_batch import BatchRunner
 from generation.mailbox import Mailbox
@@ -49,8 +54,10 @@ class Worker:
         prefixes: PrefixCache,
         watchdog: StepWatchdog,
         fault_hook: FaultHook | None = None,
+        adapter_folders: Mapping[str, Path | str] | None = None,
     ) -> None:
         self._loader = loader
+        self._adapter_folders = dict(adapter_folders or {})
         self._scheduler = scheduler
         self._mailbox = mailbox  # chunks on their way to the event loop(s)
         self._prefixes = prefixes
@@ -58,6 +65,7 @@ class Worker:
         self._fault_hook = fault_hook  # tests inject failures and hangs here
         self._memory = MemoryRecovery(scheduler, prefixes)
         self._runner: BatchRunner | None = None
+        self.adapters: Adapters | None = None  # None while no adapter is served
         self._eos: set[int] = set()
         self.ready = threading.Event()  # set once the model loaded or failed to
         self.loaded: LoadedModel | None = None
@@ -66,20 +74,40 @@ class Worker:
         self.steps = 0
         self.max_rows_seen = 0  # largest batch decoded together (observability and tests)
 
+    def served(self) -> list[str]:
+        """The base model's id and the served adapters' names; empty until loaded."""
+        if not self.ready.is_set() or self.loaded is None:
+            return []  # adapters may still be loading
+        return [self.loaded.model_id, *(self.adapters.names if self.adapters else ())]
+
     def run(self) -> None:
-        if not self._load():
-            return
+        try:
+            if self._load():
+                self._loop()
+        finally:
+            with self._scheduler.lock:
+                added = self._scheduler.take_new_adapters()
+            for _, _, told in added:
+                told.set_exception(EngineDead("the engine stopped"))
+            if self.adapters is not None:
+                self.adapters.remove_all()  # the model gets its own layers back
+
+    def _loop(self) -> None:
         scheduler = self._scheduler
         model_id = self.loaded.model_id
         while True:
             with scheduler.lock:
-                while not scheduler.stopping and scheduler.idle():
+                while not scheduler.stopping and scheduler.idle() and not scheduler.new_adapters:
                     scheduler.lock.wait()
                 if scheduler.dead or (scheduler.stopping and scheduler.idle()):
                     return
+                added = scheduler.take_new_adapters()
                 scheduler.sweep(model_id)
                 newcomers = scheduler.admit()
+            for name, folder, told in added:  # between steps: no forward is running
+                self._add_adapter(name, folder, told)
             try:
+                newcomers = self._resolve(newcomers)
                 if newcomers:
                     self._prefill(newcomers)
                 if scheduler.rows and not scheduler.dead:
@@ -99,6 +127,12 @@ class Worker:
                 log.warning("this model's cache cannot merge rows: decoding one request at a time")
                 self._scheduler.batch_cap = 1
             self._eos = eos_token_ids(self.loaded)
+            if self._adapter_folders:
+                adapters = load_adapters(
+                    self.loaded.model, self._adapter_folders, self.loaded.model_id
+                )
+                if adapters:
+                    self.adapters = self._runner.adapters = adapters
             config = self.loaded.model.config
             self.context = int(getattr(config, "max_position_embeddings", 2048))
             if self.loaded.device.type != "cpu":
@@ -115,6 +149,38 @@ class Worker:
         self.ready.set()
         return True
 
+    def _add_adapter(self, name: str, folder: Path, told: Future[None]) -> None:
+        """Serve one more adapter from now on (or tell why not)."""
+        adapters = self.adapters or Adapters(self.loaded.model, self.loaded.model_id)
+        try:
+            adapters.add(name, folder)
+        except AdapterError as exc:
+            log.error("adapter %r refused (%s): %s", name, folder, exc)
+            told.set_exception(exc)
+            return
+        except Exception as exc:  # a bug: the adapter is not served, the engine goes on
+            log.exception("adapter %r failed to load from %s", name, folder)
+            told.set_exception(AdapterError(f"{name!r} failed to load: {exc}"))
+            return
+        log.info("serving adapter %r from %s", name, folder)
+        self.adapters = self._runner.adapters = adapters
+        told.set_result(None)
+
+    def _resolve(self, jobs: list[Job]) -> list[Job]:
+        """Give each job the slot of the model it names; fail those naming none served."""
+        kept = []
+        for job in jobs:
+            name = job.request.model
+            slot = 0 if name in (None, self.loaded.model_id) else None
+            if slot is None and self.adapters is not None:
+                slot = self.adapters.slot(name)
+            if slot is None:
+                self._scheduler.fail(job, UnknownModel(name, self.served()))
+                continue
+            job.slot = slot
+            kept.append(job)
+        return kept
+
     def _prefill(self, jobs: list[Job]) -> None:
         scheduler, runner, context = self._scheduler, self._runner, self.context
         for job in jobs:
@@ -127,7 +193,8 @@ class Worker:
         try:
             self._timed("prefill", jobs)
             sequences = [job.cached_tokens() for job in jobs]
-            order, batch, logits = runner.prefill_reusing(sequences, self._prefixes)
+            slots = [job.slot for job in jobs]
+            order, batch, logits = runner.prefill_reusing(sequences, self._prefixes, slots)
             jobs = [jobs[index] for index in order]  # the batch's row order
             sampling = BatchSampler.for_rows(
                 [job.request for job in jobs],

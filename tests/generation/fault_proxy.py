@@ -35,6 +35,7 @@ class Seen:
     path: str
     status: int  # what the client was answered (200 when forwarded)
     authorization: str  # the Authorization header it came with
+    body: bytes = b""  # what it sent
 
 
 class FaultProxy:
@@ -99,14 +100,14 @@ class FaultProxy:
         if request.path.endswith("/chat/completions"):
             fault = self.faults.pop(0) if self.faults else self.always
         if fault is not None and fault.status is not None:
-            self.seen.append(Seen(arrived, request.method, request.path, fault.status, auth))
+            self.seen.append(Seen(arrived, request.method, request.path, fault.status, auth, body))
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
             return web.json_response(
                 {"error": {"message": f"injected HTTP {fault.status}"}},
                 status=fault.status,
                 headers=headers,
             )
-        self.seen.append(Seen(arrived, request.method, request.path, 200, auth))
+        self.seen.append(Seen(arrived, request.method, request.path, 200, auth, body))
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         assert self._session is not None
         async with self._session.request(

@@ -4,6 +4,7 @@ default GGUF on loopback), with a fault-injecting proxy in front of it for what 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -242,6 +243,21 @@ async def test_model_id_is_what_the_server_reports(make_remote, llama_server, pr
     assert ready.device == proxy.base_url
     configured = make_remote(model=llama_server.models()[0])
     assert configured.model_id == llama_server.models()[0]
+
+
+async def test_a_requests_model_is_sent_as_the_apis_model(make_remote, llama_server, proxy):
+    engine = make_remote()
+    await engine.wait_ready()
+    served = llama_server.models()
+    assert engine.models() == served
+    plain = await engine.generate(ask("Say hello.", max_new_tokens=2))
+    named = await engine.generate(ask("Say hello.", max_new_tokens=2, model="muse-adapter"))
+    sent = [json.loads(seen.body)["model"] for seen in proxy.chat_requests()]
+    assert sent == [served[0], "muse-adapter"]
+    # llama-cpp-python serves its one model whatever is asked, under the name asked for; that
+    # name is the adapter's, never taken for the base model's.
+    assert plain.model_id == served[0] and named.model_id == "muse-adapter"
+    assert engine.model_id == served[0]
 
 
 async def test_dialogue_preset_starts_with_the_first_character(make_remote):
