@@ -1,10 +1,12 @@
-"""Dialogue follow-ups (▶ Continue, 🔀 Branch) and the 📄 script, as pure functions."""
+"""Dialogue follow-ups (▶ Continue, 🔀 Branch) and the 📄 script of a scene."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import re
+from typing import Any, Literal, Protocol
 
+from bot.core import scripts
+from bot.core.scripts import Scene
 from generation.dialogue import parse_characters
 from generation.presets import Preset
 from generation.types import Message
@@ -12,6 +14,31 @@ from storage.models import Generation
 
 CONTINUE = "Continue the scene with {lines} more lines of dialogue, in the same format."
 BRANCH = "Write one different next line for this scene, in the same format."
+_CONTINUE = re.compile(re.escape(CONTINUE).replace(re.escape("{lines}"), r"\d+"))
+_MAX_DEPTH = 10_000  # ancestors followed at most (a parent chain is never this long)
+
+FollowKind = Literal["continue", "branch"]
+
+
+class SceneStore(Protocol):
+    """What `scene_of` reads: `storage.Store`, or a test's fake."""
+
+    async def get_generation(self, generation_id: int) -> Generation | None: ...
+
+    async def children(self, generation_id: int) -> list[Generation]: ...
+
+
+def follow_kind(generation: Generation) -> FollowKind | None:
+    """What a dialogue generation goes on from its parent with: ▶ "continue" or 🔀 "branch"
+    (its last user message is that ask); None for anything else, a /dialogue included."""
+    if generation.task != "dialogue" or generation.parent_id is None:
+        return None
+    asks = [m.get("content") for m in generation.messages if m.get("role") == "user"]
+    if not asks:
+        return None
+    if asks[-1] == BRANCH:
+        return "branch"
+    return "continue" if _CONTINUE.fullmatch(str(asks[-1])) else None
 
 
 def script_lines(output: str) -> list[tuple[str, str]]:
@@ -50,20 +77,60 @@ def follow_up(
     return fields, messages, f"{speaker}:" if speaker else ""
 
 
-def script_files(generation: Generation) -> tuple[str, str]:
-    """(JSON, plain text) of a dialogue generation."""
-    fields = generation.fields
-    lines = script_lines(generation.output or "")
-    data = {
-        "generation_id": generation.id,
-        "scene": fields.get("scene", ""),
-        "characters": parse_characters(str(fields.get("characters") or "")),
-        "tone": fields.get("tone", ""),
-        "lines": [{"speaker": s, "line": t} for s, t in lines],
-    }
-    header = f"Scene: {data['scene']}\n\n"
-    text = header + "\n".join(f"{s}: {t}" for s, t in lines) + "\n"
-    return json.dumps(data, ensure_ascii=False, indent=2) + "\n", text
+async def scene_of(store: SceneStore, generation: Generation) -> Scene:
+    """The scene up to `generation`: the lines of its lineage (the /dialogue, then each ▶ or 🔀
+    that led here, in order, ending with its own), and as options the lines of its 🔀 children
+    that finished (each one alternative next line)."""
+    lineage, seen = [generation], {generation.id}
+    while len(lineage) < _MAX_DEPTH and (before := await _followed(store, lineage[-1])):
+        if before.id in seen:
+            break  # a damaged parent chain loops: stop rather than go round
+        lineage.append(before)
+        seen.add(before.id)
+    start = lineage[-1]
+    options = [
+        script_lines(child.output or "")
+        for child in await store.children(generation.id)
+        if child.status == "done" and _follows(child, generation) == "branch"
+    ]
+    return Scene(
+        title=str(start.fields.get("scene") or ""),
+        characters=parse_characters(str(start.fields.get("characters") or "")),
+        tone=str(start.fields.get("tone") or ""),
+        lines=[pair for step in reversed(lineage) for pair in script_lines(step.output or "")],
+        options=[branch for branch in options if branch],
+        generation_id=generation.id,
+    )
+
+
+async def scene_files(store: SceneStore, generation: Generation) -> list[tuple[str, str]]:
+    """(file name, text) of the 📄 script: `scene-<id>.json`, `.txt`, `.yarn` and `.ink`."""
+    scene = await scene_of(store, generation)
+    name = f"scene-{generation.id}"
+    return [
+        (f"{name}.json", scripts.as_json(scene)),
+        (f"{name}.txt", scripts.as_text(scene)),
+        (f"{name}.yarn", scripts.as_yarn(scene)),
+        (f"{name}.ink", scripts.as_ink(scene)),
+    ]
+
+
+async def _followed(store: SceneStore, generation: Generation) -> Generation | None:
+    """The generation whose lines `generation` goes on from: its parent for a ▶ or 🔀, past
+    any 🔁 takes in between (a take repeats its parent's messages)."""
+    if follow_kind(generation) is None or generation.parent_id is None:
+        return None
+    parent = await store.get_generation(generation.parent_id)
+    for _ in range(_MAX_DEPTH):
+        if parent is None or parent.messages != generation.messages:
+            return parent
+        parent = await store.get_generation(parent.parent_id) if parent.parent_id else None
+    return None
+
+
+def _follows(child: Generation, parent: Generation) -> FollowKind | None:
+    """How `child` goes on from `parent`'s lines (None for a 🔁 take of `parent`)."""
+    return follow_kind(child) if child.messages != parent.messages else None
 
 
 def main_prompt(presets: dict[str, Preset], generation: Generation) -> str:
