@@ -16,9 +16,10 @@ from typing import Any
 from generation.types import GenerationRequest, Message
 
 BUILTIN_PRESETS = Path(__file__).with_name("presets.toml")
-TASKS = ("story", "poem", "dialogue", "describe", "generate", "chat")
+TASKS = ("story", "poem", "dialogue", "describe", "character", "quest", "generate", "chat")
 SAMPLING_KEYS = ("temperature", "top_p", "repetition_penalty", "max_new_tokens")
 HINT = "_hint"
+CHOICE_TEXTS = frozenset({"hint", "examples", "system", "template", "labels"})  # not sampling
 
 
 class PresetError(ValueError):
@@ -30,6 +31,11 @@ class Choice:
     hint: str
     sampling: dict[str, Any]
     examples: tuple[Message, ...] = ()
+    # A choice may bring its own prompts when it asks for a different kind of text (an ad, a
+    # news blurb): "" keeps the preset's.
+    system: str = ""
+    template: str = ""
+    labels: tuple[str, ...] = ()  # a labelled form for this choice (see `Preset.labels`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,9 @@ class Preset:
     # Few-shot turns (user, assistant, …) between the system prompt and the request: a tiny
     # model follows a shown format far better than a described one.
     examples: tuple[Message, ...] = ()
+    # A labelled form ("Name: …", "Look: …"): the answer starts with the first label, and the
+    # finished text keeps one line per label, in order (`generation.forms`).
+    labels: tuple[str, ...] = ()
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -80,15 +89,24 @@ class Preset:
     def render(self, values: dict[str, Any]) -> tuple[Message, ...]:
         """The messages the model sees for `values`."""
         filled = self.resolve(values)
-        examples = self.examples
+        examples, system, template = self.examples, self.system, self.template
         for name, options in self.choices.items():
             choice = options[filled[name]]
             filled[name + HINT] = choice.hint
             examples = choice.examples or examples
-        system = self.system.format(**filled).strip()
-        user = self.template.format(**filled).strip()
+            system, template = choice.system or system, choice.template or template
+        system = system.format(**filled).strip()
+        user = template.format(**filled).strip()
         head = (Message("system", system),) if system else ()
         return (*head, *examples, Message("user", user))
+
+    def labels_for(self, values: dict[str, Any]) -> tuple[str, ...]:
+        """The labelled form `values` ask for: a chosen choice's, else the preset's (or none)."""
+        filled = self.resolve(values)
+        for name, options in self.choices.items():
+            if options[filled[name]].labels:
+                return options[filled[name]].labels
+        return self.labels
 
     def request(self, values: dict[str, Any], **overrides: Any) -> GenerationRequest:
         """A `GenerationRequest` from this preset, its choices, then `overrides` (None = keep)."""
@@ -98,6 +116,9 @@ class Preset:
             params.update(options[filled[name]].sampling)
         params.update({k: v for k, v in overrides.items() if v is not None})
         params.setdefault("stop", self.stop)
+        labels = self.labels_for(values)
+        if labels:
+            params.setdefault("response_prefix", f"{labels[0]}:")
         return GenerationRequest(messages=self.render(values), **params)
 
 
@@ -130,8 +151,11 @@ def _preset(path: Path, name: str, table: Any) -> Preset:
             field: {
                 value: Choice(
                     str(spec.get("hint", "")),
-                    {k: v for k, v in spec.items() if k not in {"hint", "examples"}},
+                    {k: v for k, v in spec.items() if k not in CHOICE_TEXTS},
                     _examples(spec.get("examples", [])),
+                    str(spec.get("system", "")),
+                    str(spec.get("template", "")),
+                    tuple(str(label) for label in spec.get("labels", ())),
                 )
                 for value, spec in options.items()
             }
@@ -147,6 +171,7 @@ def _preset(path: Path, name: str, table: Any) -> Preset:
             sampling=dict(table.get("sampling", {})),
             stop=tuple(table.get("stop", ())),
             examples=_examples(table.get("examples", [])),
+            labels=tuple(str(label) for label in table.get("labels", ())),
         )
         fields = preset.fields
     except (AttributeError, KeyError, TypeError, ValueError) as exc:

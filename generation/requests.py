@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from generation.dialogue import dialogue_request, normalise_dialogue, parse_characters
+from generation.forms import normalise_form
 from generation.presets import Preset
 from generation.types import GenerationRequest
 
@@ -23,4 +24,7 @@ def finish_text(preset: Preset, fields: dict[str, Any], text: str) -> str:
         return normalise_dialogue(
             text, parse_characters(resolved["characters"]), int(resolved["lines"])
         )
+    labels = preset.labels_for(fields)
+    if labels:
+        return normalise_form(text, labels)
     return text.strip()

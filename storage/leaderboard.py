@@ -263,7 +263,7 @@ def _short(name: str, width: int) -> str:
 
 
 def format_table(board: Leaderboard) -> str:
-    """A plain-text table for the terminal (`muse arena`)."""
+    """A plain-text table for the terminal (`muse leaderboard`)."""
     if not board.rows:
         return "No arena votes yet."
     lines = [f"{'#':>3} {'model':<32} {'score':>6} {'95% interval':>13} {'votes':>6} {'won':>6}"]

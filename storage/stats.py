@@ -97,8 +97,37 @@ async def task_stats(
     return sorted(result, key=lambda s: (s.task, s.model_id))
 
 
+@dataclass(frozen=True, slots=True)
+class ModelTotals:
+    """One model's figures over every task: the per-model view of `/stats` and `muse stats`."""
+
+    model_id: str
+    generations: int
+    edits: int
+    ratings: int
+    good: int
+    bad: int
+
+    @property
+    def share_good(self) -> float | None:
+        """Good raters among raters with a verdict (neutral ⭐3 left out)."""
+        judged = self.good + self.bad
+        return self.good / judged if judged else None
+
+
+def per_model(stats: Sequence[TaskModelStats]) -> list[ModelTotals]:
+    """The stats summed per model, most generations first."""
+    totals: dict[str, list[int]] = {}
+    for s in stats:
+        t = totals.setdefault(s.model_id, [0, 0, 0, 0, 0])
+        for i, value in enumerate((s.generations, s.edits, s.ratings, s.good, s.bad)):
+            t[i] += value
+    rows = [ModelTotals(model, *values) for model, values in totals.items()]
+    return sorted(rows, key=lambda m: (-m.generations, m.model_id))
+
+
 def format_table(stats: Sequence[TaskModelStats]) -> str:
-    """A plain-text table for the terminal (`muse stats`)."""
+    """A plain-text table for the terminal (`muse stats`): per task and model, then per model."""
     if not stats:
         return "No generations yet."
     header = (
@@ -114,6 +143,12 @@ def format_table(stats: Sequence[TaskModelStats]) -> str:
         lines.append(
             f"{s.task:<10} {s.model_id[-28:]:<28} {s.generations:>6} {s.edits:>5} {s.ratings:>7} "
             f"{share:>8} {stars:<19} {latency:>10} {speed:>6}"
+        )
+    lines += ["", f"{'model':<39} {'gens':>6} {'edits':>5} {'ratings':>7} {'good share':>10}"]
+    for m in per_model(stats):
+        good = "-" if m.share_good is None else f"{m.share_good:.0%}"
+        lines.append(
+            f"{m.model_id[-39:]:<39} {m.generations:>6} {m.edits:>5} {m.ratings:>7} {good:>10}"
         )
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, TextIO
 
 from bot.cli.wiring import build_engine, presets_from, setup_logging
@@ -75,7 +76,8 @@ async def main(
         io.say(f"muse console: {exc}")
         return 2
     async with Store.open(settings.db_path, mark_interrupted=mark_interrupted) as store:
-        engine = build_engine(settings)
+        adapters = {m.name: Path(m.adapter_path) for m in await store.list_models()}
+        engine = build_engine(settings, adapters=adapters)
         ready = asyncio.ensure_future(engine.wait_ready())
         app = Muse(settings=settings, store=store, engine=engine, presets=presets)
         console = Console(app, io, ready=ready)

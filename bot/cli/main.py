@@ -7,7 +7,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bot.cli import backup, console, data, doctor, generate, run
+from bot.cli import (
+    backup,
+    console,
+    data,
+    doctor,
+    generate,
+    leaderboard,
+    models,
+    run,
+    serve,
+    tune,
+)
 from bot.core.settings import Settings, SettingsError
 from storage.errors import DatabaseReadOnly
 
@@ -23,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_subcommands(commands)
     backup.add_subcommand(commands)
     doctor.add_subcommand(commands)
+    serve.add_subcommand(commands)
+    tune.add_subcommand(commands)
+    models.add_subcommand(commands)
+    leaderboard.add_subcommand(commands)
     return parser
 
 

@@ -14,11 +14,14 @@ import discord
 import yarl
 
 from bot.cli.console import run_console
-from bot.cli.wiring import build_engine, presets_from, setup_logging
+from bot.cli.engine_process import EngineProcessError, open_engine
+from bot.cli.wiring import presets_from, setup_logging
 from bot.core.settings import Settings, SettingsError
 from bot.core.shutdown import close_engine, drain
 from bot.discord.client import create_bot
 from bot.discord.sharding import plan_shards
+from generation.backend import Backend
+from generation.presets import Preset
 from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli.run")
@@ -66,31 +69,42 @@ def redirect_discord(settings: Settings) -> None:
 
 
 async def main(settings: Settings) -> int:
-    """Own the store, the engine and the bot; close them all on a signal."""
+    """Own the store, the engine (in this process, or `muse serve` as a child with
+    `MUSE_ENGINE_PROCESS`) and the bot; close them all on a signal."""
     redirect_discord(settings)
     presets = presets_from(settings)
-    async with Store.open(settings.db_path) as store:
-        engine = build_engine(settings)
-        bot = create_bot(settings=settings, store=store, engine=engine, presets=presets)
-        loop = asyncio.get_running_loop()
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stopping.set)
-        runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
-        stopper = asyncio.create_task(stopping.wait())
-        try:
-            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if runner.done() and runner.exception() is not None:
-                log.error("the bot stopped: %s", runner.exception())
-                return 1
-            log.info("shutting down")
-        finally:
-            stopper.cancel()
-            if not runner.done():
-                await drain(bot.app, settings.shutdown_grace_s)
-            await close_engine(engine)
-            await bot.close()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
+    try:
+        async with Store.open(settings.db_path) as store, open_engine(settings) as engine:
+            return await serve(settings, store, engine, presets)
+    except EngineProcessError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+async def serve(
+    settings: Settings, store: Store, engine: Backend, presets: dict[str, Preset]
+) -> int:
+    """Run the bot until a signal or a fatal error; 0 after a clean stop."""
+    bot = create_bot(settings=settings, store=store, engine=engine, presets=presets)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
+    runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
+    stopper = asyncio.create_task(stopping.wait())
+    try:
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if runner.done() and runner.exception() is not None:
+            log.error("the bot stopped: %s", runner.exception())
+            return 1
+        log.info("shutting down")
+    finally:
+        stopper.cancel()
+        if not runner.done():
+            await drain(bot.app, settings.shutdown_grace_s)
+        await close_engine(engine)
+        await bot.close()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await runner
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, Mapping
 from functools import partial
+from pathlib import Path
 
 from bot.cli.fault_injection import fault_hook_from_env
 from bot.core.settings import Settings
@@ -14,6 +16,7 @@ from generation.engine import Engine, EngineConfig
 from generation.models import load_model
 from generation.openai_backend import OpenAIEngine, RemoteConfig
 from generation.presets import Preset, load_presets
+from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli.wiring")
 
@@ -41,7 +44,18 @@ def exit_on_fatal(reason: str) -> None:
     os._exit(EXIT_ENGINE_DEAD)
 
 
-def build_engine(settings: Settings, on_fatal=exit_on_fatal) -> Backend:
+async def registered_adapters(db_path: Path) -> dict[str, Path]:
+    """The adapters the local engine serves beside the base: the registry's, not retired."""
+    async with Store.open(db_path, mark_interrupted=False) as store:
+        return {m.name: Path(m.adapter_path) for m in await store.list_models()}
+
+
+def build_engine(
+    settings: Settings,
+    on_fatal: Callable[[str], None] = exit_on_fatal,
+    *,
+    adapters: Mapping[str, Path] | None = None,
+) -> Backend:
     """An engine whose worker thread loads the configured model (the caller does not wait);
     with `MUSE_BACKEND=openai`, one that sends requests to an OpenAI-compatible server."""
     if settings.backend == "openai":
@@ -58,6 +72,7 @@ def build_engine(settings: Settings, on_fatal=exit_on_fatal) -> Backend:
         queue_size=settings.queue_size,
         max_new_tokens=settings.max_tokens,
         step_timeout_s=settings.timeout_s,
+        adapters=dict(adapters or {}),
     )
     loader = partial(load_model, settings.model or None, settings.device, settings.cache_dir)
     hook = fault_hook_from_env()  # None unless a test sets MUSE_TEST_FAULT

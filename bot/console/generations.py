@@ -14,7 +14,10 @@ from bot.console.parse import RATE_KEYS, VOTE_KEYS, Key, parse_rating, parse_vot
 from bot.console.terminal import Terminal
 from bot.core import actions, plans
 from bot.core.app import Muse
+from bot.core.arena import bout_plans, contenders, draw_sides
+from bot.core.arena import reveal as reveal_sides
 from bot.core.compare import run_compare
+from bot.core.edits import editable, improve
 from bot.core.plans import Plan, make_plan
 from bot.core.policy import Where
 from bot.core.run import run
@@ -31,7 +34,8 @@ log = logging.getLogger("muse.bot.console.generations")
 CONSOLE_USER_ID = 0
 CONSOLE_GUILD_ID = 0
 CONSOLE = Where(CONSOLE_USER_ID, CONSOLE_GUILD_ID, None)
-BAD_KEY = "⚠️ keys: u, d, 1–5 (a comment may follow: `4 nice one`), r, s — or a /command"
+BAD_KEY = "⚠️ keys: u, d, 1–5 (a comment may follow: `4 nice one`), r, e, c, s — or a /command"
+EDIT_PROMPT = "✏️ Type the improved text; end it with a line holding only a dot (.):"
 
 
 @dataclass(slots=True)
@@ -53,15 +57,17 @@ class Context:
             self.io.say(f"[{loaded.model_id} on {loaded.device}]")
 
 
-def show_end(io: Terminal, settled: Settled) -> None:
-    """The normalised dialogue (when it differs), why it ended early, and the footer."""
+def show_end(io: Terminal, settled: Settled, blind: bool = False) -> None:
+    """The normalised dialogue (when it differs), why it ended early, and the footer (which
+    names no model when `blind`: the arena's)."""
     last = settled.last
     if settled.task == "dialogue" and settled.output != last.text.strip():
         io.say(f"--- as dialogue ---\n{settled.output}")
     note = finish_note(settled.ending)
     if note:
         io.say(note)
-    io.say(footer(last.model_id, last.tokens_out, last.total_ms))
+    model = "a model" if blind else last.model_id
+    io.say(footer(model, last.tokens_out, last.total_ms, settled.persona))
 
 
 class TerminalLines:
@@ -106,9 +112,10 @@ class TerminalReply(TerminalLines):
 class TerminalCompare(TerminalLines):
     """`CompareSurface` on the terminal: A streams, B is printed when both are done."""
 
-    def __init__(self, io: Terminal) -> None:
+    def __init__(self, io: Terminal, blind: bool = False) -> None:
         super().__init__(io)
         self.first = TerminalReply(io)  # A's text streams as a single reply's would
+        self.blind = blind
 
     async def begin(self) -> int | None:
         self.io.say("A:")
@@ -128,7 +135,7 @@ class TerminalCompare(TerminalLines):
         for name, take in zip("AB", takes, strict=True):
             if name == "B":
                 self.io.say(f"B:\n{take.output}")
-            show_end(self.io, take)
+            show_end(self.io, take, self.blind)
         return Shown()
 
 
@@ -159,6 +166,10 @@ async def keys(ctx: Context, generation_id: int) -> str | None:
             return None
         elif key.action == "regenerate":
             current = await regenerate(ctx, current) or current
+        elif key.action == "continue":
+            current = await write_on(ctx, current) or current
+        elif key.action == "edit":
+            await edit(ctx, current)
         else:
             await rate(ctx, current, key)
 
@@ -186,6 +197,34 @@ async def regenerate(ctx: Context, generation_id: int) -> int | None:
     return await generate(ctx, plan)
 
 
+async def write_on(ctx: Context, generation_id: int) -> int | None:
+    """▶: the scene's next lines, or the text written on (as Discord's ▶ button)."""
+    parent = await actions.live(ctx.app, generation_id)
+    if parent is None:
+        ctx.io.say(DELETED)
+        return None
+    ctx.io.say(f"▶ #{parent.id} goes on:")
+    return await generate(ctx, plans.continuation(ctx.app, parent, CONSOLE_USER_ID))
+
+
+async def edit(ctx: Context, generation_id: int) -> int | None:
+    """✏️: the improved text, typed in lines up to a lone `.`, stored as an edit."""
+    original, problem = await editable(ctx.app, generation_id)
+    if original is None:
+        ctx.io.say(problem or DELETED)
+        return None
+    ctx.io.say(EDIT_PROMPT)
+    lines: list[str] = []
+    while (line := await ctx.io.read("", always=False)) is not None and line.strip() != ".":
+        lines.append(line)
+    improved, problem = await improve(ctx.app, generation_id, "\n".join(lines), CONSOLE)
+    if improved is None:
+        ctx.io.say(problem or "")
+        return None
+    ctx.io.say(f"✏️ Saved your improvement of #{generation_id} as #{improved.generation_id}.")
+    return improved.generation_id
+
+
 async def compare(ctx: Context, task: str, prompt: str) -> str | None:
     """Two takes (two seeds, decoded together): A streams, B follows; then a vote."""
     first = plan_for(ctx, task, {ctx.app.presets[task].main_field: prompt})
@@ -194,7 +233,24 @@ async def compare(ctx: Context, task: str, prompt: str) -> str | None:
     return None if ids is None else await vote(ctx, *ids)
 
 
-async def vote(ctx: Context, generation_a: int, generation_b: int) -> str | None:
+async def arena(ctx: Context, task: str, prompt: str) -> str | None:
+    """/arena: the console's default model against a challenger, blind; the vote reveals them."""
+    settings = await ctx.app.store.get_guild_settings(CONSOLE_GUILD_ID)
+    await ctx.wait_ready()  # which models are served is known once the engine is up
+    sides = await contenders(ctx.app, settings)
+    if isinstance(sides, str):
+        ctx.io.say(sides)
+        return None
+    first = plan_for(ctx, task, {ctx.app.presets[task].main_field: prompt})
+    plan_a, plan_b = bout_plans(first, draw_sides(*sides))
+    surface = TerminalCompare(ctx.io, blind=True)
+    ids = await run_compare(ctx.app, plan_a, CONSOLE, surface, plan_b)
+    return None if ids is None else await vote(ctx, *ids, reveal=True)
+
+
+async def vote(
+    ctx: Context, generation_a: int, generation_b: int, *, reveal: bool = False
+) -> str | None:
     """A / B / tie for a comparison; returns a /command typed instead, if any."""
     while True:
         line = await ctx.io.read(f"{VOTE_KEYS} > ", always=True)
@@ -209,5 +265,9 @@ async def vote(ctx: Context, generation_a: int, generation_b: int) -> str | None
         if key.action != "skip":
             winner = key.action
             said = await actions.vote(ctx.app, generation_a, generation_b, CONSOLE_USER_ID, winner)
+            if reveal and said.startswith("Thanks"):
+                first = await ctx.app.store.get_generation(generation_a)
+                second = await ctx.app.store.get_generation(generation_b)
+                said += "\n" + reveal_sides(ctx.app.engine.model_id, first, second)
             ctx.io.say(said)
         return None

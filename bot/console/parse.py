@@ -103,12 +103,31 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "describe",
-            "product / marketing copy",
+            "product / marketing copy, an ad, a social-media post or a news blurb",
             (
                 _text("product", "the product"),
                 _text("audience", "who it is for", required=False, high=200),
+                Option("kind", "which text", "choice", choices=("product", "ad", "social", "news")),
             ),
             "product",
+        ),
+        Command(
+            "character",
+            "a game character: name, look, voice, motive, a secret",
+            (
+                _text("concept", "who the character is"),
+                _text("setting", "the game's world", required=False, high=200),
+            ),
+            "concept",
+        ),
+        Command(
+            "quest",
+            "a quest hook: giver, goal, obstacle, twist, reward",
+            (
+                _text("premise", "what the quest is about"),
+                _text("setting", "the game's world", required=False, high=200),
+            ),
+            "premise",
         ),
         Command(
             "generate",
@@ -141,6 +160,20 @@ COMMANDS: dict[str, Command] = {
             "prompt",
         ),
         Command(
+            "arena",
+            "two different models, blind, A and B: vote with a / b / t; the vote reveals them",
+            (
+                _text("prompt", "what to write about"),
+                Option(
+                    "task",
+                    "which kind of text (default generate)",
+                    "choice",
+                    choices=("story", "poem", "describe", "generate"),
+                ),
+            ),
+            "prompt",
+        ),
+        Command(
             "history",
             "your recent generations",
             (Option("count", "how many", "int", low=1, high=25),),
@@ -159,7 +192,17 @@ COMMANDS: dict[str, Command] = {
     )
 }
 ALIASES = {"exit": "quit", "q": "quit", "?": "help"}
-GENERATION_COMMANDS = ("story", "poem", "dialogue", "describe", "generate", "chat", "compare")
+GENERATION_COMMANDS = (
+    "story",
+    "poem",
+    "dialogue",
+    "describe",
+    "character",
+    "quest",
+    "generate",
+    "chat",
+    "compare",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,16 +312,19 @@ def convert(option: Option, text: str) -> str | int | float:
 class Key:
     """A key typed after a generation: a rating, regenerate, skip, or a vote."""
 
-    action: Literal["up", "down", "stars", "regenerate", "skip", "A", "B", "tie"]
+    action: Literal[
+        "up", "down", "stars", "regenerate", "edit", "continue", "skip", "A", "B", "tie"
+    ]
     stars: int | None = None
     comment: str | None = None
 
 
-RATE_KEYS = "[u]p [d]own [1-5] stars [r]egenerate [s]kip"
+RATE_KEYS = "[u]p [d]own [1-5] stars [r]egenerate [e]dit [c]ontinue [s]kip"
 VOTE_KEYS = "[a] A is better [b] B is better [t]ie [s]kip"
 _WORDS = {
     "u": "up", "up": "up", "+": "up", "d": "down", "down": "down", "-": "down",
     "r": "regenerate", "regenerate": "regenerate", "s": "skip", "skip": "skip", "": "skip",
+    "e": "edit", "edit": "edit", "c": "continue", "continue": "continue",
 }  # fmt: skip
 _VOTES = {"a": "A", "b": "B", "t": "tie", "tie": "tie", "s": "skip", "skip": "skip", "": "skip"}
 

@@ -72,7 +72,7 @@ class Console(Context):
     async def run(self, parsed: Parsed) -> str | None:
         """Run one command; returns a /command typed at a key prompt, to run next."""
         name, values = parsed.command, dict(parsed.values)
-        if name in ("story", "poem", "dialogue", "describe"):
+        if name in ("story", "poem", "dialogue", "describe", "character", "quest"):
             generation_id = await gen.generate(self, gen.plan_for(self, name, values))
         elif name == "generate":
             plan = gen.plan_for(
@@ -89,6 +89,8 @@ class Console(Context):
             return await gen.compare(
                 self, str(values.get("task", "generate")), str(values["prompt"])
             )
+        elif name == "arena":
+            return await gen.arena(self, str(values.get("task", "generate")), str(values["prompt"]))
         else:
             await getattr(self, f"cmd_{name}")(**values)
             return None

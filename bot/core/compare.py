@@ -6,6 +6,7 @@ import logging
 
 from bot.core.app import ActiveRun, Muse
 from bot.core.errors import report
+from bot.core.limits import Slot
 from bot.core.plans import Plan, second_take
 from bot.core.policy import Where
 from bot.core.records import record, record_failure, remember_messages
@@ -20,11 +21,16 @@ NAMES = ("A", "B")
 
 
 async def run_compare(
-    app: Muse, first: Plan, where: Where, surface: CompareSurface
+    app: Muse,
+    first: Plan,
+    where: Where,
+    surface: CompareSurface,
+    second: Plan | None = None,
+    slot: Slot | None = None,
 ) -> tuple[int, int] | None:
-    """Two takes of `first` (the second with the next seed) into `surface`; the two
-    generation ids, or None when refused or failed."""
-    plans = (first, second_take(first))
+    """Two takes, A = `first` and B = `second` (default: `first` with the next seed), into
+    `surface`; the two generation ids, or None when refused or failed."""
+    plans = (first, second or second_take(first))
     streams = []
     for plan in plans:
         stream, refusal = open_stream(app, plan.request)
@@ -52,6 +58,8 @@ async def run_compare(
             for plan, generation_id, last in zip(plans, ids, finals, strict=True)
         ]
         shown = await surface.show(takes)
+        if slot is not None:
+            slot.release()  # shown: the requester may start the next one
         for generation_id in ids:
             await remember_messages(app, generation_id, shown.message_id, [], message_id)
         outcome = (ids[0], ids[1])

@@ -8,7 +8,7 @@ from dataclasses import replace
 from bot.core.app import Muse
 from bot.core.plans import Plan, make_plan
 from generation.types import Message
-from storage.models import GuildSettings
+from storage.models import GuildSettings, Persona
 from storage.store import approximate_tokens
 
 CONTEXT_CAP = 2048  # tokens of context a turn may use, whatever the model allows
@@ -26,9 +26,13 @@ async def chat_plan(
     message: str,
     conversation_id: int,
     guild: GuildSettings | None,
+    persona: Persona | None = None,
+    model: str | None = None,
 ) -> Plan:
-    """A /chat turn: the system prompt, the newest earlier turns that fit, then `message`."""
-    plan = make_plan(app, user_id, "chat", {"message": message}, guild=guild)
+    """A /chat turn: the system prompt (the channel persona's, when it has one), the newest
+    earlier turns that fit, then `message`."""
+    fields = {"message": message}
+    plan = make_plan(app, user_id, "chat", fields, guild=guild, persona=persona, model=model)
     head = plan.request.messages
     used = sum(approximate_tokens(m.content) for m in head)
     budget = context_tokens(app) - plan.request.max_new_tokens - used

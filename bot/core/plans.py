@@ -8,9 +8,10 @@ from typing import Any
 
 from bot.core import scenes
 from bot.core.app import Muse
+from bot.core.personas import with_persona
 from generation.requests import build_request
 from generation.types import GenerationRequest, Message
-from storage.models import Generation, GuildSettings
+from storage.models import Generation, GuildSettings, Persona
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class Plan:
     finish_fields: dict[str, Any] = field(default_factory=dict)
     conversation_id: int | None = None
     blocklist: tuple[str, ...] = ()  # the guild's: an output that hits it is withheld
+    persona: str | None = None  # the channel persona's name, when one applied
 
     @property
     def shown_fields(self) -> dict[str, Any]:
@@ -38,10 +40,12 @@ def make_plan(
     parent_id: int | None = None,
     *,
     guild: GuildSettings | None = None,
+    persona: Persona | None = None,
+    model: str | None = None,
     **overrides: Any,
 ) -> Plan:
-    """A plan from a preset (the guild's temperature / max_tokens as defaults); raises
-    `PresetError` for bad fields."""
+    """A plan from a preset (the guild's temperature / max_tokens as defaults, the channel's
+    persona in the system prompt); raises `PresetError` for bad fields."""
     preset = app.presets[task]
     if guild is not None:
         if overrides.get("temperature") is None and guild.temperature is not None:
@@ -54,7 +58,24 @@ def make_plan(
     )
     if request.max_new_tokens > app.settings.max_tokens:
         request = replace(request, max_new_tokens=app.settings.max_tokens)
-    return Plan(task, fields, request, parent_id, blocklist=guild.blocklist if guild else ())
+    if persona is not None:
+        request = with_persona(request, persona, task)
+    if model is not None:
+        request = replace(request, model=model)
+    blocklist = guild.blocklist if guild else ()
+    name = persona.name if persona else None
+    return Plan(task, fields, request, parent_id, blocklist=blocklist, persona=name)
+
+
+def inherited(plan: Plan, parent: Generation) -> Plan:
+    """A follow-up keeps its parent's persona (the copied messages already speak as it) and
+    the model that wrote it."""
+    model = parent.params.get("model") or None
+    return replace(
+        plan,
+        request=replace(plan.request, model=model),
+        persona=parent.params.get("persona") or None,
+    )
 
 
 def stored_messages(generation: Generation) -> tuple[Message, ...]:
@@ -82,7 +103,7 @@ def regenerate_plan(
         messages=stored_messages(parent),
         response_prefix=str(params.get("response_prefix") or ""),
     )
-    return replace(plan, request=request)
+    return inherited(replace(plan, request=request), parent)
 
 
 def scene_plan(
@@ -92,7 +113,26 @@ def scene_plan(
     fields, messages, prefix = scenes.follow_up(parent, branch=branch)
     plan = make_plan(app, user_id, "dialogue", fields, parent.id, guild=guild)
     request = replace(plan.request, messages=messages, response_prefix=prefix)
+    return inherited(replace(plan, request=request), parent)
+
+
+def continue_plan(
+    app: Muse, parent: Generation, user_id: int, guild: GuildSettings | None = None
+) -> Plan:
+    """▶ on a text the token limit cut: the same prompt, the text so far as the answer's start,
+    so the new reply is the whole text, written on."""
+    plan = regenerate_plan(app, parent, user_id, guild)
+    request = replace(plan.request, response_prefix=(parent.output or "").rstrip() + " ")
     return replace(plan, request=request)
+
+
+def continuation(
+    app: Muse, parent: Generation, user_id: int, guild: GuildSettings | None = None
+) -> Plan:
+    """▶: a dialogue's next lines, or any other text written on from where it stopped."""
+    if parent.task == "dialogue":
+        return scene_plan(app, parent, user_id, guild, branch=False)
+    return continue_plan(app, parent, user_id, guild)
 
 
 def second_take(plan: Plan) -> Plan:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from bot.core.app import Muse
 from bot.core.limits import Slot
+from bot.core.models import default_model
 from generation.presets import TASKS, PresetError
-from storage.models import GuildSettings
+from storage.models import GuildSettings, Persona
 
 log = logging.getLogger("muse.bot.core.policy")
 
@@ -156,16 +157,44 @@ async def guild_settings(app: Muse, guild_id: int | None) -> GuildSettings:
     return await app.store.get_guild_settings(guild_id)
 
 
-async def admit(
-    app: Muse, task: str, where: Where, texts: Iterable[str]
-) -> tuple[GuildSettings, Slot]:
-    """The guild's settings and a running slot, or `Refused` / `Limited`."""
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A start the rules allow: the guild's settings, the channel's persona, a running slot
+    (release it when the generation is over)."""
+
+    settings: GuildSettings
+    persona: Persona | None
+    slot: Slot
+    model: str | None = None  # the registered model that writes here (None: the base)
+
+
+async def channel_persona(app: Muse, where: Where) -> Persona | None:
+    """The persona of the channel (a thread's parent channel) `where` is in, if any."""
+    channel = where.parent_id or where.channel_id
+    if where.guild_id is None or channel is None:
+        return None
+    return await app.store.get_persona(channel)
+
+
+async def admit(app: Muse, task: str, where: Where, texts: Iterable[str]) -> Admission:
+    """The guild's settings, the channel's persona and a running slot, or `Refused` /
+    `Limited`."""
     settings = await guild_settings(app, where.guild_id)
     check_rules(settings, task, where, texts)
+    persona = await channel_persona(app, where)
+    if persona is not None:  # the blocklist may have grown since the persona was set
+        rule = blocked_by(settings.blocklist, f"{persona.name}\n{persona.prompt}")
+        if rule is not None:
+            raise Refused(
+                f"🚫 This channel's persona contains `{rule}`, which this server's blocklist "
+                "forbids — a moderator can change it with /persona."
+            )
     per_minute = settings.per_user_per_minute
     if per_minute is None:
         per_minute = app.settings.user_per_minute
-    return settings, app.limits.acquire(where.user_id, where.guild_id, per_minute)
+    model = await default_model(app, settings) if where.guild_id is not None else None
+    slot = app.limits.acquire(where.user_id, where.guild_id, per_minute)
+    return Admission(settings, persona, slot, model)
 
 
 def texts_of(fields: dict[str, object]) -> list[str]:

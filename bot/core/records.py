@@ -26,12 +26,16 @@ async def record(app: Muse, plan: Plan, where: Where, message_id: int | None = N
         "seed": request.seed,
         "response_prefix": request.response_prefix,
     }
+    if plan.persona:
+        params["persona"] = plan.persona  # exports carry it in their metadata
+    if request.model:
+        params["model"] = request.model  # the registered model asked for (a follow-up keeps it)
     return await app.store.record_generation(
         user_id=where.user_id,
         task=plan.task,
         messages=[m.as_dict() for m in request.messages],
         params=params,
-        model_id=app.model_name,
+        model_id=request.model or app.model_name,
         fields=plan.fields,
         guild_id=where.guild_id,
         channel_id=where.channel_id,

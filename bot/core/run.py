@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from bot.core.app import ActiveRun, Muse
 from bot.core.errors import RESTARTING, busy_message, report
+from bot.core.limits import Slot
 from bot.core.plans import Plan
 from bot.core.policy import Where, blocked_by
 from bot.core.records import record_failure, record_or_unsaved, remember_messages
@@ -76,11 +77,18 @@ async def pump(
 
 
 async def run(
-    app: Muse, plan: Plan, where: Where, surface: Surface, *, notice: bool = True
+    app: Muse,
+    plan: Plan,
+    where: Where,
+    surface: Surface,
+    *,
+    notice: bool = True,
+    slot: Slot | None = None,
 ) -> int | None:
     """Generate `plan` for `where.user_id` into `surface`; the generation id (None when it was
     refused or could not be recorded). `notice`: show the first-use notice through the surface
-    (off where it cannot be private: the caller shows it)."""
+    (off where it cannot be private: the caller shows it). `slot`: the requester's running
+    slot, released as soon as the text is shown (they may start the next one then)."""
     request_id = plan.request.request_id
     stream, refusal = open_stream(app, plan.request)
     if stream is None:
@@ -108,6 +116,8 @@ async def run(
         try:
             settled = await settle(app, plan, generation_id, last, unsaved)
             shown = await surface.show(settled)
+            if slot is not None:
+                slot.release()
             await remember_messages(
                 app, generation_id, shown.message_id, shown.followup_ids, message_id
             )

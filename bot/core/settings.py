@@ -56,6 +56,9 @@ class Settings:
     shards: str = ""
     shard_ids: tuple[int, ...] = ()
     log_level: str = "INFO"
+    adapters_dir: Path = Path("adapters")  # MUSE_ADAPTERS_DIR: where `muse tune` writes
+    engine_process: str = "auto"  # MUSE_ENGINE_PROCESS: auto / 0 / 1
+    serve_api_key: Secret = field(default_factory=lambda: Secret(""))  # MUSE_SERVE_API_KEY
 
     @classmethod
     def load(cls, env_file: str | Path | None = ".env") -> Settings:
@@ -93,6 +96,9 @@ class Settings:
             log_level=_choice(
                 "MUSE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
             ),
+            adapters_dir=Path(env.get("MUSE_ADAPTERS_DIR") or "adapters").expanduser(),
+            engine_process=_choice("MUSE_ENGINE_PROCESS", "auto", ("auto", "0", "1")),
+            serve_api_key=Secret(env.get("MUSE_SERVE_API_KEY", "").strip()),
         )
 
 

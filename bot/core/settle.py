@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from bot.core.app import Muse
@@ -15,6 +16,15 @@ from generation.types import GenerationChunk
 log = logging.getLogger("muse.bot.core.settle")
 
 STATUS_BY_REASON = {"stop": "done", "length": "done", "cancelled": "cancelled"}
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
+LINE_TASKS = frozenset({"dialogue"})  # kept line by line: a cut drops the unfinished line
+
+
+def last_full_sentence(text: str) -> str:
+    """`text` up to its last sentence end; unchanged when it has none (better a cut sentence
+    than nothing)."""
+    ends = list(_SENTENCE_END.finditer(text))
+    return text[: ends[-1].end()].rstrip() if ends else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +38,17 @@ class Settled:
     ending: str | None  # why it ended: the finish reason, or "interrupted"
     withheld: str | None = None  # the blocklist rule the output hit
     unsaved: str | None = None  # what is wrong with the database, when it was not saved
+    persona: str | None = None  # the channel persona it was written as
 
     @property
     def rateable(self) -> bool:
         """Whether buttons belong on it (its row exists)."""
         return self.generation_id is not None
+
+    @property
+    def cut(self) -> bool:
+        """Whether the token limit cut it (▶ Continue writes on)."""
+        return self.ending == "length"
 
 
 async def settle(
@@ -47,7 +63,10 @@ async def settle(
     `interrupted`. A database that cannot be written is reported in `unsaved`."""
     run = app.active.get(generation_id) if generation_id is not None else None
     cut = run is not None and run.interrupted and last.finish_reason == "cancelled"
-    output = finish_text(app.presets[plan.task], plan.shown_fields, last.text)
+    preset = app.presets[plan.task]
+    output = finish_text(preset, plan.shown_fields, last.text)
+    if last.finish_reason == "length" and plan.task not in LINE_TASKS and not preset.labels:
+        output = last_full_sentence(output)
     status = "interrupted" if cut else STATUS_BY_REASON.get(last.finish_reason or "", "failed")
     error = last.error
     rule = blocked_by(plan.blocklist, output) or blocked_by(plan.blocklist, last.text)
@@ -72,4 +91,4 @@ async def settle(
             if unsaved is None:
                 raise
             log.error("could not store generation %s (%s): %s", generation_id, unsaved, exc)
-    return Settled(generation_id, plan.task, output, last, ending, rule, unsaved)
+    return Settled(generation_id, plan.task, output, last, ending, rule, unsaved, plan.persona)

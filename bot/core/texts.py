@@ -13,6 +13,7 @@ COMPARISON_GONE = "That comparison was deleted or forgotten."
 NOT_YOURS = "Only the person who asked for this text, or a moderator, can {what} it."
 
 FINISH_NOTES = {
+    "length": "✂️ Cut at the length limit — press ▶ Continue for more.",
     "cancelled": "⏹ Stopped.",
     "timeout": "⌛ Timed out.",
     "error": "⚠️ Generation failed.",
@@ -25,11 +26,14 @@ def finish_note(reason: str | None) -> str:
     return FINISH_NOTES.get(reason or "", "")
 
 
-def footer(model_id: str, tokens_out: int, total_ms: float | None) -> str:
-    """`model · N tokens · S s · AI-generated`."""
+def footer(
+    model_id: str, tokens_out: int, total_ms: float | None, persona: str | None = None
+) -> str:
+    """`model · as Persona · N tokens · S s · AI-generated`."""
     seconds = (total_ms or 0.0) / 1000
     name = model_id or "model"
-    return f"{name} · {tokens_out} tokens · {seconds:.1f} s · AI-generated"
+    voice = f" · as {persona}" if persona else ""
+    return f"{name}{voice} · {tokens_out} tokens · {seconds:.1f} s · AI-generated"
 
 
 def thanks_rating(thumbs: str | None = None, stars: int | None = None) -> str:

@@ -12,14 +12,16 @@ from typing import Any
 
 import discord
 
-from bot.core import actions, plans, scenes
+from bot.core import actions, arena, plans, scenes
 from bot.core.app import Muse
+from bot.core.edits import editable
 from bot.core.plans import Plan
 from bot.core.policy import texts_of
 from bot.core.texts import DELETED
 from bot.discord.admission import admitted
 from bot.discord.app_errors import answer_failure
 from bot.discord.context import actor_of, answer_ephemeral, app_of
+from bot.discord.edit_reply import EditModal
 from bot.discord.modals import StarsModal
 from bot.discord.replies import run_in_reply
 from storage.models import Generation, GuildSettings
@@ -122,10 +124,10 @@ class FollowUpButton(MuseButton, template=r"muse:followup:(?P<id>\d+)"):
             await answer_ephemeral(interaction, DELETED)
             return
         task, fields = self.admission(parent)
-        async with admitted(interaction, task, texts_of(fields)) as guild:
-            if guild is not None:
-                plan = self.plan(app, parent, interaction.user.id, guild)
-                await run_in_reply(interaction, plan, VIEWS)
+        async with admitted(interaction, task, texts_of(fields)) as admission:
+            if admission is not None:
+                plan = self.plan(app, parent, interaction.user.id, admission.settings)
+                await run_in_reply(interaction, plan, VIEWS, admission.slot)
 
 
 class RegenerateButton(FollowUpButton, template=r"muse:regen:(?P<id>\d+)"):
@@ -161,44 +163,61 @@ class DeleteButton(MuseButton, template=r"muse:delete:(?P<id>\d+)"):
         await answer_ephemeral(interaction, "🗑️ Deleted.")
 
 
-class SceneButton(FollowUpButton, template=r"muse:scene:(?P<id>\d+)"):
-    """▶ and 🔀: the scene goes on, linked to its parent."""
-
-    branch = False
-
-    def admission(self, parent: Generation) -> tuple[str, dict[str, Any]]:
-        return "dialogue", scenes.follow_up(parent, branch=self.branch)[0]
-
-    def plan(self, app: Muse, parent: Generation, user_id: int, guild: GuildSettings) -> Plan:
-        return plans.scene_plan(app, parent, user_id, guild, branch=self.branch)
-
-
-class ContinueButton(SceneButton, template=r"muse:continue:(?P<id>\d+)"):
-    """▶: more lines."""
+class ContinueButton(FollowUpButton, template=r"muse:continue:(?P<id>\d+)"):
+    """▶: a dialogue's next lines; any other text the token limit cut is written on."""
 
     action, button_emoji, button_label = "continue", "▶️", "Continue"
 
+    def admission(self, parent: Generation) -> tuple[str, dict[str, Any]]:
+        if parent.task != "dialogue":
+            return parent.task, parent.fields
+        return "dialogue", scenes.follow_up(parent, branch=False)[0]
 
-class BranchButton(SceneButton, template=r"muse:branch:(?P<id>\d+)"):
-    """🔀: an alternative next line."""
+    def plan(self, app: Muse, parent: Generation, user_id: int, guild: GuildSettings) -> Plan:
+        return plans.continuation(app, parent, user_id, guild)
 
-    action, button_emoji, button_label, branch = "branch", "🔀", "Branch", True
+
+class BranchButton(FollowUpButton, template=r"muse:branch:(?P<id>\d+)"):
+    """🔀: an alternative next line of a dialogue."""
+
+    action, button_emoji, button_label = "branch", "🔀", "Branch"
+
+    def admission(self, parent: Generation) -> tuple[str, dict[str, Any]]:
+        return "dialogue", scenes.follow_up(parent, branch=True)[0]
+
+    def plan(self, app: Muse, parent: Generation, user_id: int, guild: GuildSettings) -> Plan:
+        return plans.scene_plan(app, parent, user_id, guild, branch=True)
+
+
+class EditButton(MuseButton, template=r"muse:edit:(?P<id>\d+)"):
+    """✏️: a modal holding the text, for any member to correct; the correction is an edit."""
+
+    action, button_emoji = "edit", "✏️"
+
+    async def act(self, interaction: discord.Interaction) -> None:
+        generation, problem = await editable(app_of(interaction.client), self.generation_id)
+        if generation is None:
+            await answer_ephemeral(interaction, problem or DELETED)
+            return
+        modal = EditModal(self.generation_id, generation.output or "", VIEWS)
+        await interaction.response.send_modal(modal)
 
 
 class ScriptButton(MuseButton, template=r"muse:script:(?P<id>\d+)"):
-    """📄: the scene as JSON and text attachments, ephemeral."""
+    """📄: the scene as JSON, plain text, Yarn Spinner and ink attachments (🔀 branches as
+    options / choices), ephemeral."""
 
     action, button_emoji, button_label = "script", "📄", "Script"
 
     async def act(self, interaction: discord.Interaction) -> None:
-        generation = await actions.live(app_of(interaction.client), self.generation_id)
+        app = app_of(interaction.client)
+        generation = await actions.live(app, self.generation_id)
         if generation is None:
             await answer_ephemeral(interaction, DELETED)
             return
-        as_json, as_text = scenes.script_files(generation)
         files = [
-            discord.File(io.BytesIO(as_json.encode()), f"scene-{self.generation_id}.json"),
-            discord.File(io.BytesIO(as_text.encode()), f"scene-{self.generation_id}.txt"),
+            discord.File(io.BytesIO(text.encode()), name)
+            for name, text in await scenes.scene_files(app.store, generation)
         ]
         await answer_ephemeral(interaction, "📄 The scene as a script:", files=files)
 
@@ -220,6 +239,23 @@ class CompareButton(MuseButton, template=r"muse:compare:(?P<id>\d+):(?P<value>\d
         await answer_ephemeral(interaction, said)
 
 
+class ArenaButton(CompareButton, template=r"muse:arena:(?P<id>\d+):(?P<value>\d+:(?:A|B|tie))"):
+    """`muse:arena:<generation A>:<generation B>:<winner>`: a blind vote; the answer reveals
+    which model wrote A and B."""
+
+    action = "arena"
+
+    async def act(self, interaction: discord.Interaction) -> None:
+        other, _, winner = self.value.partition(":")
+        app = app_of(interaction.client)
+        said = await actions.vote(app, self.generation_id, int(other), interaction.user.id, winner)
+        if said.startswith("Thanks"):
+            first = await app.store.get_generation(self.generation_id)
+            second = await app.store.get_generation(int(other))
+            said = f"{said}\n{arena.reveal(app.engine.model_id, first, second)}"
+        await answer_ephemeral(interaction, said)
+
+
 DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     StopButton,
     RateButton,
@@ -229,7 +265,9 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     ContinueButton,
     BranchButton,
     ScriptButton,
+    EditButton,
     CompareButton,
+    ArenaButton,
 )
 
 
@@ -247,15 +285,18 @@ class MuseViews:
         """⏹ while the text streams."""
         return _view(StopButton(generation_id))
 
-    def finished(self, generation_id: int, task: str) -> discord.ui.View:
-        """👍 👎 ⭐ 🔁 🗑 (and ▶ 🔀 📄 for a dialogue)."""
+    def finished(self, generation_id: int, task: str, cut: bool = False) -> discord.ui.View:
+        """👍 👎 ⭐ 🔁 🗑 ✏️ (and ▶ 🔀 📄 for a dialogue; ▶ for a text the limit cut)."""
         items: list[discord.ui.Item[Any]] = [
             RateButton(generation_id, "up"),
             RateButton(generation_id, "down"),
             StarsButton(generation_id),
             RegenerateButton(generation_id),
             DeleteButton(generation_id),
+            EditButton(generation_id),
         ]
+        if cut and task != "dialogue":
+            items.append(ContinueButton(generation_id))
         if task == "dialogue":
             items += [
                 ContinueButton(generation_id),
@@ -268,6 +309,11 @@ class MuseViews:
         """`A is better`, `B is better`, `Tie`."""
         winners = ("A", "B", "tie")
         return _view(*(CompareButton(generation_a, f"{generation_b}:{w}") for w in winners))
+
+    def arena(self, generation_a: int, generation_b: int) -> discord.ui.View:
+        """The same three votes, blind: the answer says which model wrote each side."""
+        winners = ("A", "B", "tie")
+        return _view(*(ArenaButton(generation_a, f"{generation_b}:{w}") for w in winners))
 
     def retry(self, generation_id: int) -> discord.ui.View:
         """🔁 alone: on a reply a restart cut off."""

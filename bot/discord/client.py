@@ -26,6 +26,9 @@ EXTENSIONS = (
     "bot.discord.cogs.chat",
     "bot.discord.cogs.account",
     "bot.discord.cogs.admin",
+    "bot.discord.cogs.persona",
+    "bot.discord.cogs.models",
+    "bot.discord.cogs.arena",
 )
 
 

@@ -28,6 +28,8 @@ EMBED_LIMIT = 2900  # a take's description: both takes and footers within a mess
 class VoteViews(Protocol):
     def compare(self, generation_a: int, generation_b: int) -> discord.ui.View: ...
 
+    def arena(self, generation_a: int, generation_b: int) -> discord.ui.View: ...
+
 
 def take_embed(name: str, text: str, footer: str | None = None) -> discord.Embed:
     """One take as an embed titled A or B (masked links shown with their URL)."""
@@ -40,18 +42,24 @@ def take_embed(name: str, text: str, footer: str | None = None) -> discord.Embed
     return embed
 
 
-def final_embed(name: str, take: Settled) -> discord.Embed:
+def final_embed(name: str, take: Settled, blind: bool = False) -> discord.Embed:
+    """A finished take; `blind` (the arena) leaves the model's name out of its footer."""
     last = take.last
     shown = withheld_text(take.withheld) if take.withheld else take.output or "*(no text)*"
-    return take_embed(name, shown, rendering.footer(last.model_id, last.tokens_out, last.total_ms))
+    model = "a model" if blind else last.model_id
+    tail = rendering.footer(model, last.tokens_out, last.total_ms, take.persona)
+    return take_embed(name, shown, tail)
 
 
 class CompareReply:
     """`CompareSurface` over an interaction's original response."""
 
-    def __init__(self, interaction: discord.Interaction, app: Muse, views: VoteViews) -> None:
+    def __init__(
+        self, interaction: discord.Interaction, app: Muse, views: VoteViews, blind: bool = False
+    ) -> None:
         self.interaction = interaction
         self.views = views
+        self.blind = blind  # the arena: no model is named until the voter has voted
         self._progress = Progress(app.edit_interval_s, "a comparison")
 
     async def refuse(self, text: str) -> None:
@@ -78,10 +86,12 @@ class CompareReply:
     async def show(self, takes: Sequence[Settled]) -> Shown:
         interrupted = cut_off(list(takes))
         a, b = (take.generation_id for take in takes)
+        votes = self.views.arena if self.blind else self.views.compare
+        embeds = [final_embed(n, take, self.blind) for n, take in zip(NAMES, takes, strict=True)]
         message = await self.interaction.edit_original_response(
             content=finish_note("interrupted") if interrupted else "Which take is better?",
-            embeds=[final_embed(name, take) for name, take in zip(NAMES, takes, strict=True)],
-            view=None if interrupted or a is None or b is None else self.views.compare(a, b),
+            embeds=embeds,
+            view=None if interrupted or a is None or b is None else votes(a, b),
             allowed_mentions=NO_MENTIONS,
         )
         return Shown(message.id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.core import texts
+from storage.models import Generation
 
 IN_PROGRESS = "▌"
 _SPEAKER = re.compile(r"^([^:\n*]{1,40}):\s*(.*)$")
@@ -52,9 +53,17 @@ def render_output(task: str, text: str) -> str:
     return show_links(render_dialogue(text) if task == "dialogue" else text)
 
 
-def footer(model_id: str, tokens_out: int, total_ms: float | None) -> str:
+def footer(
+    model_id: str, tokens_out: int, total_ms: float | None, persona: str | None = None
+) -> str:
     """`-# model · N tokens · S s · AI-generated` (small text)."""
-    return f"-# {texts.footer(model_id, tokens_out, total_ms)}"
+    return f"-# {texts.footer(model_id, tokens_out, total_ms, persona)}"
+
+
+def jump_link(generation: Generation) -> str | None:
+    """https://discord.com/channels/<guild>/<channel>/<message>, when all three are known."""
+    ids = (generation.guild_id, generation.channel_id, generation.message_id)
+    return None if None in ids else "https://discord.com/channels/{}/{}/{}".format(*ids)
 
 
 def queued(position: int) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import discord
 
 from bot.core.app import Muse
+from bot.core.limits import Slot
 from bot.core.plans import Plan
 from bot.core.policy import withheld_text
 from bot.core.run import run
@@ -36,7 +37,7 @@ class ViewSet(Protocol):
 
     def streaming(self, generation_id: int) -> discord.ui.View: ...
 
-    def finished(self, generation_id: int, task: str) -> discord.ui.View: ...
+    def finished(self, generation_id: int, task: str, cut: bool = False) -> discord.ui.View: ...
 
 
 def token_gone(exc: discord.HTTPException) -> bool:
@@ -44,9 +45,16 @@ def token_gone(exc: discord.HTTPException) -> bool:
     return exc.status == 401 or exc.code in TOKEN_GONE_CODES
 
 
+def compose(body: str, tail: str) -> list[str]:
+    """`body` split to Discord's 2,000 characters, with `tail` (the footer) under the last."""
+    pieces = split_message(body, limit=2000 - len(tail) - 2)
+    pieces[-1] = f"{pieces[-1]}\n{tail}"
+    return pieces
+
+
 def final_pieces(settled: Settled) -> list[str]:
     """The messages that show a finished generation: the text, why it ended early, the
-    footer (and a line when it could not be saved), split to Discord's 2,000 characters."""
+    footer (and a line when it could not be saved)."""
     last = settled.last
     if settled.withheld is not None:
         return [withheld_text(settled.withheld)]
@@ -54,12 +62,10 @@ def final_pieces(settled: Settled) -> list[str]:
     note = finish_note(settled.ending)
     if note:
         body = f"{body}\n\n{note}"
-    tail = rendering.footer(last.model_id, last.tokens_out, last.total_ms)
+    tail = rendering.footer(last.model_id, last.tokens_out, last.total_ms, settled.persona)
     if settled.unsaved:
         tail = f"{tail}\n{rendering.unsaved_note(settled.unsaved)}"
-    pieces = split_message(body, limit=2000 - len(tail) - 2)
-    pieces[-1] = f"{pieces[-1]}\n{tail}"
-    return pieces
+    return compose(body, tail)
 
 
 class Progress:
@@ -139,7 +145,9 @@ class InteractionReply:
 
     async def show(self, settled: Settled) -> Shown:
         view = (
-            self.views.finished(settled.generation_id, settled.task) if settled.rateable else None
+            self.views.finished(settled.generation_id, settled.task, settled.cut)
+            if settled.rateable
+            else None
         )
         return await deliver(self.interaction, final_pieces(settled), view)
 
@@ -183,8 +191,10 @@ async def show_failure(interaction: discord.Interaction, text: str) -> None:
         log.warning("could not show a failure: %s", text)
 
 
-async def run_in_reply(interaction: discord.Interaction, plan: Plan, views: ViewSet) -> int | None:
+async def run_in_reply(
+    interaction: discord.Interaction, plan: Plan, views: ViewSet, slot: Slot | None = None
+) -> int | None:
     """Generate `plan` into a new reply to `interaction`; returns the generation id."""
     app = app_of(interaction.client)
     reply = InteractionReply(interaction, app, views, plan.task)
-    return await run(app, plan, where_of(interaction), reply)
+    return await run(app, plan, where_of(interaction), reply, slot=slot)

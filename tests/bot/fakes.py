@@ -24,6 +24,7 @@ class ReplayEngine:
         self.requests: list[GenerationRequest] = []
         self.aborted: set[str] = set()
         self.queued_s = 0.0  # time a request spends "waiting" (queue_position 1)
+        self.finish_reason = "stop"  # "length": every text ends as if the token limit cut it
         self._waiting: set[str] = set()
         self._running: set[str] = set()
 
@@ -77,7 +78,7 @@ class ReplayEngine:
                 so_far += delta
                 await asyncio.sleep(self.delay_s)
                 yield GenerationChunk(rid, delta, so_far, tokens_out=n, model_id=self.model_id)
-            yield self._chunk(rid, "", so_far, len(words), "stop")
+            yield self._chunk(rid, "", so_far, len(words), self.finish_reason)
         finally:
             self._running.discard(rid)
 

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from generation.engine import Engine
+from tests.bot import script_grammar_ink as ink
+from tests.bot import script_grammar_yarn as yarn
 from tests.bot.conftest import BotFactory
 from tests.discord_emulator import DiscordEmulator, InteractionRecord
 
@@ -46,7 +48,13 @@ async def test_commands_are_synced_to_the_guild(
         "story": ["prompt", "length"],
         "poem": ["topic", "form"],
         "dialogue": ["scene", "characters", "lines", "tone"],
-        "describe": ["product", "audience"],
+        "describe": ["product", "audience", "kind"],
+        "character": ["concept", "setting"],
+        "quest": ["premise", "setting"],
+        "persona": ["name", "prompt", "clear"],
+        "model": ["name"],
+        "arena": ["prompt", "task"],
+        "leaderboard": ["task"],
         "generate": ["prompt", "temperature", "max_tokens"],
         "compare": ["prompt", "task"],
         "chat": ["message"],
@@ -178,10 +186,16 @@ async def test_dialogue_continue_branch_and_script(
         script = await emu.press_button(scene.original, "muse:script:1")
         await script.wait_until(lambda i: i.original and i.original.attachments)
         files = {a.filename: a for a in script.original.attachments}
-        assert script.original.ephemeral and set(files) == {"scene-1.json", "scene-1.txt"}
+        names = {"scene-1.json", "scene-1.txt", "scene-1.yarn", "scene-1.ink"}
+        assert script.original.ephemeral and set(files) == names
         data = json.loads(files["scene-1.json"].text())
         assert data["characters"] == ["Smith", "Knight"] and data["scene"] == "a forge"
         assert files["scene-1.txt"].text().startswith("Scene: a forge")
+        # 🔀's line is the scene's one option, in both game formats (each parsed by its grammar)
+        yarn_scene = yarn.plain_scene(files["scene-1.yarn"].text())
+        ink_scene = ink.plain_scene(files["scene-1.ink"].text())
+        assert len(yarn_scene.options) == len(ink_scene.choices) == len(data["options"]) == 1
+        assert yarn_scene.lines == ink_scene.lines and yarn_scene.lines
     links = rows(tmp_path / "muse.db", "SELECT id, parent_id, status FROM generations ORDER BY id")
     assert links == [(1, None, "done"), (2, 1, "done"), (3, 1, "done")]
 

@@ -362,3 +362,73 @@ def test_run_without_a_token_serves_the_console(tmp_path: Path) -> None:
     assert "Muse console" in result.stdout
     assert all(f"/{name}" in result.stdout for name in COMMANDS)
     assert "Nothing was deleted." in result.stdout
+
+
+def test_console_continues_a_cut_text_and_saves_an_edit(tmp_path: Path) -> None:
+    """`c` writes a cut text on (▶), `e` stores a typed correction as an edit (✏️)."""
+    db = tmp_path / "muse.db"
+    lines = ["/generate Tell me about foxes.", "c", "e", "Foxes are clever", "and quick.", ".", "s"]
+    result = subprocess.run(
+        [str(MUSE), "console"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=console_env(db),
+        timeout=TIMEOUT_S,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "✂️ Cut at the length limit" in out and "▶ #1 goes on:" in out
+    assert "✏️ Saved your improvement of #2 as #3." in out
+    first, more, edit = rows(db, "SELECT * FROM generations ORDER BY id")
+    assert more["parent_id"] == 1 and more["output"].startswith(first["output"])
+    assert (edit["source"], edit["parent_id"], edit["user_id"]) == ("edit", 2, 0)
+    assert edit["output"] == "Foxes are clever\nand quick."
+
+
+def test_console_arena_needs_two_models_then_battles_blind(tmp_path: Path, loaded_model) -> None:
+    """/arena with the base alone says how to make a second model; with an adapter registered
+    it battles blind and the vote reveals which model wrote A and B."""
+    import asyncio
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from storage.models import ModelRecord
+    from storage.store import Store
+
+    db = tmp_path / "muse.db"
+
+    def console(*lines: str) -> str:
+        done = subprocess.run(
+            [str(MUSE), "console"],
+            input="\n".join(lines) + "\n",
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=console_env(db),
+            timeout=TIMEOUT_S,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    alone = console("/arena a fox")
+    assert "The arena needs two models" in alone and "muse tune --name" in alone
+
+    folder = tmp_path / "adapters" / "house-style"
+    config = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(copy.deepcopy(loaded_model.model), config).save_pretrained(folder)
+
+    async def register() -> None:
+        async with Store.open(db) as store:
+            await store.register_model(ModelRecord("house-style", "base", str(folder), "sft"))
+
+    asyncio.run(register())
+    out = console("/arena a fox", "a")
+    assert "house-style" not in out.split("Thanks — saved")[0]  # blind until the vote
+    assert "Thanks — saved (A is better)" in out and "A was written by **" in out
+    assert "house-style" in out.split("Thanks — saved")[1]
+    (vote,) = rows(db, "SELECT * FROM comparisons")
+    models = {r["model_id"] for r in rows(db, "SELECT model_id FROM generations")}
+    assert vote["winner"] == "A" and len(models) == 2 and "house-style" in models

@@ -78,3 +78,17 @@ async def test_edits_are_counted_apart(store: Store, make_generation) -> None:
     table = format_table(await store.stats())
     assert "edits" in table.splitlines()[0]
     assert ratings_chart_png(await store.stats()).startswith(PNG)
+
+
+def test_per_model_sums_every_task_of_a_model():
+    from storage.stats import TaskModelStats, format_table, per_model
+
+    stats = [
+        TaskModelStats("story", "base", 4, 4, ratings=3, good=2, bad=1),
+        TaskModelStats("poem", "base", 2, 2, ratings=1, good=0, bad=1, edits=1),
+        TaskModelStats("story", "house-style", 5, 5, ratings=4, good=4, bad=0),
+    ]
+    base, tuned = per_model(stats)  # most generations first
+    assert (base.model_id, base.generations, base.edits, base.ratings) == ("base", 6, 1, 4)
+    assert base.share_good == 0.5 and tuned.share_good == 1.0
+    assert "house-style" in format_table(stats).split("\n\n")[1]

@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from bot.core.policy import out_of_range
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of
+from bot.discord.rendering import jump_link
 from bot.discord.splitting import split_message
 from storage.models import Generation
 
@@ -26,12 +27,6 @@ TABLE_NAMES = {
     "conversations": "conversations",
     "users": "user records",
 }
-
-
-def jump_link(generation: Generation) -> str | None:
-    """https://discord.com/channels/<guild>/<channel>/<message>, when all three are known."""
-    ids = (generation.guild_id, generation.channel_id, generation.message_id)
-    return None if None in ids else "https://discord.com/channels/{}/{}/{}".format(*ids)
 
 
 def preview(generation: Generation) -> str:
@@ -75,7 +70,8 @@ HELP = """\
 **Muse** writes with a small AI model that runs on this server's machine, and learns what \
 this community likes from your ratings.
 `/story` a short story · `/poem` a poem · `/dialogue` NPC dialogue for a scene
-`/describe` product copy · `/generate` anything, from a free prompt
+`/describe` product copy, an ad, a post or a news blurb · `/generate` anything, from a free prompt
+`/character` a game character · `/quest` a quest hook
 `/chat` a conversation in a thread (it remembers what was said)
 `/compare` two takes side by side: vote for the better one
 `/history` your recent texts · `/stats` this server's ratings

@@ -25,7 +25,7 @@ from bot.core.policy import (
 )
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of
 from storage.export import ExportFilters
-from storage.stats import TaskModelStats, ratings_chart_png
+from storage.stats import TaskModelStats, per_model, ratings_chart_png
 
 log = logging.getLogger("muse.bot.discord.cogs.admin")
 
@@ -52,10 +52,20 @@ def stats_lines(stats: Sequence[TaskModelStats]) -> str:
         share = "–" if s.share_up is None else f"{s.share_up:.0%}"
         latency = "–" if s.mean_latency_ms is None else f"{s.mean_latency_ms / 1000:.1f} s"
         speed = "–" if s.tokens_per_s is None else f"{s.tokens_per_s:.1f} tok/s"
+        edits = f" · ✏️ {s.edits} edits" if s.edits else ""
         lines.append(
             f"**{name}** — {s.generations} generations · {s.ratings} ratings · "
-            f"👍 {share} · {latency} mean · {speed}"
+            f"👍 {share}{edits} · {latency} mean · {speed}"
         )
+    models = per_model(stats)
+    if len(models) > 1:  # the per-model view: which model this community rates higher
+        lines.append("**Per model**")
+        for m in models:
+            good = "–" if m.share_good is None else f"{m.share_good:.0%}"
+            lines.append(
+                f"**{m.model_id}** — {m.generations} generations · {m.ratings} ratings · "
+                f"good {good}"
+            )
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.core.app import Muse
 from bot.core.conversation import chat_plan
-from bot.core.limits import Limited
+from bot.core.limits import Limited, Slot
 from bot.core.plans import Plan
 from bot.core.policy import Refused, Where, admit
 from bot.core.run import first_use_notice, run
@@ -83,7 +83,11 @@ class ThreadReply:
     async def show(self, settled: Settled) -> Shown:
         assert self.message is not None
         pieces = final_pieces(settled)
-        view = VIEWS.finished(settled.generation_id, settled.task) if settled.rateable else None
+        view = (
+            VIEWS.finished(settled.generation_id, settled.task, settled.cut)
+            if settled.rateable
+            else None
+        )
         await self.message.edit(content=pieces[0], view=view, allowed_mentions=NO_MENTIONS)
         sent = [await self.thread.send(p, allowed_mentions=NO_MENTIONS) for p in pieces[1:]]
         return Shown(self.message.id, [m.id for m in sent])
@@ -107,11 +111,13 @@ async def answer_in_thread(
     plan: Plan,
     user_id: int,
     reply_to: discord.Message | None = None,
+    slot: Slot | None = None,
 ) -> int | None:
     """Stream one turn into a new message of `thread`; returns the generation id. (A thread
     message cannot be private: the first-use notice is the caller's to show.)"""
     where = Where(user_id, thread.guild.id, thread.id, thread.parent_id)
-    return await run(app, plan, where, ThreadReply(app, thread, reply_to), notice=False)
+    surface = ThreadReply(app, thread, reply_to)
+    return await run(app, plan, where, surface, notice=False, slot=slot)
 
 
 def can_open_thread(permissions: discord.Permissions) -> bool:
@@ -144,8 +150,8 @@ class ChatCog(commands.Cog):
         if not can_open_thread(interaction.app_permissions):
             await answer_ephemeral(interaction, NO_THREADS)
             return
-        async with admitted(interaction, "chat", [message]) as guild:
-            if guild is None:
+        async with admitted(interaction, "chat", [message]) as admission:
+            if admission is None:
                 return
             await interaction.response.send_message(
                 f"💬 {message}"[:2000], allowed_mentions=NO_MENTIONS
@@ -162,8 +168,18 @@ class ChatCog(commands.Cog):
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,
             )
-            plan = await chat_plan(self.app, interaction.user.id, message, conversation.id, guild)
-            await answer_in_thread(self.app, thread, plan, interaction.user.id)
+            plan = await chat_plan(
+                self.app,
+                interaction.user.id,
+                message,
+                conversation.id,
+                admission.settings,
+                admission.persona,
+                admission.model,
+            )
+            await answer_in_thread(
+                self.app, thread, plan, interaction.user.id, None, admission.slot
+            )
         notice = await first_use_notice(self.app, interaction.user.id)
         if notice is not None:
             await answer_ephemeral(interaction, notice)
@@ -179,17 +195,23 @@ class ChatCog(commands.Cog):
         if not interaction.app_permissions.send_messages_in_threads:
             await answer_ephemeral(interaction, NO_SEND)
             return
-        async with admitted(interaction, "chat", [message]) as guild:
-            if guild is None:
+        async with admitted(interaction, "chat", [message]) as admission:
+            if admission is None:
                 return
             try:
                 plan = await chat_plan(
-                    self.app, interaction.user.id, message, conversation.id, guild
+                    self.app,
+                    interaction.user.id,
+                    message,
+                    conversation.id,
+                    admission.settings,
+                    admission.persona,
+                    admission.model,
                 )
             except PresetError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
-            await run_in_reply(interaction, plan, VIEWS)
+            await run_in_reply(interaction, plan, VIEWS, admission.slot)
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -204,17 +226,25 @@ class ChatCog(commands.Cog):
             return
         where = Where(message.author.id, thread.guild.id, thread.id, thread.parent_id)
         try:
-            guild, slot = await admit(self.app, "chat", where, [message.content])
+            admission = await admit(self.app, "chat", where, [message.content])
         except (Refused, Limited) as exc:
             await message.reply(str(exc), delete_after=30, allowed_mentions=NO_MENTIONS)
             return
         try:
             plan = await chat_plan(
-                self.app, message.author.id, message.content, conversation.id, guild
+                self.app,
+                message.author.id,
+                message.content,
+                conversation.id,
+                admission.settings,
+                admission.persona,
+                admission.model,
             )
-            await answer_in_thread(self.app, thread, plan, message.author.id, reply_to=message)
+            await answer_in_thread(
+                self.app, thread, plan, message.author.id, message, admission.slot
+            )
         finally:
-            slot.release()
+            admission.slot.release()
 
 
 async def setup(bot: commands.Bot) -> None:

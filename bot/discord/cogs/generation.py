@@ -39,15 +39,24 @@ class GenerationCog(commands.Cog):
     ) -> None:
         """Check the guild's rules and limits, validate, then generate into the reply."""
         fields = {k: v for k, v in fields.items() if v is not None}
-        async with admitted(interaction, task, texts_of(fields)) as guild:
-            if guild is None:
+        async with admitted(interaction, task, texts_of(fields)) as admission:
+            if admission is None:
                 return
             try:
-                plan = make_plan(self.app, interaction.user.id, task, fields, guild=guild, **kw)
+                plan = make_plan(
+                    self.app,
+                    interaction.user.id,
+                    task,
+                    fields,
+                    guild=admission.settings,
+                    persona=admission.persona,
+                    model=admission.model,
+                    **kw,
+                )
             except PresetError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
-            await run_in_reply(interaction, plan, VIEWS)
+            await run_in_reply(interaction, plan, VIEWS, admission.slot)
 
     @app_commands.command()
     @app_commands.guild_only()
@@ -102,15 +111,51 @@ class GenerationCog(commands.Cog):
 
     @app_commands.command()
     @app_commands.guild_only()
-    @app_commands.describe(product="The product to describe", audience="Who it is for")
+    @app_commands.describe(
+        product="The product to write about",
+        audience="Who it is for",
+        kind="product copy (default), an ad, a social-media post or a news blurb",
+    )
     async def describe(
         self,
         interaction: discord.Interaction,
         product: Text,
         audience: app_commands.Range[str, 1, 200] | None = None,
+        kind: Literal["product", "ad", "social", "news"] | None = None,
     ) -> None:
-        """Write product / marketing copy."""
-        await self.start(interaction, "describe", {"product": product, "audience": audience})
+        """Write product / marketing copy, an ad, a social-media post or a news blurb."""
+        fields = {"product": product, "audience": audience, "kind": kind}
+        await self.start(interaction, "describe", fields)
+
+    @app_commands.command()
+    @app_commands.guild_only()
+    @app_commands.describe(
+        concept="Who the character is, e.g. a nervous goblin alchemist",
+        setting="The game's world (default a fantasy world)",
+    )
+    async def character(
+        self,
+        interaction: discord.Interaction,
+        concept: Text,
+        setting: app_commands.Range[str, 1, 200] | None = None,
+    ) -> None:
+        """A game character: name, look, voice, motive and a secret."""
+        await self.start(interaction, "character", {"concept": concept, "setting": setting})
+
+    @app_commands.command()
+    @app_commands.guild_only()
+    @app_commands.describe(
+        premise="What the quest is about, e.g. the king's crown was stolen",
+        setting="The game's world (default a fantasy world)",
+    )
+    async def quest(
+        self,
+        interaction: discord.Interaction,
+        premise: Text,
+        setting: app_commands.Range[str, 1, 200] | None = None,
+    ) -> None:
+        """A quest hook: giver, goal, obstacle, twist and reward."""
+        await self.start(interaction, "quest", {"premise": premise, "setting": setting})
 
     @app_commands.command()
     @app_commands.guild_only()
@@ -157,17 +202,25 @@ class GenerationCog(commands.Cog):
         if task not in ("story", "poem", "describe", "generate"):
             await answer_ephemeral(interaction, "⚠️ task must be story, poem, describe or generate.")
             return
-        async with admitted(interaction, task, [prompt]) as guild:
-            if guild is None:
+        async with admitted(interaction, task, [prompt]) as admission:
+            if admission is None:
                 return
             fields = {self.app.presets[task].main_field: prompt}
             try:
-                plan = make_plan(self.app, interaction.user.id, task, fields, guild=guild)
+                plan = make_plan(
+                    self.app,
+                    interaction.user.id,
+                    task,
+                    fields,
+                    guild=admission.settings,
+                    persona=admission.persona,
+                    model=admission.model,
+                )
             except PresetError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
             reply = CompareReply(interaction, self.app, VIEWS)
-            await run_compare(self.app, plan, where_of(interaction), reply)
+            await run_compare(self.app, plan, where_of(interaction), reply, slot=admission.slot)
 
 
 async def setup(bot: commands.Bot) -> None:

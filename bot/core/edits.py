@@ -1,0 +1,76 @@
+"""✏️ Improve: a member's corrected text, stored as an edit of the original (a new generation,
+source `edit`, the original as its parent, the editor as its user): the most direct training
+signal a community can give."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.core import actions
+from bot.core.app import Muse
+from bot.core.policy import Where, blocked_by, guild_settings
+from bot.core.texts import DELETED
+from storage.errors import GenerationGone
+from storage.models import Generation
+
+EDIT_LIMIT = 4000  # a Discord modal's paragraph field holds at most this many characters
+TOO_LONG = (
+    "✏️ This text is {length:,} characters long, more than the {limit:,} an edit box holds. "
+    "Improve a shorter text, or export it (`/export format:raw`) and edit it there."
+)
+UNFINISHED = "✏️ Only a finished text can be improved."
+EMPTY = "Nothing was saved: the improved text was empty."
+UNCHANGED = "Nothing was saved: the text is unchanged."
+
+
+@dataclass(frozen=True, slots=True)
+class Improved:
+    """A saved edit: its generation id and text, and the original it corrects."""
+
+    generation_id: int
+    text: str
+    original: Generation
+
+
+async def editable(app: Muse, generation_id: int) -> tuple[Generation | None, str | None]:
+    """(the generation, None) when it can be improved, else (None, why not)."""
+    generation = await actions.live(app, generation_id)
+    if generation is None:
+        return None, DELETED
+    text = generation.output or ""
+    if generation.status != "done" or not text.strip():
+        return None, UNFINISHED
+    if len(text) > EDIT_LIMIT:
+        return None, TOO_LONG.format(length=len(text), limit=EDIT_LIMIT)
+    return generation, None
+
+
+async def improve(
+    app: Muse, generation_id: int, text: str, where: Where
+) -> tuple[Improved | None, str | None]:
+    """Store `text` as `where.user_id`'s edit of the generation: (the edit, None), or (None,
+    why nothing changed: empty, unchanged, too long, or the original is gone)."""
+    text = text.strip()
+    original, problem = await editable(app, generation_id)
+    if original is None:
+        return None, problem
+    if not text:
+        return None, EMPTY
+    if text == (original.output or "").strip():
+        return None, UNCHANGED
+    if len(text) > EDIT_LIMIT:
+        return None, TOO_LONG.format(length=len(text), limit=EDIT_LIMIT)
+    rule = blocked_by((await guild_settings(app, where.guild_id)).blocklist, text)
+    if rule is not None:
+        return None, f"🚫 Nothing was saved: the text contains `{rule}`, which this server forbids."
+    try:
+        edit_id = await app.store.record_edit(
+            original.id,
+            where.user_id,
+            text,
+            guild_id=where.guild_id,
+            channel_id=where.channel_id,
+        )
+    except GenerationGone:
+        return None, DELETED
+    return Improved(edit_id, text, original), None

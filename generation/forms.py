@@ -1,0 +1,38 @@
+"""Labelled forms (a game character's "Name: …", "Look: …"; a quest's "Giver: …"): the finished
+text keeps one line per label, in the preset's order. A small model adds stray lines or repeats
+a label; those go, as narration goes from dialogue."""
+
+from __future__ import annotations
+
+import re
+
+_LABEL = re.compile(r"^\s*(?:[-*•]\s*)?\**\s*([^:*\n]{1,30}?)\s*\**\s*:\s*\**\s*(.*)$")
+
+
+def normalise_form(text: str, labels: tuple[str, ...]) -> str:
+    """`Label: value` lines for `labels`, the first of each, in order; labels the text lacks
+    are left out (never invented). An unlabelled line right after a labelled one fills the next
+    label when the text has no line of that label (the model wrote it and dropped its label).
+    A text with none of the labels is kept as it is."""
+    wanted = {label.casefold(): label for label in labels}
+    rows: list[tuple[str | None, str]] = []  # (label or None, value) of each non-blank line
+    for line in text.splitlines():
+        match = _LABEL.match(line)
+        label = wanted.get(match[1].strip().casefold()) if match else None
+        value = " ".join((match[2] if label else line).replace("**", "").split())
+        if value:
+            rows.append((label, value))
+    labelled = {label for label, _ in rows if label is not None}
+    found: dict[str, str] = {}
+    following: str | None = None  # the label an unlabelled line would fill
+    for label, value in rows:
+        if label is None and following not in labelled:
+            label = following
+        following = None
+        if label is not None and label not in found:
+            found[label] = value
+            at = labels.index(label)
+            following = labels[at + 1] if at + 1 < len(labels) else None
+    if not found:
+        return text.strip()
+    return "\n".join(f"{label}: {found[label]}" for label in labels if label in found)
