@@ -67,7 +67,7 @@ class Job:
         for stop in self.request.stop:
             cut = text.find(stop)
             if stop and cut >= 0:
-                self.text = text[:cut]
+                self.text = self.request.response_prefix + text[:cut]
                 return "stop"
         if len(self.generated) >= self.max_new_tokens:
             return "length"

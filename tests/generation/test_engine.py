@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -50,6 +51,17 @@ async def test_stop_string_ends_the_text_before_it(make_engine):
     stopped = await engine.generate(ask(request.messages[0].content, temperature=0.0, stop=(stop,)))
     assert stopped.finish_reason == "stop"
     assert stopped.text == free.text[: free.text.find(stop)]
+
+
+async def test_a_stop_string_keeps_the_response_prefix(make_engine):
+    engine = make_engine()
+    request = ask("Greet the guild.", temperature=0.0, max_new_tokens=16, response_prefix="Hail,")
+    free = await engine.generate(request)
+    assert free.text.startswith("Hail,") and len(free.text) > 10
+    stop = free.text[len("Hail,") + 3 : len("Hail,") + 6]
+    stopped = await engine.generate(replace(request, stop=(stop,), request_id="stopped"))
+    assert stopped.finish_reason == "stop" and stopped.text.startswith("Hail,")
+    assert stopped.text == free.text[: free.text.find(stop, len("Hail,"))]
 
 
 async def test_cancelling_the_consumer_aborts_and_the_engine_goes_on(make_engine):
