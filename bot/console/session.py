@@ -105,7 +105,7 @@ class Console(Context):
             )
             self.conversation_id = conversation.id
         await self.wait_ready()  # the history budget depends on the model's context
-        plan = await chat_plan(self.app, CONSOLE_USER_ID, message, self.conversation_id, None)
+        plan = await chat_plan(self.app, CONSOLE_USER_ID, message, self.conversation_id)
         return await gen.generate(self, plan)
 
     async def cmd_help(self) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from bot.core.app import Muse
-from bot.core.plans import Plan, make_plan
+from bot.core.plans import Plan, admitted_plan, make_plan
+from bot.core.policy import Admission
 from generation.types import Message
-from storage.models import GuildSettings, Persona
 from storage.store import approximate_tokens
 
 CONTEXT_CAP = 2048  # tokens of context a turn may use, whatever the model allows
@@ -25,14 +25,15 @@ async def chat_plan(
     user_id: int,
     message: str,
     conversation_id: int,
-    guild: GuildSettings | None,
-    persona: Persona | None = None,
-    model: str | None = None,
+    admission: Admission | None = None,
 ) -> Plan:
     """A /chat turn: the system prompt (the channel persona's, when it has one), the newest
-    earlier turns that fit, then `message`."""
+    earlier turns that fit, then `message`. Without an admission (the console): the defaults."""
     fields = {"message": message}
-    plan = make_plan(app, user_id, "chat", fields, guild=guild, persona=persona, model=model)
+    if admission is None:
+        plan = make_plan(app, user_id, "chat", fields)
+    else:
+        plan = admitted_plan(app, admission, user_id, "chat", fields)
     head = plan.request.messages
     used = sum(approximate_tokens(m.content) for m in head)
     budget = context_tokens(app) - plan.request.max_new_tokens - used

@@ -9,6 +9,7 @@ from typing import Any
 from bot.core import scenes
 from bot.core.app import Muse
 from bot.core.personas import with_persona
+from bot.core.policy import Admission
 from generation.requests import build_request
 from generation.types import GenerationRequest, Message
 from storage.models import Generation, GuildSettings, Persona
@@ -75,6 +76,23 @@ def inherited(plan: Plan, parent: Generation) -> Plan:
         plan,
         request=replace(plan.request, model=model),
         persona=parent.params.get("persona") or None,
+    )
+
+
+def admitted_plan(
+    app: Muse, admission: Admission, user_id: int, task: str, fields: dict[str, Any], **kw: Any
+) -> Plan:
+    """`make_plan` with what the admission found: the guild's settings, the channel's persona,
+    the guild's default model."""
+    return make_plan(
+        app,
+        user_id,
+        task,
+        fields,
+        guild=admission.settings,
+        persona=admission.persona,
+        model=admission.model,
+        **kw,
     )
 
 

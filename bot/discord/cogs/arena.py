@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from bot.core import arena
 from bot.core.compare import run_compare
-from bot.core.plans import make_plan
+from bot.core.plans import admitted_plan
 from bot.discord.admission import admitted
 from bot.discord.buttons import VIEWS
 from bot.discord.compare_reply import CompareReply
@@ -76,14 +76,7 @@ class ArenaCog(commands.Cog):
                 return
             fields = {self.app.presets[task].main_field: prompt}
             try:
-                first = make_plan(
-                    self.app,
-                    interaction.user.id,
-                    task,
-                    fields,
-                    guild=admission.settings,
-                    persona=admission.persona,
-                )
+                first = admitted_plan(self.app, admission, interaction.user.id, task, fields)
             except PresetError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return

@@ -169,13 +169,7 @@ class ChatCog(commands.Cog):
                 channel_id=interaction.channel_id,
             )
             plan = await chat_plan(
-                self.app,
-                interaction.user.id,
-                message,
-                conversation.id,
-                admission.settings,
-                admission.persona,
-                admission.model,
+                self.app, interaction.user.id, message, conversation.id, admission
             )
             await answer_in_thread(
                 self.app, thread, plan, interaction.user.id, None, admission.slot
@@ -200,13 +194,7 @@ class ChatCog(commands.Cog):
                 return
             try:
                 plan = await chat_plan(
-                    self.app,
-                    interaction.user.id,
-                    message,
-                    conversation.id,
-                    admission.settings,
-                    admission.persona,
-                    admission.model,
+                    self.app, interaction.user.id, message, conversation.id, admission
                 )
             except PresetError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
@@ -232,13 +220,7 @@ class ChatCog(commands.Cog):
             return
         try:
             plan = await chat_plan(
-                self.app,
-                message.author.id,
-                message.content,
-                conversation.id,
-                admission.settings,
-                admission.persona,
-                admission.model,
+                self.app, message.author.id, message.content, conversation.id, admission
             )
             await answer_in_thread(
                 self.app, thread, plan, message.author.id, message, admission.slot

@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.core.compare import run_compare
-from bot.core.plans import make_plan
+from bot.core.plans import admitted_plan
 from bot.core.policy import check_range, texts_of
 from bot.discord.admission import admitted
 from bot.discord.buttons import VIEWS
@@ -43,16 +43,7 @@ class GenerationCog(commands.Cog):
             if admission is None:
                 return
             try:
-                plan = make_plan(
-                    self.app,
-                    interaction.user.id,
-                    task,
-                    fields,
-                    guild=admission.settings,
-                    persona=admission.persona,
-                    model=admission.model,
-                    **kw,
-                )
+                plan = admitted_plan(self.app, admission, interaction.user.id, task, fields, **kw)
             except PresetError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
@@ -207,15 +198,7 @@ class GenerationCog(commands.Cog):
                 return
             fields = {self.app.presets[task].main_field: prompt}
             try:
-                plan = make_plan(
-                    self.app,
-                    interaction.user.id,
-                    task,
-                    fields,
-                    guild=admission.settings,
-                    persona=admission.persona,
-                    model=admission.model,
-                )
+                plan = admitted_plan(self.app, admission, interaction.user.id, task, fields)
             except PresetError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
