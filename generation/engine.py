@@ -242,12 +242,15 @@ class Engine:
 
     # -- a hung step -----------------------------------------------------------------------
     def _hung(self, reason: str) -> None:
-        """The watchdog's verdict: fail everyone, tell the supervisor (it exits the process)."""
+        """The watchdog's verdict: tell the supervisor (in Muse it exits the process at once, so
+        the rows stay `running` and the next start marks them interrupted and edits their
+        replies — whether the loop had time to record a failure no longer depends on timing),
+        then fail everyone (when the process goes on, as in tests)."""
         log.critical("engine watchdog: %s; failing every request", reason)
-        self._scheduler.fail_everyone(reason)
-        self._mailbox.flush()
         if self._on_fatal is not None:
             self._on_fatal(reason)
+        self._scheduler.fail_everyone(reason)
+        self._mailbox.flush()
 
 
 def _failed(exc: BaseException) -> BaseException:

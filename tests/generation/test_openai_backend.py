@@ -149,7 +149,12 @@ async def test_timeout_ends_with_timeout_and_the_text_so_far(make_remote, proxy)
     engine = make_remote()
     proxy.always = Fault(delay_per_chunk_s=0.1)
     started = time.monotonic()
-    result = await engine.generate(ask("Tell me a long story.", max_new_tokens=200, timeout_s=1.0))
+    # Greedy and past the end-of-text token: the text outlasts the timeout on every run (a
+    # sampled story once ended after a few chunks, before the second was due).
+    request = ask(
+        "Tell me a long story.", max_new_tokens=200, timeout_s=1.0, temperature=0.0, ignore_eos=True
+    )
+    result = await engine.generate(request)
     assert result.finish_reason == "timeout" and result.text
     assert 0.9 < time.monotonic() - started < 2.0
 
