@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from typing import Literal
 
 import discord
 from discord import app_commands
@@ -17,6 +16,7 @@ from bot.core.compare import run_compare
 from bot.core.plans import admitted_plan
 from bot.discord.admission import admitted
 from bot.discord.buttons import VIEWS
+from bot.discord.cogs.generation import TwoTakeTask, two_take_task
 from bot.discord.compare_reply import CompareReply
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of, where_of
 from generation.presets import PresetError
@@ -24,7 +24,7 @@ from storage.leaderboard import Leaderboard, leaderboard_chart_png
 
 log = logging.getLogger("muse.bot.discord.cogs.arena")
 
-Task = Literal["story", "poem", "describe", "generate"]
+Task = TwoTakeTask
 NO_VOTES = "No arena votes yet: `/arena` shows two models' takes of one prompt, blind; vote there."
 
 
@@ -63,9 +63,8 @@ class ArenaCog(commands.Cog):
         task: Task | None = None,
     ) -> None:
         """Two models write the same prompt, blind: vote for the better take."""
-        task = task or "generate"
-        if task not in ("story", "poem", "describe", "generate"):
-            await answer_ephemeral(interaction, "⚠️ task must be story, poem, describe or generate.")
+        task = await two_take_task(interaction, task)
+        if task is None:
             return
         async with admitted(interaction, task, [prompt]) as admission:
             if admission is None:

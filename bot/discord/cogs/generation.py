@@ -22,6 +22,18 @@ from generation.presets import PresetError
 log = logging.getLogger("muse.bot.discord.cogs.generation")
 
 Text = app_commands.Range[str, 1, 1000]
+TwoTakeTask = Literal["story", "poem", "describe", "generate"]  # /compare's and /arena's
+TWO_TAKE_TASKS = ("story", "poem", "describe", "generate")
+
+
+async def two_take_task(interaction: discord.Interaction, task: str | None) -> str | None:
+    """/compare's or /arena's task (default generate), re-validated (Discord clients validate;
+    the API does not promise to); None after refusing."""
+    task = task or "generate"
+    if task not in TWO_TAKE_TASKS:
+        await answer_ephemeral(interaction, "⚠️ task must be story, poem, describe or generate.")
+        return None
+    return task
 
 
 class GenerationCog(commands.Cog):
@@ -186,12 +198,11 @@ class GenerationCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         prompt: Text,
-        task: Literal["story", "poem", "describe", "generate"] | None = None,
+        task: TwoTakeTask | None = None,
     ) -> None:
         """Two takes side by side: vote for the better one."""
-        task = task or "generate"
-        if task not in ("story", "poem", "describe", "generate"):
-            await answer_ephemeral(interaction, "⚠️ task must be story, poem, describe or generate.")
+        task = await two_take_task(interaction, task)
+        if task is None:
             return
         async with admitted(interaction, task, [prompt]) as admission:
             if admission is None:
