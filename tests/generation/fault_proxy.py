@@ -25,7 +25,7 @@ class Fault:
     status: int | None = None  # answer with this status, never reaching the server
     retry_after: str | None = None  # with this Retry-After header
     drop_after_events: int | None = None  # cut the connection after this many SSE events
-    delay_per_chunk_s: float = 0.0  # forward the stream slowly
+    delay_per_chunk_s: float = 0.0  # forward the stream slowly: this long before every event
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,32 +117,58 @@ class FaultProxy:
             response.content_type = upstream.content_type
             await response.prepare(request)
             events = 0
-            async for chunk in upstream.content.iter_any():
-                if fault is not None and fault.delay_per_chunk_s:
-                    await asyncio.sleep(fault.delay_per_chunk_s)
-                if _closing(request):
-                    self.client_gone += 1
-                    return response  # leaving closes the upstream stream: the server stops
-                limit = fault.drop_after_events if fault is not None else None
-                if limit is not None and events + chunk.count(b"data:") > limit:
-                    await response.write(_first_events(chunk, limit - events))
-                    self.dropped += 1
-                    assert request.transport is not None
-                    request.transport.abort()  # no end of the chunked body: a broken stream
-                    return response
-                events += chunk.count(b"data:")
-                try:
-                    await response.write(chunk)
-                except ConnectionResetError:
-                    self.client_gone += 1
-                    return response
+            async for received in upstream.content.iter_any():
+                # A slow fault delays every event, not every read: the server may hand several
+                # events over in one read, and then a "slow" stream would not be slow at all.
+                slow = fault is not None and fault.delay_per_chunk_s > 0
+                for chunk in _events(received) if slow else [received]:
+                    if slow:
+                        await asyncio.sleep(fault.delay_per_chunk_s)  # type: ignore[union-attr]
+                    if not await self._forward(request, response, chunk, fault, events):
+                        return response
+                    events += chunk.count(b"data:")
             await response.write_eof()
             return response
+
+    async def _forward(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        chunk: bytes,
+        fault: Fault | None,
+        events: int,
+    ) -> bool:
+        """Write one piece of the answer; False when the stream ended here (client gone, or cut
+        on purpose)."""
+        if _closing(request):
+            self.client_gone += 1
+            return False  # leaving closes the upstream stream: the server stops
+        limit = fault.drop_after_events if fault is not None else None
+        if limit is not None and events + chunk.count(b"data:") > limit:
+            await response.write(_first_events(chunk, limit - events))
+            self.dropped += 1
+            assert request.transport is not None
+            request.transport.abort()  # no end of the chunked body: a broken stream
+            return False
+        try:
+            await response.write(chunk)
+        except ConnectionResetError:
+            self.client_gone += 1
+            return False
+        return True
 
 
 def _closing(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
+
+
+def _events(chunk: bytes) -> list[bytes]:
+    """`chunk` cut before each SSE event after its first (joined, the pieces are `chunk`)."""
+    starts = [0]
+    while (found := chunk.find(b"data:", starts[-1] + 1)) > 0:
+        starts.append(found)
+    return [chunk[a:b] for a, b in zip(starts, [*starts[1:], len(chunk)], strict=True)]
 
 
 def _first_events(chunk: bytes, count: int) -> bytes:

@@ -149,8 +149,9 @@ async def test_timeout_ends_with_timeout_and_the_text_so_far(make_remote, proxy)
     engine = make_remote()
     proxy.always = Fault(delay_per_chunk_s=0.1)
     started = time.monotonic()
-    # Greedy and past the end-of-text token: the text outlasts the timeout on every run (a
-    # sampled story once ended after a few chunks, before the second was due).
+    # 0.1 s before every event (not every read: the server may send a story's events in one):
+    # a greedy story of more than ten tokens outlasts the 1 s timeout on every run. ignore_eos
+    # is for servers that know it; llama-cpp-python's does not.
     request = ask(
         "Tell me a long story.", max_new_tokens=200, timeout_s=1.0, temperature=0.0, ignore_eos=True
     )
