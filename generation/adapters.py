@@ -90,7 +90,7 @@ def read_factors(model: nn.Module, path: Path) -> dict[str, LoraFactors]:
         peft_model = PeftModel.from_pretrained(
             model, str(path), adapter_name=LOADING, config=config, autocast_adapter_dtype=False
         )
-        return _factors(peft_model, keys)
+        return _factors(peft_model, keys, _float_dtype(model))
     except AdapterError:
         raise
     except Exception as exc:  # a wrong shape, an unreadable file: PEFT's message says which
@@ -113,7 +113,9 @@ def _weight_keys(path: Path) -> set[str] | None:
         raise AdapterError(f"{WEIGHT_FILES[0]} cannot be read: {exc}") from exc
 
 
-def _factors(peft_model: Any, keys: set[str] | None) -> dict[str, LoraFactors]:
+def _factors(
+    peft_model: Any, keys: set[str] | None, activations: torch.dtype
+) -> dict[str, LoraFactors]:
     from peft.tuners.lora.layer import Linear as LoraLinear
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -126,16 +128,23 @@ def _factors(peft_model: Any, keys: set[str] | None) -> dict[str, LoraFactors]:
             raise AdapterError(f"its layer {name.removeprefix(prefix)} is not a plain LoRA linear")
         if keys is not None and f"{name}.lora_A.weight" not in keys:
             raise AdapterError(f"its weights miss the layer {name.removeprefix(prefix)}")
-        base = module.get_base_layer()
-        weight = next(base.parameters())
+        weight = module.get_base_layer().weight
+        # The factors meet the layer's input: in the weights' dtype, or the model's for int8
+        # weights (`generation/quantize.py` keeps the model's dtype around its layers).
+        dtype = weight.dtype if weight.dtype.is_floating_point else activations
         a = module.lora_A[LOADING].weight.detach()
         b = module.lora_B[LOADING].weight.detach() * module.scaling[LOADING]
         found[name.removeprefix(prefix)] = LoraFactors(
-            a.to(weight.device, weight.dtype).clone(), b.to(weight.device, weight.dtype).clone()
+            a.to(weight.device, dtype).clone(), b.to(weight.device, dtype).clone()
         )
     if not found:
         raise AdapterError("it adapts no layer of this model")
     return found
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's floating-point weights (its activations')."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def strip_peft(model: nn.Module) -> None:
@@ -237,8 +246,8 @@ class Adapters:
         self._layers: dict[str, RoutedLinear] = {}  # by the adapted layer's name
         self._router = Router()
         self._routes: OrderedDict[tuple[int, ...], Route] = OrderedDict()
-        weight = next(model.parameters())
-        self._device, self._dtype = weight.device, weight.dtype
+        self._device = next(model.parameters()).device
+        self._dtype = _float_dtype(model)  # the masks scale activations
 
     def __len__(self) -> int:
         return len(self.names)

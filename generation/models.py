@@ -16,7 +16,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from copy import deepcopy
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +107,13 @@ def default_cache_dir() -> Path:
 
 
 def load_model(
-    spec: str | None = None, device: str = "auto", cache_dir: Path | str | None = None
+    spec: str | None = None,
+    device: str = "auto",
+    cache_dir: Path | str | None = None,
+    weights: str | None = None,
 ) -> LoadedModel:
-    """Load `spec` (None: the bundled default) onto `device`, converting a GGUF once."""
+    """Load `spec` (None: the bundled default) onto `device`, converting a GGUF once, with
+    `weights` as `with_weights` takes them (`MUSE_WEIGHTS`; None: the device's own dtype)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # Muse logs one line per load instead
@@ -136,9 +141,55 @@ def load_model(
         revision = str(getattr(model.config, "_commit_hash", "") or "")
     model.to(target)
     model.eval()
+    loaded = LoadedModel(model, tokenizer, model_id, revision, target, dtype, 0.0, from_cache)
+    loaded = with_weights(loaded, weights)
     load_s = time.perf_counter() - started
-    log.info("loaded %s on %s (%s) in %.1f s", model_id, target, dtype, load_s)
-    return LoadedModel(model, tokenizer, model_id, revision, target, dtype, load_s, from_cache)
+    log.info("loaded %s on %s (%s) in %.1f s", model_id, target, describe(loaded), load_s)
+    return replace(loaded, load_s=load_s)
+
+
+WEIGHTS = ("auto", "fp32", "bf16", "int8")
+
+
+def weights_for(device: torch.device, choice: str) -> str:
+    """`auto`: int8 on the CPU (weight-only, bf16 activations: measured fastest here, see
+    benchmarks/README.md), the device's own dtype on an accelerator."""
+    if choice not in WEIGHTS:
+        raise ModelLoadError(f"MUSE_WEIGHTS={choice!r} is not one of {', '.join(WEIGHTS)}.")
+    if choice == "auto":
+        return "int8" if device.type == "cpu" else "native"
+    return choice
+
+
+def with_weights(loaded: LoadedModel, choice: str | None, *, copy: bool = False) -> LoadedModel:
+    """`loaded` with its weights as `choice`: `fp32` / `bf16` (the whole model in that dtype),
+    `int8` (linear layers int8 weight-only with bf16 arithmetic, the rest as it was; the CPU
+    only), `auto`. With `copy`,
+    a changed model is a copy and `loaded` is left as it was. None changes nothing."""
+    if choice is None:
+        return loaded
+    choice = weights_for(loaded.device, choice)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": loaded.dtype}.get(choice)
+    if dtype is None or (dtype == loaded.dtype and choice != "int8"):
+        return loaded
+    if choice == "int8" and loaded.device.type != "cpu":
+        raise ModelLoadError("MUSE_WEIGHTS=int8 is for the CPU; on an accelerator use auto.")
+    model = deepcopy(loaded.model) if copy else loaded.model
+    if choice == "int8":
+        from generation.quantize import quantise_int8
+
+        quantise_int8(model)
+    else:
+        model.to(dtype)
+    return replace(loaded, model=model, dtype=dtype)
+
+
+def describe(loaded: LoadedModel) -> str:
+    """The weights in a few words, for logs and `muse doctor`: `torch.float32`, `int8 + bf16`."""
+    from generation.quantize import Int8Linear
+
+    quantised = any(isinstance(m, Int8Linear) for m in loaded.model.modules())
+    return f"int8 + {loaded.dtype}" if quantised else str(loaded.dtype)
 
 
 def _from_pretrained(folder: str, dtype: torch.dtype) -> tuple[Any, Any]:

@@ -114,13 +114,16 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
         return Check("model", False, str(exc), "set MUSE_MODEL (and MUSE_DEVICE), see README")
     if not found.ok or not load:
         return found
-    from generation.models import load_model
+    from bot.cli.wiring import engine_model
+    from generation.models import describe
 
     try:
-        loaded = load_model(settings.model or None, settings.device, settings.cache_dir)
+        loaded = engine_model(settings)  # as the engine would: MUSE_WEIGHTS and all
     except ModelLoadError as exc:
         return Check("model", False, str(exc), "see README, 'The model'")
-    return Check("model", True, f"loaded {loaded.model_id} on {device} in {loaded.load_s:.1f} s")
+    weights = describe(loaded)
+    took = f"{loaded.load_s:.1f} s"
+    return Check("model", True, f"loaded {loaded.model_id} on {device} ({weights}) in {took}")
 
 
 def _find_model(settings: Settings) -> Check:

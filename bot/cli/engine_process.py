@@ -86,6 +86,8 @@ def child_env(
         MUSE_SERVE_API_KEY=key,
         MUSE_MODEL=settings.model,
         MUSE_DEVICE=settings.device,
+        MUSE_WEIGHTS=settings.weights,
+        MUSE_THREADS=str(settings.threads),
         MUSE_CACHE_DIR=str(settings.cache_dir),
         MUSE_QUEUE_SIZE=str(settings.queue_size),
         MUSE_MAX_BATCH=str(settings.max_batch),

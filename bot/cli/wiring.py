@@ -9,11 +9,13 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 
+import torch
+
 from bot.cli.fault_injection import fault_hook_from_env
 from bot.core.settings import Settings
 from generation.backend import Backend
 from generation.engine import Engine, EngineConfig
-from generation.models import load_model
+from generation.models import LoadedModel, load_model
 from generation.openai_backend import OpenAIEngine, RemoteConfig
 from generation.presets import Preset, load_presets
 from storage.store import Store
@@ -50,6 +52,14 @@ async def registered_adapters(db_path: Path) -> dict[str, Path]:
         return {m.name: Path(m.adapter_path) for m in await store.list_models()}
 
 
+def engine_model(settings: Settings) -> LoadedModel:
+    """The local engine's model, loaded on the engine's worker thread: `MUSE_THREADS` is set
+    there first (torch's thread count is the calling thread's), then `MUSE_WEIGHTS` applied."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    return load_model(settings.model or None, settings.device, settings.cache_dir, settings.weights)
+
+
 def build_engine(
     settings: Settings,
     on_fatal: Callable[[str], None] = exit_on_fatal,
@@ -74,6 +84,6 @@ def build_engine(
         step_timeout_s=settings.timeout_s,
         adapters=dict(adapters or {}),
     )
-    loader = partial(load_model, settings.model or None, settings.device, settings.cache_dir)
+    loader = partial(engine_model, settings)
     hook = fault_hook_from_env()  # None unless a test sets MUSE_TEST_FAULT
     return Engine(loader, config, on_fatal=on_fatal, fault_hook=hook).start()

@@ -29,6 +29,9 @@ class Secret(str):
         return str.__str__(self)
 
 
+WEIGHTS = ("auto", "fp32", "bf16", "int8")  # generation.models.WEIGHTS, without importing torch
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     discord_token: Secret = field(default_factory=lambda: Secret(""))
@@ -59,6 +62,8 @@ class Settings:
     adapters_dir: Path = Path("adapters")  # MUSE_ADAPTERS_DIR: where `muse tune` writes
     engine_process: str = "auto"  # MUSE_ENGINE_PROCESS: auto / 0 / 1
     serve_api_key: Secret = field(default_factory=lambda: Secret(""))  # MUSE_SERVE_API_KEY
+    threads: int = 0  # MUSE_THREADS: the local engine's CPU threads (0: torch's default)
+    weights: str = "auto"  # MUSE_WEIGHTS: auto / fp32 / bf16 / int8
 
     @classmethod
     def load(cls, env_file: str | Path | None = ".env") -> Settings:
@@ -99,6 +104,8 @@ class Settings:
             adapters_dir=Path(env.get("MUSE_ADAPTERS_DIR") or "adapters").expanduser(),
             engine_process=_choice("MUSE_ENGINE_PROCESS", "auto", ("auto", "0", "1")),
             serve_api_key=Secret(env.get("MUSE_SERVE_API_KEY", "").strip()),
+            threads=_int("MUSE_THREADS", 0, minimum=0),
+            weights=_choice("MUSE_WEIGHTS", "auto", WEIGHTS),
         )
 
 

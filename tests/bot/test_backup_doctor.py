@@ -172,7 +172,8 @@ def test_doctor_loads_the_local_model(env, tmp_path: Path, capsys):
     assert not (tmp_path / "muse.db").exists()  # the doctor creates nothing
 
     code, lines = doctor(capsys, "--load")
-    assert code == 0 and "loaded SmolLM2-135M-Instruct" in lines[2] and " on cpu in " in lines[2]
+    assert code == 0 and "loaded SmolLM2-135M-Instruct" in lines[2]
+    assert " on cpu (int8 + torch.float32) in " in lines[2]  # MUSE_WEIGHTS=auto on the CPU
     assert TOKEN not in "\n".join(lines)
 
 
