@@ -7,7 +7,7 @@ LLAMA_SERVER := $(VENV)/.llama-server
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: run test lint setup clean bench
+.PHONY: run test test-engine-process lint setup clean bench
 
 setup: $(STAMP)
 
@@ -46,6 +46,10 @@ run: $(STAMP)
 test: $(STAMP) $(LLAMA_SERVER)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The bot suite with its shared engine in a `muse serve` child (MUSE_ENGINE_PROCESS=1's path).
+test-engine-process: $(STAMP) $(LLAMA_SERVER)
+	MUSE_TEST_ENGINE_PROCESS=1 $(BIN)/python -m pytest -q tests/bot
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,8 @@
-"""Bot test fixtures: the real default model (loaded once), the emulator, a MuseBot factory."""
+"""Bot test fixtures: the real default model (loaded once), the emulator, a MuseBot factory.
+
+With `MUSE_TEST_ENGINE_PROCESS=1` (`make test-engine-process`) the shared engine is `muse serve`
+in a child process, talked to over loopback HTTP by the OpenAI backend: what `muse run` does with
+`MUSE_ENGINE_PROCESS=1`, so the bot suite runs against that path too."""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from bot.cli.engine_process import engine_process
 from bot.cli.wiring import presets_from
 from bot.core.settings import Settings
 from bot.discord.client import MuseBot
+from generation.backend import Backend
 from generation.engine import Engine, EngineConfig
 from generation.models import LoadedModel, load_model
 from storage.store import Store
@@ -23,17 +29,29 @@ MAX_TOKENS = 24
 
 @pytest.fixture(scope="session")
 def loaded_model() -> LoadedModel:
-    cache = Path(os.environ.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse")
-    return load_model(None, "cpu", cache)
+    return load_model(None, "cpu", _cache_dir())
+
+
+IN_CHILD = os.environ.get("MUSE_TEST_ENGINE_PROCESS") == "1"
 
 
 @pytest.fixture(scope="session")
-async def engine(loaded_model: LoadedModel) -> AsyncIterator[Engine]:
-    """One real engine shared by the bot tests (small token cap)."""
+async def engine(loaded_model: LoadedModel) -> AsyncIterator[Backend]:
+    """One real engine shared by the bot tests (small token cap): in this process, or in a
+    `muse serve` child with MUSE_TEST_ENGINE_PROCESS=1."""
+    if IN_CHILD:
+        settings = Settings(device="cpu", cache_dir=_cache_dir(), max_tokens=MAX_TOKENS)
+        async with engine_process(settings) as remote:
+            yield remote
+        return
     real = Engine(lambda: loaded_model, EngineConfig(max_new_tokens=MAX_TOKENS)).start()
     await real.wait_ready()
     yield real
     await real.aclose()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse")
 
 
 @pytest.fixture
