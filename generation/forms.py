@@ -36,3 +36,18 @@ def normalise_form(text: str, labels: tuple[str, ...]) -> str:
     if not found:
         return text.strip()
     return "\n".join(f"{label}: {found[label]}" for label in labels if label in found)
+
+
+def next_form_line(text: str, labels: tuple[str, ...]) -> str | None:
+    """What a labelled form being written needs after `text`: None while its last line is
+    still open; once it ends with a newline, the next label to write (`"Twist:"`), or `""`
+    when every label already has its line (the form is done)."""
+    if not text.endswith("\n"):
+        return None
+    wanted = [label.casefold() for label in labels]
+    last = -1  # the furthest label written so far
+    for line in text.splitlines():
+        match = _LABEL.match(line)
+        if match and match[1].strip().casefold() in wanted:
+            last = max(last, wanted.index(match[1].strip().casefold()))
+    return f"{labels[last + 1]}:" if last + 1 < len(labels) else ""

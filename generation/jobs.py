@@ -41,6 +41,7 @@ class Job:
         self.prompt_ids: list[int] = []
         self.generated: list[int] = []
         self.pending: int | None = None  # sampled, streamed, not yet fed to the model
+        self.forced: list[int] = []  # tokens the engine writes next instead of sampling (a label)
         self.generator = row_generator(request)  # kept across an out-of-memory requeue
         self.text = request.response_prefix
         self.sent = 0  # characters of `text` already streamed

@@ -119,6 +119,7 @@ class Preset:
         labels = self.labels_for(values)
         if labels:
             params.setdefault("response_prefix", f"{labels[0]}:")
+            params.setdefault("labels", labels)
         return GenerationRequest(messages=self.render(values), **params)
 
 

@@ -51,6 +51,11 @@ class RunningRows:
         assert self.sampling is not None
         return self.sampling.choose(logits, rows)
 
+    def overwrite(self, job: Job, token: int) -> None:
+        """`job`'s last chosen token was replaced by `token`: its row has seen that instead."""
+        assert self.sampling is not None
+        self.sampling.seen[self.jobs.index(job), -1] = token
+
     def drop(self, job: Job) -> None:
         """Take `job`'s row out of the jobs, the cache and the sampler."""
         row = self.jobs.index(job)

@@ -31,12 +31,16 @@ class GenerationRequest:
     temperature: float = 0.8
     top_p: float = 0.95
     repetition_penalty: float = 1.1
-    # Always set, so a record can say which seed produced a text (and reproduce it).
+    # Always set, so a record can say which seed produced a text (and, with fp32 weights,
+    # reproduce it exactly).
     seed: int = field(default_factory=lambda: secrets.randbelow(2**31))
     stop: tuple[str, ...] = ()
     # Words the answer starts with, fed after the prompt and shown as the text's start
     # (e.g. "Innkeeper:" so a small model keeps to the dialogue format).
     response_prefix: str = ""
+    # A labelled form ("Giver", "Goal", …): the local engine starts each new line with the next
+    # label itself and ends the answer once every label has its line (a small model skips some).
+    labels: tuple[str, ...] = ()
     timeout_s: float = 120.0
     # Generate past the end-of-text token (benchmarks, as vLLM's `ignore_eos`).
     ignore_eos: bool = False

@@ -19,6 +19,7 @@ import torch
 
 from generation.adapters import AdapterError, Adapters, load_adapters
 from generation.errors import EngineDead, UnknownModel
+from generation.forms import next_form_line
 from generation.jobs import Job
 from generation.kv_batch import BatchRunner
 from generation.mailbox import Mailbox
@@ -28,7 +29,7 @@ from generation.prefix_cache import PrefixCache
 from generation.prompting import encode_messages
 from generation.sampling import BatchSampler
 from generation.scheduler import Scheduler
-from generation.types import GenerationRequest
+from generation.types import FinishReason, GenerationRequest
 from generation.watchdog import StepWatchdog
 
 log = logging.getLogger("muse.generation.engine")
@@ -252,13 +253,28 @@ class Worker:
         for job, token in zip(jobs, tokens, strict=True):
             if job.done or job not in scheduler.rows:
                 continue  # failed meanwhile (the watchdog, an abort): nothing more to send
+            if job.forced:  # a label the engine writes: the sampled token is not used
+                token = job.forced.pop(0)
+                scheduler.rows.overwrite(job, token)
             text = tokenizer.decode(job.generated + [token], skip_special_tokens=True)
             reason = job.accept(token, text, self._eos)
+            if reason is None and job.request.labels and not job.forced:
+                reason = self._next_form_line(job)
             if reason is None:
                 job.emit_progress(model_id)
             else:
                 with scheduler.lock:
                     scheduler.drop(job, reason, model_id)
+
+    def _next_form_line(self, job: Job) -> FinishReason | None:
+        """A labelled form's line ended: have the next label written, or end the form."""
+        label = next_form_line(job.text, job.request.labels)
+        if label is None:
+            return None
+        if not label:
+            return "stop"  # every label has its line: what would follow is stray text
+        job.forced = self.loaded.tokenizer.encode(label, add_special_tokens=False)
+        return None
 
     def _timed(self, phase: str, jobs: list[Job]) -> None:
         self._watchdog.started()
