@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks in one run (how benchmarks/README.md's GPU figures were made): the batching
 # and sampling tests in fp32 on CUDA with a random-weight SmolLM2-shaped model, then
-# benchmarks/gpu.py in bf16. Expects the SmolLM2 tokenizer files in $TOKENIZER (default
+# benchmarks/gpu.py in bf16, then benchmarks/gpu_serve.py (16 and 64 streams through
+# `muse serve` with the client's event loop busy; needs aiohttp and python-dotenv, in .whl/). Expects the SmolLM2 tokenizer files in $TOKENIZER (default
 # .gpu/tokenizer) and writes logs to $OUT (default out/). Wheels in .whl/ (the versions this
 # repository pins, for a machine without internet) are put first on the path when present.
 set -uo pipefail
@@ -22,3 +23,5 @@ PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout 200 python3 -m pytest -q -p pytest_asyn
     tests/generation/test_sampling.py 2>&1 | tee "$OUT/pytest.log" | tail -25
 timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/gpu.py --tokenizer "$TOKENIZER" "$@" 2>&1 \
     | tee "$OUT/gpu.log"
+timeout "${SERVE_TIMEOUT:-300}" python3 benchmarks/gpu_serve.py --tokenizer "$TOKENIZER" 2>&1 \
+    | tee "$OUT/gpu_serve.log"

@@ -1,0 +1,293 @@
+"""Muse's local engine against llama.cpp's own `llama-server`, side by side in one run (CPU).
+
+    .venv/bin/python benchmarks/peers.py [--tokens 64] [--rounds 2] [--weights int8 fp32]
+                                         [--threads 2] [--big] [--quality]
+
+The peer is `llama-server` built from llama-cpp-python 0.3.36's vendored llama.cpp
+(`benchmarks/llama_build.py`, cached under `.venv/`), serving the same GGUF as Muse's default
+model with `--parallel 16 --no-repack` (the AMX repacking faults on this machine's virtual CPU)
+and the same thread count, driven by plain streamed HTTP requests. Muse's engine runs the model
+with each `--weights` choice (`MUSE_WEIGHTS`), on its worker thread as `muse run` does. Rounds
+alternate between all of them, so drift in the machine's load hits each alike; medians printed.
+
+Rows: one request at a time; 16 sent together; 16 staggered one every 0.5 s (Muse only: the
+ratio to the padded `generate` bound of the same weights); `--big`: a SmolLM2-1.7B-shaped model
+with random weights (one request, and 16 together). `--quality`: each choice against fp32 along
+fp32's greedy text of 16 prompts, 32 tokens (top-token agreement, the widest near-tie that
+flipped, the largest logit difference). Not a test: figures vary on a shared machine; ratios
+measured in one run compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import aiohttp
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.llama_build import llama_server_binary  # noqa: E402
+from benchmarks.throughput import (  # noqa: E402
+    STAGGER_S,
+    engine_concurrency,
+    engine_run,
+    off_main,
+    padded,
+    prompt,
+)
+from generation.engine import Engine, EngineConfig  # noqa: E402
+from generation.models import (  # noqa: E402
+    LoadedModel,
+    default_cache_dir,
+    default_model_path,
+    load_model,
+    with_weights,
+)
+from generation.prompting import encode_messages  # noqa: E402
+from tests.generation.llama_server import free_port  # noqa: E402
+from tests.generation.test_int8 import teacher_forced  # noqa: E402
+
+SLOTS = 16
+
+
+class LlamaCppServer:
+    """`llama-server` on a free loopback port, serving the default GGUF."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> LlamaCppServer:
+        binary = await asyncio.to_thread(llama_server_binary)
+        command = [
+            str(binary), "-m", str(default_model_path()), "--host", "127.0.0.1",
+            "--port", str(self.port), "-t", str(self.threads), "-np", str(SLOTS),
+            "-c", str(SLOTS * 512), "--no-repack",
+        ]  # fmt: skip
+        # A file, never a pipe nobody reads: a full pipe would block the server.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __aexit__)
+        self.process = subprocess.Popen(  # noqa: ASYNC220 (starting it does not wait)
+            command, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"llama-server exited: {self.log_tail()}")
+                try:
+                    async with session.get(f"{self.base_url}/health") as resp:
+                        if resp.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise RuntimeError("llama-server did not become healthy in 120 s")
+
+    def log_tail(self) -> str:
+        self.log.seek(0)
+        return self.log.read()[-3000:].decode(errors="replace")
+
+    async def __aexit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            print(f"llama-server's last lines:\n{self.log_tail()}", file=sys.stderr)
+        if self.process is not None:
+            self.process.terminate()
+            await asyncio.to_thread(self.process.wait, 30)
+        self.log.close()
+
+
+async def llama_run(server: LlamaCppServer, n: int, concurrency: int, tokens: int) -> float:
+    """Tokens/s of `n` streamed chat completions, `concurrency` at a time, with the sampling of
+    Muse's benchmark requests and every answer exactly `tokens` long."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(session: aiohttp.ClientSession, i: int) -> int:
+        body = {
+            "messages": [m.as_dict() for m in prompt(i)],
+            "max_tokens": tokens,
+            "temperature": 0.7,
+            "top_p": 0.95,
+            "repeat_penalty": 1.1,
+            "seed": i,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        made = 0
+        url = f"{server.base_url}/v1/chat/completions"
+        async with gate, session.post(url, json=body) as resp:
+            resp.raise_for_status()
+            async for line in resp.content:
+                if line.startswith(b"data: {"):
+                    event = json.loads(line[6:])
+                    made += sum(
+                        bool((c.get("delta") or {}).get("content")) for c in event["choices"]
+                    )
+                    made = (event.get("usage") or {}).get("completion_tokens", made)
+        return made
+
+    # A connection per request: the server closes a kept-alive one after a few requests
+    # (cpp-httplib's limit), which a reused connection would meet as a disconnect.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        done = await asyncio.gather(*(one(session, i) for i in range(n)))
+    return sum(done) / (time.perf_counter() - started)
+
+
+def loaded_variants(choices: list[str]) -> dict[str, LoadedModel]:
+    base = load_model(None, "cpu", default_cache_dir(), weights="fp32")
+    return {choice: with_weights(base, choice, copy=True) for choice in choices}
+
+
+def big_model(weights: str) -> LoadedModel:
+    from tests.generation.random_model import random_model
+
+    tokenizer = load_model(None, "cpu", default_cache_dir(), weights="fp32").tokenizer
+    return with_weights(random_model("smollm2-1.7b", tokenizer, "cpu", torch.float32), weights)
+
+
+async def started(loaded: LoadedModel) -> Engine:
+    engine = Engine(lambda: loaded, EngineConfig(max_batch=SLOTS, queue_size=64)).start()
+    await engine.wait_ready()
+    await engine_concurrency(engine, 2, 2, 8)  # warm up
+    return engine
+
+
+def quality(variants: dict[str, LoadedModel], prompts: int = 16) -> None:
+    """Each choice against fp32 along fp32's greedy text (teacher-forced, 32 tokens): how often
+    the top token agrees, the widest fp32 near-tie that flipped, the largest logit difference."""
+    reference = variants.get("fp32")
+    if reference is None:
+        print("quality: needs fp32 among --weights")
+        return
+    for name, other in variants.items():
+        if name == "fp32":
+            continue
+        agree = positions = 0
+        flipped, largest = 0.0, 0.0
+        for i in range(prompts):
+            want, got = teacher_forced(reference, other, prompt(i)[0].content)
+            best = want.topk(2).values
+            margin = best[:, 0] - best[:, 1]
+            same = want.argmax(-1) == got.argmax(-1)
+            agree, positions = agree + int(same.sum()), positions + len(same)
+            flipped = max([flipped, *margin[~same].tolist()])
+            largest = max(largest, float((want - got).abs().max()))
+        print(
+            f"quality {name} vs fp32 (teacher-forced, 32 tokens x {prompts} prompts): top token "
+            f"agrees at {agree}/{positions}; widest fp32 tie that flipped {flipped:.2f} logits; "
+            f"largest logit difference {largest:.2f}"
+        )
+
+
+async def main(args: argparse.Namespace) -> None:
+    torch_threads = args.threads
+    await off_main(torch.set_num_threads, torch_threads)
+    figures: dict[str, list[float]] = defaultdict(list)
+    variants = await off_main(loaded_variants, args.weights)
+    ids = [encode_messages(variants[args.weights[0]].tokenizer, prompt(i), 4096) for i in range(16)]
+    async with LlamaCppServer(torch_threads) as server:
+        await llama_run(server, 2, 2, 8)  # warm up
+        for _ in range(args.rounds):
+            figures["llama-server c=1"].append(await llama_run(server, 4, 1, args.tokens))
+            figures["llama-server 16 together"].append(await llama_run(server, 16, 16, args.tokens))
+            for name, loaded in variants.items():
+                await muse_round(name, loaded, ids, args.tokens, figures)
+    if args.quality:
+        await off_main(quality, variants)
+    if args.big:
+        for name in args.weights:
+            engine = await started(await off_main(big_model, name))
+            figures[f"1.7B-shaped {name} c=1"].append(await engine_concurrency(engine, 2, 1, 32))
+            figures[f"1.7B-shaped {name} 16 together"].append(await engine_run(engine, 16, 32))
+            await engine.aclose()
+    report(figures, args)
+
+
+async def muse_round(
+    name: str, loaded: LoadedModel, ids: list[list[int]], tokens: int, figures: dict
+) -> None:
+    """One round of Muse's rows with `loaded`, on an engine of its own that is closed after:
+    two live engines in one process slow each other (measured: one request ran at 30 tokens/s
+    beside an idle second engine, 63 alone), so only one ever exists at a time."""
+    engine = await started(loaded)
+    try:
+        figures[f"muse {name} c=1"].append(await engine_concurrency(engine, 4, 1, tokens))
+        figures[f"muse {name} 16 together"].append(await engine_run(engine, 16, tokens))
+        figures[f"muse {name} 16 staggered"].append(await engine_run(engine, 16, tokens, STAGGER_S))
+    finally:
+        await engine.aclose()
+    figures[f"padded generate {name} x16"].append(await off_main(padded, loaded, ids, tokens))
+
+
+def report(figures: dict[str, list[float]], args: argparse.Namespace) -> None:
+    median = {name: statistics.median(values) for name, values in figures.items()}
+    print(
+        f"\nSmolLM2-135M-Instruct (the default GGUF), {args.tokens} new tokens each, "
+        f"{args.threads} threads, {args.rounds} rounds (median; every round in brackets), torch "
+        f"{torch.__version__}\n"
+    )
+    print(f"| {'how':<34} | {'tokens/s':>8} | rounds |")
+    print(f"|{'-' * 36}|{'-' * 10}|--------|")
+    for name, values in figures.items():
+        rounds = " ".join(f"{v:.1f}" for v in values)
+        print(f"| {name:<34} | {median[name]:8.1f} | {rounds} |")
+    print()
+    print(f"| {'ratio':<44} | {'value':>6} | target |")
+    print(f"|{'-' * 46}|{'-' * 8}|--------|")
+    for name in args.weights:
+        rows = [
+            (
+                "c=1 / llama-server c=1",
+                median[f"muse {name} c=1"] / median["llama-server c=1"],
+                1.0,
+            ),
+            (
+                "16 together / llama-server 16 together",
+                median[f"muse {name} 16 together"] / median["llama-server 16 together"],
+                1.5,
+            ),
+            (
+                "16 staggered / padded bound",
+                median[f"muse {name} 16 staggered"] / median[f"padded generate {name} x16"],
+                0.8,
+            ),
+        ]
+        if args.big:
+            rows += [
+                ("1.7B-shaped c=1 (tokens/s)", median[f"1.7B-shaped {name} c=1"], 10.0),
+                (
+                    "1.7B-shaped 16 together (tokens/s)",
+                    median[f"1.7B-shaped {name} 16 together"],
+                    60.0,
+                ),
+            ]
+        for what, value, target in rows:
+            met = "met" if value >= target else "not met"
+            print(f"| {name + ' ' + what:<44} | {value:6.2f} | ≥ {target:g} {met} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights", nargs="+", default=["int8", "fp32"])
+    parser.add_argument("--big", action="store_true", help="also the 1.7B-shaped model")
+    parser.add_argument("--quality", action="store_true", help="greedy text against fp32")
+    asyncio.run(main(parser.parse_args()))
