@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from benchmarks.throughput import (  # noqa: E402
     off_main,
     padded,
     prompt,
+    raw_server,
 )
 from generation.engine import Engine, EngineConfig  # noqa: E402
 from generation.models import (  # noqa: E402
@@ -114,39 +114,9 @@ class LlamaCppServer:
 async def llama_run(server: LlamaCppServer, n: int, concurrency: int, tokens: int) -> float:
     """Tokens/s of `n` streamed chat completions, `concurrency` at a time, with the sampling of
     Muse's benchmark requests and every answer exactly `tokens` long."""
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(session: aiohttp.ClientSession, i: int) -> int:
-        body = {
-            "messages": [m.as_dict() for m in prompt(i)],
-            "max_tokens": tokens,
-            "temperature": 0.7,
-            "top_p": 0.95,
-            "repeat_penalty": 1.1,
-            "seed": i,
-            "ignore_eos": True,
-            "stream": True,
-        }
-        made = 0
-        url = f"{server.base_url}/v1/chat/completions"
-        async with gate, session.post(url, json=body) as resp:
-            resp.raise_for_status()
-            async for line in resp.content:
-                if line.startswith(b"data: {"):
-                    event = json.loads(line[6:])
-                    made += sum(
-                        bool((c.get("delta") or {}).get("content")) for c in event["choices"]
-                    )
-                    made = (event.get("usage") or {}).get("completion_tokens", made)
-        return made
-
-    # A connection per request: the server closes a kept-alive one after a few requests
-    # (cpp-httplib's limit), which a reused connection would meet as a disconnect.
-    connector = aiohttp.TCPConnector(force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        started = time.perf_counter()
-        done = await asyncio.gather(*(one(session, i) for i in range(n)))
-    return sum(done) / (time.perf_counter() - started)
+    base = f"{server.base_url}/v1"
+    extra = {"ignore_eos": True}
+    return await raw_server(base, n, concurrency, tokens, extra, fresh_connections=True)
 
 
 def loaded_variants(choices: list[str]) -> dict[str, LoadedModel]:

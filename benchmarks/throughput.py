@@ -155,8 +155,18 @@ class LoopLag:
         return statistics.quantiles(self.samples, n=100)[98] if len(self.samples) > 2 else 0.0
 
 
-async def raw_server(base_url: str, n: int, concurrency: int, tokens: int) -> float:
-    """The server driven directly: streamed chat completions over plain aiohttp, no Muse."""
+async def raw_server(
+    base_url: str,
+    n: int,
+    concurrency: int,
+    tokens: int,
+    extra: dict[str, Any] | None = None,
+    fresh_connections: bool = False,
+) -> float:
+    """The server driven directly: streamed chat completions over plain aiohttp, no Muse.
+    `extra`: more body fields (llama-server's `ignore_eos`); `fresh_connections`: a connection
+    per request (llama-server closes a kept-alive one after a few requests, which a reused
+    connection would meet as a disconnect)."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(session: aiohttp.ClientSession, i: int) -> int:
@@ -169,9 +179,11 @@ async def raw_server(base_url: str, n: int, concurrency: int, tokens: int) -> fl
             "seed": i,
             "stream": True,
             "stream_options": {"include_usage": True},
+            **(extra or {}),
         }
         pieces, used = 0, None
         async with gate, session.post(f"{base_url}/chat/completions", json=body) as resp:
+            resp.raise_for_status()
             async for line in resp.content:  # one event per line: fine for this server
                 if not line.startswith(b"data: {"):
                     continue
@@ -180,7 +192,8 @@ async def raw_server(base_url: str, n: int, concurrency: int, tokens: int) -> fl
                 pieces += sum(bool((c.get("delta") or {}).get("content")) for c in event["choices"])
         return used if used is not None else pieces
 
-    async with aiohttp.ClientSession() as session:
+    connector = aiohttp.TCPConnector(force_close=fresh_connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
         started = time.perf_counter()
         done = await asyncio.gather(*(one(session, i) for i in range(n)))
     return sum(done) / (time.perf_counter() - started)
