@@ -27,7 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.throughput import LoopLag, engine_concurrency, padded, prompt  # noqa: E402
+from benchmarks.throughput import (  # noqa: E402
+    LoopLag,
+    engine_concurrency,
+    off_main,
+    padded,
+    prompt,
+)
 from bot.cli.engine_process import engine_process  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
 from generation.prompting import encode_messages  # noqa: E402
@@ -68,10 +74,6 @@ def bound(folder: Path, device: str, ids: list[list[int]], tokens: int) -> float
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return figure
-
-
-async def off_main(work, *args):
-    return await asyncio.get_running_loop().run_in_executor(None, work, *args)
 
 
 async def shape_rows(args: argparse.Namespace, shape: str) -> list[tuple[str, float, float]]:

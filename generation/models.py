@@ -148,7 +148,7 @@ def load_model(
     return replace(loaded, load_s=load_s)
 
 
-WEIGHTS = ("auto", "fp32", "bf16", "int8")
+WEIGHTS = ("auto", "fp32", "bf16", "int8")  # MUSE_WEIGHTS; bot/core/settings.py checks the same
 
 
 def weights_for(device: torch.device, choice: str) -> str:
@@ -164,8 +164,8 @@ def weights_for(device: torch.device, choice: str) -> str:
 def with_weights(loaded: LoadedModel, choice: str | None, *, copy: bool = False) -> LoadedModel:
     """`loaded` with its weights as `choice`: `fp32` / `bf16` (the whole model in that dtype),
     `int8` (linear layers int8 weight-only with bf16 arithmetic, the rest as it was; the CPU
-    only), `auto`. With `copy`,
-    a changed model is a copy and `loaded` is left as it was. None changes nothing."""
+    only), `auto`. With `copy`, a changed model is a copy and `loaded` is left as it was. None
+    changes nothing."""
     if choice is None:
         return loaded
     choice = weights_for(loaded.device, choice)
@@ -185,7 +185,8 @@ def with_weights(loaded: LoadedModel, choice: str | None, *, copy: bool = False)
 
 
 def describe(loaded: LoadedModel) -> str:
-    """The weights in a few words, for logs and `muse doctor`: `torch.float32`, `int8 + bf16`."""
+    """The weights in a few words, for logs and `muse doctor`: `torch.float32` or
+    `int8 + torch.float32`."""
     from generation.quantize import Int8Linear
 
     quantised = any(isinstance(m, Int8Linear) for m in loaded.model.modules())

@@ -29,6 +29,7 @@ from generation.engine import Engine
 from generation.errors import GenerationFailed
 from generation.openai_backend import OpenAIEngine
 from generation.types import GenerationRequest, Message
+from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # a busy 2-core machine
@@ -60,15 +61,6 @@ def gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
-
-
-async def eventually(check, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.1)
-    return True
 
 
 def test_auto_means_an_accelerator():

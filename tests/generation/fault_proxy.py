@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from tests.polling import eventually
+
 HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "accept-encoding"}
 
 
@@ -85,12 +87,7 @@ class FaultProxy:
 
     async def wait_for(self, condition, timeout_s: float = 10.0) -> bool:
         """Poll `condition()` until true or `timeout_s` passes."""
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+        return await eventually(condition, timeout_s)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         arrived = time.monotonic()

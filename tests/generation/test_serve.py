@@ -16,9 +16,10 @@ import pytest
 from generation.engine import Engine
 from generation.errors import EngineBusy, GenerationFailed
 from generation.openai_backend import OpenAIEngine, RemoteConfig
-from generation.serve import ServeConfig, Server
 from generation.sse import SSEDecoder
 from tests.generation.conftest import ask
+from tests.generation.serving import Start, servers
+from tests.polling import eventually
 
 KEY = "serve-test-key-0d6f"
 PROMPT = "Name three colours."
@@ -36,19 +37,9 @@ def reference(text: str = PROMPT, **kwargs: Any):
 
 
 @pytest.fixture
-async def serve(make_engine) -> AsyncIterator[Callable[..., Any]]:
-    servers: list[Server] = []
-
-    async def start(engine: Engine | None = None, **config: Any) -> Server:
-        engine = engine or make_engine()
-        server = await Server(engine, ServeConfig(port=0, **config)).start()
-        await server.wait_loaded()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
+async def serve(make_engine) -> AsyncIterator[Start]:
+    async with servers(make_engine) as start:
+        yield start
 
 
 @pytest.fixture
@@ -75,16 +66,6 @@ def content(events: list[Any]) -> str:
         if isinstance(event, dict)
         for choice in event.get("choices", [])
     )
-
-
-async def eventually(check: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not check():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 async def test_a_streamed_answer_is_openai_chunks_then_usage_then_done(make_engine, serve, http):

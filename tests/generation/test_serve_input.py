@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,6 +18,7 @@ from generation.models import ModelLoadError
 from generation.serve import ServeConfig, ServeConfigError, Server, check_bind, is_loopback
 from generation.serve.parse import parse_chat
 from tests.bot.fakes import ReplayEngine
+from tests.generation.serving import Start, servers
 
 KEY = "serve-key-7c1e5a9b"
 GOOD = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
@@ -40,19 +41,9 @@ class LoadingEngine(ReplayEngine):
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Any]]:
-    servers: list[Server] = []
-
-    async def start(engine: Any = None, *, wait: bool = True, **config: Any) -> Server:
-        server = await Server(engine or ReplayEngine(), ServeConfig(port=0, **config)).start()
-        if wait:
-            await server.wait_loaded()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
+async def serve() -> AsyncIterator[Start]:
+    async with servers(ReplayEngine) as start:
+        yield start
 
 
 @pytest.fixture
