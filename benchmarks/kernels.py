@@ -1,21 +1,30 @@
-"""The CPU's matrix-product kernels for one decoding step's shapes: int8 weight-only
-(`torch._weight_int8pack_mm`, bf16 activations), bf16 and fp32 `linear`.
+"""The CPU's matrix-product kernels for one decoding step's shapes: int8 and int4 weight-only
+(`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`, bf16 activations), bf16 and
+fp32 `linear`.
 
     .venv/bin/python benchmarks/kernels.py
 
 Prints milliseconds per call for a few weight shapes (SmolLM2-135M's and -1.7B's layers and the
 output head) at 1, 4 and 16 rows, on a thread of its own (never torch on the main thread, see
-benchmarks/throughput.py). What `generation/quantize.py`'s choices rest on.
+benchmarks/throughput.py). What `generation/quantize.py`'s choices rest on. Each call reuses one
+weight, which may stay in the CPU's caches: a whole decoding step reads every layer's weights
+once, so these are a kernel's best case, not its share of a step.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from generation.quantize import GROUP, Int4Linear  # noqa: E402
 
 SHAPES = [(49152, 576), (1536, 576), (576, 1536), (2048, 2048), (8192, 2048), (2048, 8192)]
 ROWS = (1, 4, 16)
@@ -33,21 +42,32 @@ def per_call_ms(work: Callable[..., object], *args: object, repeats: int = 10) -
 def measure() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per call\n")
-    print(f"| {'weight (out x in)':<18} | rows | int8 pack_mm | bf16 linear | fp32 linear |")
-    print(f"|{'-' * 20}|------|--------------|-------------|-------------|")
+    print(
+        f"| {'weight (out x in)':<18} | rows | int4 pack_mm | int8 pack_mm | bf16 linear "
+        "| fp32 linear |"
+    )
+    print(f"|{'-' * 20}|------|--------------|--------------|-------------|-------------|")
     for out_features, in_features in SHAPES:
         weight = torch.randn(out_features, in_features)
         scales = weight.abs().amax(dim=1) / 127
         quantised = torch.round(weight / scales[:, None]).to(torch.int8)
         scales16, weight16 = scales.to(torch.bfloat16), weight.to(torch.bfloat16)
+        int4_layer = Int4Linear(torch.nn.Linear(in_features, out_features, bias=False))
+        packed, scales_and_zeros = int4_layer.weight, int4_layer.scales_and_zeros
         for rows in ROWS:
             x = torch.randn(rows, in_features)
             x16 = x.to(torch.bfloat16)
+            int4 = per_call_ms(
+                torch._weight_int4pack_mm_for_cpu, x16, packed, GROUP, scales_and_zeros
+            )
             int8 = per_call_ms(torch._weight_int8pack_mm, x16, quantised, scales16)
             bf16 = per_call_ms(F.linear, x16, weight16)
             fp32 = per_call_ms(F.linear, x, weight)
             shape = f"{out_features} x {in_features}"
-            print(f"| {shape:<18} | {rows:4} | {int8:12.3f} | {bf16:11.3f} | {fp32:11.3f} |")
+            print(
+                f"| {shape:<18} | {rows:4} | {int4:12.3f} | {int8:12.3f} | {bf16:11.3f} "
+                f"| {fp32:11.3f} |"
+            )
 
 
 if __name__ == "__main__":

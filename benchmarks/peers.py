@@ -1,6 +1,6 @@
 """Muse's local engine against llama.cpp's own `llama-server`, side by side in one run (CPU).
 
-    .venv/bin/python benchmarks/peers.py [--tokens 64] [--rounds 2] [--weights int8 fp32]
+    .venv/bin/python benchmarks/peers.py [--tokens 64] [--rounds 2] [--weights int4 int8 fp32]
                                          [--threads 2] [--big] [--quality]
 
 The peer is `llama-server` built from llama-cpp-python 0.3.36's vendored llama.cpp
@@ -55,7 +55,7 @@ from generation.models import (  # noqa: E402
 )
 from generation.prompting import encode_messages  # noqa: E402
 from tests.generation.llama_server import free_port  # noqa: E402
-from tests.generation.test_int8 import teacher_forced  # noqa: E402
+from tests.generation.test_quantised import teacher_forced  # noqa: E402
 
 SLOTS = 16
 
@@ -257,7 +257,7 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--weights", nargs="+", default=["int8", "fp32"])
+    parser.add_argument("--weights", nargs="+", default=["int4", "int8", "fp32"])
     parser.add_argument("--big", action="store_true", help="also the 1.7B-shaped model")
     parser.add_argument("--quality", action="store_true", help="greedy text against fp32")
     asyncio.run(main(parser.parse_args()))

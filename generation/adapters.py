@@ -129,8 +129,8 @@ def _factors(
         if keys is not None and f"{name}.lora_A.weight" not in keys:
             raise AdapterError(f"its weights miss the layer {name.removeprefix(prefix)}")
         weight = module.get_base_layer().weight
-        # The factors meet the layer's input: in the weights' dtype, or the model's for int8
-        # weights (`generation/quantize.py` keeps the model's dtype around its layers).
+        # The factors meet the layer's input: in the weights' dtype, or the model's for int8 /
+        # int4 weights (`generation/quantize.py` keeps the model's dtype around its layers).
         dtype = weight.dtype if weight.dtype.is_floating_point else activations
         a = module.lora_A[LOADING].weight.detach()
         b = module.lora_B[LOADING].weight.detach() * module.scaling[LOADING]

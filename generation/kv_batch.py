@@ -9,6 +9,7 @@ rows never wait for a whole batch to drain.
 from __future__ import annotations
 
 import inspect
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -17,7 +18,9 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from generation.adapters import BASE_SLOT, Adapters
+from generation.decode_step import LlamaStep
 from generation.prefix_cache import LayerStates, PrefixCache
+from generation.quantize import prefilling
 
 # Room for this many more tokens per layer before its buffers are reallocated.
 SPARE_COLUMNS = 64
@@ -175,6 +178,10 @@ class BatchRunner:
             type(layer) is DynamicLayer for layer in probe.layers
         )
         self._layers = len(probe.layers)
+        # Decoding steps without transformers' forward around the layers, where written out.
+        self._decode = (
+            LlamaStep(model) if self.supports_merging and LlamaStep.supports(model) else None
+        )
 
     def _model_cache(self) -> Any:
         """The model's own cache (sliding windows and all), for models whose rows cannot merge."""
@@ -210,7 +217,8 @@ class BatchRunner:
             for layer, (keys, values) in zip(cache.layers, prefix, strict=True):
                 layer.assign(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1))
             mask = F.pad(mask, (shared, 0), value=1)
-        logits = self._forward(ids, mask, positions, cache, row_slots)
+        with prefilling():  # quantised layers: bf16 weights for many rows
+            logits = self._forward(ids, mask, positions, cache, row_slots)
         lengths = torch.tensor([len(seq) for seq in sequences], device=self.device)
         return KVBatch(cache, mask, lengths, row_slots), logits
 
@@ -257,8 +265,14 @@ class BatchRunner:
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)
         width = batch.width
         mask = F.pad(batch.mask, (0, 1), value=1)
+        positions = batch.lengths.unsqueeze(1)
         try:
-            logits = self._forward(ids, mask, batch.lengths.unsqueeze(1), batch.cache, batch.slots)
+            if self._decode is not None and isinstance(batch.cache.layers[0], GrowingLayer):
+                routed = self.adapters is not None and any(batch.slots)
+                with self._routed(batch.slots):
+                    logits = self._decode(ids, mask, positions, batch.cache, routed)
+            else:
+                logits = self._forward(ids, mask, positions, batch.cache, batch.slots)
         except BaseException:
             batch.truncate(width)
             raise
@@ -277,14 +291,13 @@ class BatchRunner:
         kwargs: dict[str, Any] = {self._cache_arg: cache, "use_cache": True}
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = 1
-        if self.adapters is None:  # no adapter served: the model exactly as it is
+        with self._routed(slots):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
-        else:
-            with self.adapters.route(slots):
-                out = self.model(
-                    input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs
-                )
         return out.logits[:, -1, :].float()
+
+    def _routed(self, slots: tuple[int, ...]) -> AbstractContextManager[None]:
+        """Each row through its adapter; no adapter served: the model exactly as it is."""
+        return nullcontext() if self.adapters is None else self.adapters.route(slots)
 
 
 def _new_cache(layers: int) -> Any:

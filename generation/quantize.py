@@ -1,30 +1,64 @@
-"""Weight-only int8 linear layers for the CPU engine (`MUSE_WEIGHTS=int8`).
+"""Weight-only int8 and int4 linear layers for the CPU engine (`MUSE_WEIGHTS=int8` / `int4`).
 
 A decoding step of a small model on the CPU is bound by reading the weights: fp32 reads 4 bytes
-per parameter each step, int8 one. torch's own `_weight_int8pack_mm` multiplies bf16 activations
-by int8 weights with one scale per output row (with fp32 activations it is many times slower), so
-each layer takes its input to bf16 and gives its output back in the model's dtype: the rest of
-the model (norms, attention, the residual stream, the cache) stays as it was, fp32 on the CPU.
-Measured on the default model that costs nothing against running all of it in bf16, and the
-drift from fp32 is the weights' rounding alone. For many rows at once (a prefill) the integers
-are widened to bf16 for that call instead (exactly: bf16 holds every int8), the scales applied
-after: one matrix product on the CPU's bf16 units beats the
-row-wise kernel there (figures in `benchmarks/README.md`).
+per parameter each step, int8 one, int4 half of one. torch's own kernels
+(`_weight_int8pack_mm`: one scale per output row; `_weight_int4pack_mm_for_cpu`: a scale and a
+zero per 32 inputs of each row) multiply bf16 activations by those weights (with fp32
+activations they are many times slower), so each layer takes its input to bf16 and gives its
+output back in the model's dtype: the rest of the model (norms, attention, the residual stream,
+the cache) stays as it was, fp32 on the CPU. Measured on the default model that costs nothing
+against running all of it in bf16, and the drift from fp32 is the weights' rounding alone.
 
-`Int8Linear` is an `nn.Linear` to everything that asks (PEFT adapts it like any linear layer;
-its `weight` is the int8 matrix, which PEFT reads only for its device), so LoRA adapters load
-onto a quantised model as they do onto the original.
+int4 in groups of 32 with a scale and a minimum is how a Q4_0 / Q4_1 GGUF holds its weights, so
+for such a file (the default model) the groups found again from its de-quantised weights are the
+file's own: little is lost beyond rounding each group's scale and zero to bf16. The output head
+stays int8 (the GGUF keeps it 8-bit too).
+
+A prefill's forward (inside `prefilling()`) multiplies with the weights in bf16 instead (int8:
+widened for the call, exactly, bf16 holds every int8, the scales applied after; int4: a bf16 copy
+kept beside the packed weights): one matrix product of many rows on the CPU's bf16 units beats
+the row-wise kernels there (figures in `benchmarks/README.md`). Decoding steps use the kernels.
+
+`Int8Linear` and `Int4Linear` are `nn.Linear`s to everything that asks (PEFT adapts them like any
+linear layer; their `weight` is the packed matrix, which PEFT reads only for its device), so LoRA
+adapters load onto a quantised model as they do onto the original.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Up to this many rows in one call use the int8 kernel; more widen the weights once for the call.
-KERNEL_ROWS = 32
+GROUP = 32  # inputs per int4 scale and zero
+BLOCK = 64  # the packed int4 layout interleaves output rows in blocks of this many
 COMPUTE = torch.bfloat16
+
+_phase = threading.local()  # .prefilling: this thread runs a prefill's forward
+
+
+@contextmanager
+def prefilling() -> Iterator[None]:
+    """Inside (on this thread), quantised layers multiply with bf16 weights, whatever the number
+    of rows: a prefill's many rows run on the CPU's bf16 units, where the int kernels are
+    compute-bound at a third of their speed. Outside, they use the int kernels (decoding steps:
+    reading the fewest bytes). Each way gives a row the same numbers however many rows share
+    the call (measured: both are row-for-row exact from 1 to 704 rows here), so which requests
+    share a batch does not change any request's numbers; switching by the number of rows would."""
+    before = getattr(_phase, "prefilling", False)
+    _phase.prefilling = True
+    try:
+        yield
+    finally:
+        _phase.prefilling = before
+
+
+def in_prefill() -> bool:
+    return getattr(_phase, "prefilling", False)
 
 
 class Int8Linear(nn.Linear):
@@ -42,14 +76,8 @@ class Int8Linear(nn.Linear):
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features).to(COMPUTE)
-        if flat.shape[0] <= KERNEL_ROWS:
-            out = torch._weight_int8pack_mm(flat, self.weight, self.scales).to(x.dtype)
-        else:
-            # The kernel's own arithmetic: the integers (exact in bf16) times the input, then
-            # the scales. Scaling the weights first would round each to bf16's 8 bits and the
-            # prefill would compute with other weights than the decoding steps.
-            out = F.linear(flat, self.weight.to(COMPUTE)).to(x.dtype) * self.scales.to(x.dtype)
+        flat = x.reshape(-1, self.in_features)
+        out = int8_matmul(flat, self.weight, self.scales, in_prefill())
         out = out.view(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
@@ -61,10 +89,145 @@ class Int8Linear(nn.Linear):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-def quantise_int8(model: nn.Module) -> int:
-    """Make every linear layer of `model` (the output head too) an `Int8Linear`; the number
-    replaced. A head tied to the input embeddings is untied first: the embeddings keep their
-    dtype for their lookup."""
+def int8_matmul(
+    flat: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, wide: bool = False
+) -> torch.Tensor:
+    """`flat` [rows, in] times int8 `weight` [out, in] with per-row `scales`, in `flat`'s dtype:
+    with the kernel, or (`wide`) the weights widened to bf16 for the call."""
+    if not wide:
+        return torch._weight_int8pack_mm(flat.to(COMPUTE), weight, scales).to(flat.dtype)
+    # The kernel's own arithmetic: the integers (exact in bf16) times the input, then the
+    # scales. Scaling the weights first would round each to bf16's 8 bits and the prefill
+    # would compute with other weights than the decoding steps.
+    out = F.linear(flat.to(COMPUTE), weight.to(COMPUTE)).to(flat.dtype)
+    return out * scales.to(flat.dtype)
+
+
+class Int4Linear(nn.Linear):
+    """A linear layer holding int4 weights (torch's packed CPU layout) with a bf16 scale and
+    zero for every `GROUP` inputs of each output row: weight = (q - 8) * scale + zero; and the
+    same weights widened to bf16 (`wide`) for prefills (see `prefilling`): the int4 kernel is
+    compute-bound there at a third of the bf16 units' speed, and widening per call would cost
+    more than the product (~8 ns a weight here). So int4 holds 2.5 bytes a weight, against int8's
+    1 and fp32's 4, and reads half a byte a weight per decoding step."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        rows, columns = self.out_features, self.in_features
+        groups = linear.weight.detach().to(torch.float32).view(rows, columns // GROUP, GROUP)
+        low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+        scales = ((high - low) / 15.0).clamp(min=torch.finfo(COMPUTE).tiny)
+        levels = ((groups - low[..., None]) / scales[..., None]).round().clamp(0, 15)
+        packed = torch._convert_weight_to_int4pack_for_cpu(levels.view(rows, columns).int(), 8)
+        self.weight = nn.Parameter(packed, requires_grad=False)
+        scales, zeros = scales.to(COMPUTE), (low + 8.0 * scales).to(COMPUTE)
+        # The kernel's layout: [groups, out, (scale, zero)].
+        self.register_buffer(
+            "scales_and_zeros", torch.stack([scales, zeros], -1).transpose(0, 1).contiguous()
+        )
+        # What the kernel computes with: the bf16 scale and zero applied in fp32.
+        wide = (levels - 8.0) * scales.float()[..., None] + zeros.float()[..., None]
+        self.register_buffer("wide", wide.view(rows, columns).to(COMPUTE), persistent=False)
+        bias = linear.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @staticmethod
+    def fits(linear: nn.Linear) -> bool:
+        """Whether the packed layout can hold `linear`'s shape."""
+        return linear.out_features % BLOCK == 0 and linear.in_features % GROUP == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        wide = self.wide if in_prefill() else None
+        out = int4_matmul(flat, self.weight, self.scales_and_zeros, wide)
+        out = out.view(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
+
+    def dequantised(self) -> torch.Tensor:
+        """The weights as bf16 (what the int4 values stand for), from the packed ones."""
+        return int4_dequantised(self.weight, self.scales_and_zeros)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4"
+
+
+def int4_matmul(
+    flat: torch.Tensor,
+    packed: torch.Tensor,
+    scales_and_zeros: torch.Tensor,
+    wide: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`flat` [rows, in] times the int4 weights, in `flat`'s dtype: with the kernel, or with
+    `wide` (the same weights in bf16) when given."""
+    if wide is None:
+        out = torch._weight_int4pack_mm_for_cpu(flat.to(COMPUTE), packed, GROUP, scales_and_zeros)
+        return out.to(flat.dtype)
+    return F.linear(flat.to(COMPUTE), wide).to(flat.dtype)
+
+
+def int4_dequantised(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
+    """The bf16 weights [out, in] that `packed` and its scales stand for. The packed layout holds,
+    for each block of `BLOCK` output rows and each input, a byte per pair of rows j and j + 32
+    (low and high four bits)."""
+    rows, columns = packed.shape[0], packed.shape[1] * 2
+    blocks = packed.view(rows // BLOCK, columns, BLOCK // 2)
+    levels = torch.stack([blocks & 15, blocks >> 4], dim=1)  # [blocks, 2, in, 32]
+    levels = levels.permute(0, 1, 3, 2).reshape(rows, columns // GROUP, GROUP)
+    scales, zeros = scales_and_zeros.to(torch.float32).transpose(0, 1).unbind(-1)  # [out, groups]
+    weight = (levels.to(torch.float32) - 8.0) * scales[..., None] + zeros[..., None]
+    return weight.view(rows, columns).to(COMPUTE)
+
+
+def fuse(layers: list[nn.Module]) -> nn.Module | None:
+    """One quantised layer computing `layers`' outputs one after another (one kernel call for
+    all, on the same input), or None unless they are all bias-free `Int8Linear`s or all
+    `Int4Linear`s. The layers' packed weights become views into the fused one (no memory is
+    added) and each output is the same number as the layer's own."""
+    kinds = {type(layer) for layer in layers}
+    if (
+        len(kinds) != 1
+        or kinds - {Int8Linear, Int4Linear}
+        or any(layer.bias is not None for layer in layers)
+    ):
+        return None
+    if len({layer.in_features for layer in layers}) != 1:
+        return None
+    fused = nn.Module.__new__(kinds.pop())
+    nn.Module.__init__(fused)
+    fused.in_features = layers[0].in_features
+    fused.out_features = sum(layer.out_features for layer in layers)
+    fused.bias = None
+    weight = torch.cat([layer.weight for layer in layers])
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    first = 0
+    for layer in layers:
+        layer.weight = nn.Parameter(weight[first : first + layer.out_features], requires_grad=False)
+        first += layer.out_features
+    if isinstance(fused, Int8Linear):
+        fused.register_buffer("scales", torch.cat([layer.scales for layer in layers]))
+        first = 0
+        for layer in layers:
+            layer.scales = fused.scales[first : first + layer.out_features]
+            first += layer.out_features
+    else:  # the scales run along the middle dimension: views would not be contiguous
+        parts = [layer.scales_and_zeros for layer in layers]
+        fused.register_buffer("scales_and_zeros", torch.cat(parts, dim=1).contiguous())
+        fused.register_buffer("wide", torch.cat([layer.wide for layer in layers]), persistent=False)
+        first = 0
+        for layer in layers:
+            layer.wide = fused.wide[first : first + layer.out_features]
+            first += layer.out_features
+    return fused
+
+
+def quantise(model: nn.Module, bits: int) -> int:
+    """Make every linear layer of `model` an `Int8Linear` (`bits` 8) or an `Int4Linear` (`bits` 4;
+    the output head, and any layer whose shape the packed layout cannot hold, `Int8Linear`); the
+    number replaced. A head tied to the input embeddings is untied first: the embeddings keep
+    their dtype for their lookup."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, not {bits}")
     head = getattr(model, "lm_head", None)
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if isinstance(head, nn.Linear) and embeddings is not None and head.weight is embeddings.weight:
@@ -74,7 +237,9 @@ def quantise_int8(model: nn.Module) -> int:
     replaced = 0
     for name, module in list(model.named_modules()):
         if type(module) is nn.Linear:
+            four = bits == 4 and module is not head and Int4Linear.fits(module)
+            layer = Int4Linear(module) if four else Int8Linear(module)
             parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, Int8Linear(module))
+            setattr(model.get_submodule(parent) if parent else model, leaf, layer)
             replaced += 1
     return replaced

@@ -29,7 +29,8 @@ class Secret(str):
         return str.__str__(self)
 
 
-WEIGHTS = ("auto", "fp32", "bf16", "int8")  # generation.models.WEIGHTS, without importing torch
+# generation.models.WEIGHTS, without importing torch
+WEIGHTS = ("auto", "fp32", "bf16", "int8", "int4")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,7 @@ class Settings:
     engine_process: str = "auto"  # MUSE_ENGINE_PROCESS: auto / 0 / 1
     serve_api_key: Secret = field(default_factory=lambda: Secret(""))  # MUSE_SERVE_API_KEY
     threads: int = 0  # MUSE_THREADS: the local engine's CPU threads (0: torch's default)
-    weights: str = "auto"  # MUSE_WEIGHTS: auto / fp32 / bf16 / int8
+    weights: str = "auto"  # MUSE_WEIGHTS: auto / fp32 / bf16 / int8 / int4
 
     @classmethod
     def load(cls, env_file: str | Path | None = ".env") -> Settings:

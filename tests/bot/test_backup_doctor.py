@@ -173,7 +173,7 @@ def test_doctor_loads_the_local_model(env, tmp_path: Path, capsys):
 
     code, lines = doctor(capsys, "--load")
     assert code == 0 and "loaded SmolLM2-135M-Instruct" in lines[2]
-    assert " on cpu (int8 + torch.float32) in " in lines[2]  # MUSE_WEIGHTS=auto on the CPU
+    assert " on cpu (int4 + torch.float32) in " in lines[2]  # MUSE_WEIGHTS=auto, a Q4 GGUF
     assert TOKEN not in "\n".join(lines)
 
 

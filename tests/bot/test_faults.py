@@ -124,7 +124,7 @@ async def test_sigterm_finishes_or_cuts_off_then_exits_0(emu: DiscordEmulator, t
     db = tmp_path / "muse.db"
     for name in ("u1", "u2", "u3"):
         emu.add_user(name)
-    # The long ones must outlast the grace: 1024 tokens take ~25 s with int8 weights here
+    # The long ones must outlast the grace: 1024 tokens take ~10 s with int4 weights here
     # (a 300-token cap once finished inside a 5 s grace).
     async with muse_run(emu, db, MUSE_MAX_TOKENS="1024", MUSE_SHUTDOWN_GRACE_S="3") as bot:
         long = [await emu.slash_command("generate", LONG, user=u) for u in ("u1", "u2")]

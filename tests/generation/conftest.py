@@ -26,7 +26,7 @@ def loaded(model_cache_dir: Path) -> LoadedModel:
     """The real default model on the CPU. MUSE_TEST_MODEL=random:<shape> runs the same tests on
     a random-weight model in fp32 on MUSE_TEST_DEVICE (e.g. cuda) with the tokenizer folder
     MUSE_TEST_TOKENIZER: how the batching tests run on a GPU machine the real weights cannot
-    reach (tests/generation/random_model.py). MUSE_TEST_WEIGHTS=int8 (or bf16) runs them on
+    reach (tests/generation/random_model.py). MUSE_TEST_WEIGHTS=int8 (or int4, bf16) runs them on
     those weights (`MUSE_WEIGHTS`) instead of fp32."""
     spec = os.environ.get("MUSE_TEST_MODEL", "")
     weights = os.environ.get("MUSE_TEST_WEIGHTS") or None
@@ -42,10 +42,10 @@ def loaded(model_cache_dir: Path) -> LoadedModel:
 
 def logit_tolerance(loaded: LoadedModel) -> float:
     """How far a row's logits may move when other rows share its batch or its beginning was
-    remembered: fp32 only reorders sums (1e-3); with bf16 arithmetic (int8 weights compute in
-    it) each layer's input is rounded to bf16's 8 bits, and the logits come out in bf16 (0.06
-    apart near 12): measured up to 0.47 with int8, so 0.75."""
-    if describe(loaded).startswith("int8"):
+    remembered: fp32 only reorders sums (1e-3); with bf16 arithmetic (int8 and int4 weights
+    compute in it) each layer's input is rounded to bf16's 8 bits, and the logits come out in
+    bf16 (0.06 apart near 12): measured up to 0.47 with int8, so 0.75."""
+    if describe(loaded).startswith(("int8", "int4")):
         return 0.75
     return 1e-3 if loaded.dtype == torch.float32 else 0.75
 
