@@ -51,11 +51,14 @@ class _Projection:
             return _Projection(module.weight, module.scales, 8)
         return _Projection(module.weight, None, 0)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """`x` times the weights, in `x`'s dtype; `raw`: in the kernel's own (bf16 for int8 /
+        int4), for a caller whose next operation widens it anyway (adding it to an fp32
+        tensor gives the same numbers as widening first, one call fewer)."""
         if self.bits == 4:
-            return int4_matmul(x, self.weight, self.scales)
+            return int4_matmul(x, self.weight, self.scales, cast=not raw)
         if self.bits == 8:
-            return int8_matmul(x, self.weight, self.scales)
+            return int8_matmul(x, self.weight, self.scales, cast=not raw)
         return F.linear(x, self.weight)
 
 
@@ -78,10 +81,12 @@ def _fused_or_each(*modules: nn.Module) -> tuple[_Projection, ...]:
     return (_Projection.of(fused),) if fused is not None else tuple(map(_Projection.of, bases))
 
 
-def _projected(projections: tuple[_Projection, ...], x: torch.Tensor) -> torch.Tensor:
+def _projected(
+    projections: tuple[_Projection, ...], x: torch.Tensor, raw: bool = False
+) -> torch.Tensor:
     if len(projections) == 1:
-        return projections[0](x)
-    return torch.cat([projection(x) for projection in projections], -1)
+        return projections[0](x, raw)
+    return torch.cat([projection(x, raw) for projection in projections], -1)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -164,14 +169,14 @@ class LlamaStep:
             return self.model.lm_head(self.inner.norm(x)[:, -1]).float()
         x = x[:, 0]  # [rows, hidden]
         for layer, cached in zip(self.layers, cache.layers, strict=True):
-            qkv = _projected(layer.qkv, _rms_norm(x, layer.attention_norm, self.eps))
+            qkv = _projected(layer.qkv, _rms_norm(x, layer.attention_norm, self.eps), raw=True)
             out = self._attention(
                 qkv.view(x.shape[0], self.width, -1), cos, sin, allowed, cached, layer.scaling
             )
-            x = x + layer.out(out)
+            x = x + layer.out(out, raw=True)
             gate_up = _projected(layer.gate_up, _rms_norm(x, layer.mlp_norm, self.eps))
             gate, up = gate_up.split(self.intermediate, dim=-1)
-            x = x + layer.down(self.act(gate) * up)
+            x = x + layer.down(self.act(gate) * up, raw=True)
         return self.head(_rms_norm(x, self.final_norm, self.eps)).float()
 
     def _attention(
@@ -186,9 +191,12 @@ class LlamaStep:
         """`qkv` [rows, heads side by side, dim] → the attention's output [rows, heads × dim],
         the new keys and values appended to `cached`."""
         rows, heads, rotated = qkv.shape[0], self.heads, self.heads + self.kv_heads
-        qk = qkv[:, :rotated]
+        qk = qkv[:, :rotated]  # times the fp32 cos and sin: fp32, as transformers has it
         qk = qk * cos + qk.roll(qk.shape[-1] // 2, -1) * sin
-        keys, values = cached.update(qk[:, heads:, None], qkv[:, rotated:, None])
+        values = qkv[:, rotated:, None]
+        if values.dtype != qk.dtype:  # the kernel's bf16: the cache holds the model's dtype
+            values = values.to(qk.dtype)
+        keys, values = cached.update(qk[:, heads:, None], values)
         if allowed is None:
             q = qk[:, :heads, None]
             out = F.scaled_dot_product_attention(

@@ -72,12 +72,15 @@ class Int8Linear(nn.Linear):
         quantised = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
         self.weight = nn.Parameter(quantised, requires_grad=False)
         self.register_buffer("scales", scales.to(COMPUTE))
+        # The output head sees one row per sequence even in a prefill (the last position's
+        # logits only): widening its weights there would cost more than the kernel.
+        self.kernel_only = False
         bias = linear.bias
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        out = int8_matmul(flat, self.weight, self.scales, in_prefill())
+        out = int8_matmul(flat, self.weight, self.scales, in_prefill() and not self.kernel_only)
         out = out.view(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
 
@@ -90,12 +93,18 @@ class Int8Linear(nn.Linear):
 
 
 def int8_matmul(
-    flat: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, wide: bool = False
+    flat: torch.Tensor,
+    weight: torch.Tensor,
+    scales: torch.Tensor,
+    wide: bool = False,
+    cast: bool = True,
 ) -> torch.Tensor:
     """`flat` [rows, in] times int8 `weight` [out, in] with per-row `scales`, in `flat`'s dtype:
-    with the kernel, or (`wide`) the weights widened to bf16 for the call."""
+    with the kernel (in bf16 if not `cast`), or (`wide`) the weights widened to bf16 for the
+    call."""
     if not wide:
-        return torch._weight_int8pack_mm(flat.to(COMPUTE), weight, scales).to(flat.dtype)
+        out = torch._weight_int8pack_mm(flat.to(COMPUTE), weight, scales)
+        return out.to(flat.dtype) if cast else out
     # The kernel's own arithmetic: the integers (exact in bf16) times the input, then the
     # scales. Scaling the weights first would round each to bf16's 8 bits and the prefill
     # would compute with other weights than the decoding steps.
@@ -157,12 +166,13 @@ def int4_matmul(
     packed: torch.Tensor,
     scales_and_zeros: torch.Tensor,
     wide: torch.Tensor | None = None,
+    cast: bool = True,
 ) -> torch.Tensor:
-    """`flat` [rows, in] times the int4 weights, in `flat`'s dtype: with the kernel, or with
-    `wide` (the same weights in bf16) when given."""
+    """`flat` [rows, in] times the int4 weights, in `flat`'s dtype: with the kernel (in bf16 if
+    not `cast`), or with `wide` (the same weights in bf16) when given."""
     if wide is None:
         out = torch._weight_int4pack_mm_for_cpu(flat.to(COMPUTE), packed, GROUP, scales_and_zeros)
-        return out.to(flat.dtype)
+        return out.to(flat.dtype) if cast else out
     return F.linear(flat.to(COMPUTE), wide).to(flat.dtype)
 
 
@@ -239,6 +249,8 @@ def quantise(model: nn.Module, bits: int) -> int:
         if type(module) is nn.Linear:
             four = bits == 4 and module is not head and Int4Linear.fits(module)
             layer = Int4Linear(module) if four else Int8Linear(module)
+            if module is head:
+                layer.kernel_only = True
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, layer)
             replaced += 1
