@@ -8,7 +8,8 @@ Prints milliseconds per call for a few weight shapes (SmolLM2-135M's and -1.7B's
 output head) at 1, 4 and 16 rows, on a thread of its own (never torch on the main thread, see
 benchmarks/throughput.py). What `generation/quantize.py`'s choices rest on. Each call reuses one
 weight, which may stay in the CPU's caches: a whole decoding step reads every layer's weights
-once, so these are a kernel's best case, not its share of a step.
+once, so these are a kernel's best case, not its share of a step: the second table (every layer
+of the default model with weights of its own) is.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generation.quantize import GROUP, Int4Linear  # noqa: E402
+from generation.quantize import GROUP, Int4Linear, Int8Linear  # noqa: E402
 
 SHAPES = [(49152, 576), (1536, 576), (576, 1536), (2048, 2048), (8192, 2048), (2048, 8192)]
 ROWS = (1, 4, 16)
@@ -70,7 +71,39 @@ def measure() -> None:
             )
 
 
+def whole_model() -> None:
+    """Every layer of SmolLM2-135M once, each with weights of its own (as a decoding step reads
+    them, so they cannot all stay in the caches), with the fused projections the engine uses:
+    what one step's matrix products cost with int4 and with int8 weights."""
+    torch.manual_seed(0)
+    layer_shapes = [(960, 576), (576, 576), (3072, 576), (576, 1536)] * 30
+    int4 = [Int4Linear(torch.nn.Linear(k, n, bias=False)) for n, k in layer_shapes]
+    int8 = [Int8Linear(torch.nn.Linear(k, n, bias=False)) for n, k in layer_shapes]
+    head = Int8Linear(torch.nn.Linear(576, 49152, bias=False))  # int8 in both, as the engine's
+    print("\none pass over SmolLM2-135M's layers and head, ms (median of 10)\n")
+    print("| rows | int4 layers | int8 layers |")
+    print("|------|-------------|-------------|")
+    for rows in ROWS:
+        inputs = {k: torch.randn(rows, k).to(torch.bfloat16) for k in (576, 1536)}
+
+        def run(layers: list, inputs: dict[int, torch.Tensor] = inputs) -> None:
+            for layer in layers:
+                if isinstance(layer, Int4Linear):
+                    torch._weight_int4pack_mm_for_cpu(
+                        inputs[layer.in_features], layer.weight, GROUP, layer.scales_and_zeros
+                    )
+                else:
+                    x = inputs[layer.in_features]
+                    torch._weight_int8pack_mm(x, layer.weight, layer.scales)
+
+        times = {}
+        for name, layers in (("int4", int4), ("int8", int8)):
+            spans = [per_call_ms(run, [*layers, head], repeats=1) for _ in range(10)]
+            times[name] = sorted(spans)[len(spans) // 2]
+        print(f"| {rows:4} | {times['int4']:11.2f} | {times['int8']:11.2f} |")
+
+
 if __name__ == "__main__":
-    worker = threading.Thread(target=measure)
+    worker = threading.Thread(target=lambda: (measure(), whole_model()))
     worker.start()
     worker.join()
