@@ -267,7 +267,7 @@ class BatchRunner:
         mask = F.pad(batch.mask, (0, 1), value=1)
         positions = batch.lengths.unsqueeze(1)
         try:
-            if self._decode is not None and isinstance(batch.cache.layers[0], GrowingLayer):
+            if self._decode is not None:  # then the batch's cache has growing layers
                 routed = self.adapters is not None and any(batch.slots)
                 with self._routed(batch.slots):
                     logits = self._decode(ids, mask, positions, batch.cache, routed)

@@ -149,13 +149,8 @@ def load_model(
     return replace(loaded, load_s=load_s)
 
 
-WEIGHTS = (
-    "auto",
-    "fp32",
-    "bf16",
-    "int8",
-    "int4",
-)  # MUSE_WEIGHTS; bot/core/settings.py checks the same
+# MUSE_WEIGHTS; bot/core/settings.py checks the same
+WEIGHTS = ("auto", "fp32", "bf16", "int8", "int4")
 
 
 def weights_for(device: torch.device, choice: str, file_bits: int | None = None) -> str:
@@ -201,7 +196,7 @@ def with_weights(loaded: LoadedModel, choice: str | None, *, copy: bool = False)
     if quantised and loaded.device.type != "cpu":
         raise ModelLoadError(f"MUSE_WEIGHTS={choice} is for the CPU; on an accelerator use auto.")
     model = deepcopy(loaded.model) if copy else loaded.model
-    if choice in ("int8", "int4"):
+    if quantised:
         from generation.quantize import quantise
 
         quantise(model, int(choice[3:]))
@@ -213,10 +208,10 @@ def with_weights(loaded: LoadedModel, choice: str | None, *, copy: bool = False)
 def describe(loaded: LoadedModel) -> str:
     """The weights in a few words, for logs and `muse doctor`: `torch.float32`,
     `int8 + torch.float32` or `int4 + torch.float32`."""
-    from generation.quantize import Int4Linear, Int8Linear
+    from generation.quantize import QuantisedLinear
 
-    kinds = {type(m) for m in loaded.model.modules()}
-    quantised = "int4" if Int4Linear in kinds else "int8" if Int8Linear in kinds else ""
+    kinds = {m.kind for m in loaded.model.modules() if isinstance(m, QuantisedLinear)}
+    quantised = "int4" if "int4" in kinds else "int8" if kinds else ""
     return f"{quantised} + {loaded.dtype}" if quantised else str(loaded.dtype)
 
 

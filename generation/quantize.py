@@ -27,6 +27,7 @@ adapters load onto a quantised model as they do onto the original.
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -61,12 +62,37 @@ def in_prefill() -> bool:
     return getattr(_phase, "prefilling", False)
 
 
-class Int8Linear(nn.Linear):
-    """A linear layer holding int8 weights and one bf16 scale per output feature."""
+class QuantisedLinear(nn.Linear, ABC):
+    """What the int8 and int4 layers share: the shape, the bias, and a forward around each
+    kind's own product of a [rows, in] input (`product`)."""
+
+    kind = ""
 
     def __init__(self, linear: nn.Linear) -> None:
         nn.Module.__init__(self)  # not nn.Linear's: it would allocate a float weight
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        bias = linear.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @abstractmethod
+    def product(self, flat: torch.Tensor) -> torch.Tensor:
+        """`flat` [rows, in] times the weights, in `flat`'s dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.product(x.reshape(-1, self.in_features)).view(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}"
+
+
+class Int8Linear(QuantisedLinear):
+    """A linear layer holding int8 weights and one bf16 scale per output feature."""
+
+    kind = "int8"
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__(linear)
         weight = linear.weight.detach().to(torch.float32)
         scales = (weight.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(COMPUTE).tiny)
         quantised = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
@@ -75,21 +101,13 @@ class Int8Linear(nn.Linear):
         # The output head sees one row per sequence even in a prefill (the last position's
         # logits only): widening its weights there would cost more than the kernel.
         self.kernel_only = False
-        bias = linear.bias
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
-        out = int8_matmul(flat, self.weight, self.scales, in_prefill() and not self.kernel_only)
-        out = out.view(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
+    def product(self, flat: torch.Tensor) -> torch.Tensor:
+        return int8_matmul(flat, self.weight, self.scales, in_prefill() and not self.kernel_only)
 
     def dequantised(self) -> torch.Tensor:
         """The weights as bf16 (what the int8 values stand for)."""
         return self.weight.to(COMPUTE) * self.scales[:, None]
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
 def int8_matmul(
@@ -112,7 +130,7 @@ def int8_matmul(
     return out * scales.to(flat.dtype)
 
 
-class Int4Linear(nn.Linear):
+class Int4Linear(QuantisedLinear):
     """A linear layer holding int4 weights (torch's packed CPU layout) with a bf16 scale and
     zero for every `GROUP` inputs of each output row: weight = (q - 8) * scale + zero; and the
     same weights widened to bf16 (`wide`) for prefills (see `prefilling`): the int4 kernel is
@@ -120,9 +138,10 @@ class Int4Linear(nn.Linear):
     more than the product (~8 ns a weight here). So int4 holds 2.5 bytes a weight, against int8's
     1 and fp32's 4, and reads half a byte a weight per decoding step."""
 
+    kind = "int4"
+
     def __init__(self, linear: nn.Linear) -> None:
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
+        super().__init__(linear)
         rows, columns = self.out_features, self.in_features
         groups = linear.weight.detach().to(torch.float32).view(rows, columns // GROUP, GROUP)
         low, high = groups.amin(dim=-1), groups.amax(dim=-1)
@@ -138,27 +157,19 @@ class Int4Linear(nn.Linear):
         # What the kernel computes with: the bf16 scale and zero applied in fp32.
         wide = (levels - 8.0) * scales.float()[..., None] + zeros.float()[..., None]
         self.register_buffer("wide", wide.view(rows, columns).to(COMPUTE), persistent=False)
-        bias = linear.bias
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     @staticmethod
     def fits(linear: nn.Linear) -> bool:
         """Whether the packed layout can hold `linear`'s shape."""
         return linear.out_features % BLOCK == 0 and linear.in_features % GROUP == 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, self.in_features)
+    def product(self, flat: torch.Tensor) -> torch.Tensor:
         wide = self.wide if in_prefill() else None
-        out = int4_matmul(flat, self.weight, self.scales_and_zeros, wide)
-        out = out.view(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
+        return int4_matmul(flat, self.weight, self.scales_and_zeros, wide)
 
     def dequantised(self) -> torch.Tensor:
         """The weights as bf16 (what the int4 values stand for), from the packed ones."""
         return int4_dequantised(self.weight, self.scales_and_zeros)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int4"
 
 
 def int4_matmul(
@@ -197,7 +208,7 @@ def fuse(layers: list[nn.Module]) -> nn.Module | None:
     kinds = {type(layer) for layer in layers}
     if (
         len(kinds) != 1
-        or kinds - {Int8Linear, Int4Linear}
+        or not issubclass(next(iter(kinds)), QuantisedLinear)
         or any(layer.bias is not None for layer in layers)
     ):
         return None
@@ -208,27 +219,27 @@ def fuse(layers: list[nn.Module]) -> nn.Module | None:
     fused.in_features = layers[0].in_features
     fused.out_features = sum(layer.out_features for layer in layers)
     fused.bias = None
-    weight = torch.cat([layer.weight for layer in layers])
-    fused.weight = nn.Parameter(weight, requires_grad=False)
-    first = 0
-    for layer in layers:
-        layer.weight = nn.Parameter(weight[first : first + layer.out_features], requires_grad=False)
-        first += layer.out_features
+    fused.weight = nn.Parameter(torch.cat([layer.weight for layer in layers]), requires_grad=False)
+    _share_rows(layers, "weight", fused.weight)
     if isinstance(fused, Int8Linear):
+        fused.kernel_only = False
         fused.register_buffer("scales", torch.cat([layer.scales for layer in layers]))
-        first = 0
-        for layer in layers:
-            layer.scales = fused.scales[first : first + layer.out_features]
-            first += layer.out_features
+        _share_rows(layers, "scales", fused.scales)
     else:  # the scales run along the middle dimension: views would not be contiguous
         parts = [layer.scales_and_zeros for layer in layers]
         fused.register_buffer("scales_and_zeros", torch.cat(parts, dim=1).contiguous())
         fused.register_buffer("wide", torch.cat([layer.wide for layer in layers]), persistent=False)
-        first = 0
-        for layer in layers:
-            layer.wide = fused.wide[first : first + layer.out_features]
-            first += layer.out_features
+        _share_rows(layers, "wide", fused.wide)
     return fused
+
+
+def _share_rows(layers: list[nn.Module], name: str, whole: torch.Tensor) -> None:
+    """Each layer's `name` becomes the view of its own output rows in `whole`."""
+    first = 0
+    for layer in layers:
+        rows = whole.detach()[first : first + layer.out_features]
+        setattr(layer, name, nn.Parameter(rows, requires_grad=False) if name == "weight" else rows)
+        first += layer.out_features
 
 
 def quantise(model: nn.Module, bits: int) -> int:
