@@ -29,32 +29,51 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generation.quantize import Int4Linear, Int8Linear, fuse, int4_matmul, int8_matmul
+from generation.quantize import (
+    Int4Linear,
+    Int8Linear,
+    bf16_matmul,
+    fuse,
+    int4_matmul,
+    int8_matmul,
+    wide_rows,
+)
 
 SUPPORTED = ("LlamaForCausalLM",)
 
 
 @dataclass(frozen=True, slots=True)
 class _Projection:
-    """A linear layer's weights, called without the module: int4, int8 or plain."""
+    """A linear layer's weights, called without the module: int4, int8 or plain; and the bf16
+    weights an int4 model multiplies many rows or more with, one per layer of a fused
+    projection (they stay each layer's own), if it has them."""
 
     weight: torch.Tensor
     scales: torch.Tensor | None
     bits: int  # 4, 8, or 0 for a plain float weight
+    wide: tuple[torch.Tensor, ...] = ()
 
     @staticmethod
     def of(module: nn.Module) -> _Projection:
         module = getattr(module, "base_layer", module)  # under an adapter's wrapper
+        layers = getattr(module, "parts", [module])  # a fused projection's layers
+        wide = tuple(layer.wide for layer in layers if getattr(layer, "wide", None) is not None)
+        wide = wide if len(wide) == len(layers) else ()
         if isinstance(module, Int4Linear):
-            return _Projection(module.weight, module.scales_and_zeros, 4)
+            return _Projection(module.weight, module.scales_and_zeros, 4, wide)
         if isinstance(module, Int8Linear):
-            return _Projection(module.weight, module.scales, 8)
+            return _Projection(module.weight, module.scales, 8, wide)
         return _Projection(module.weight, None, 0)
 
     def __call__(self, x: torch.Tensor, raw: bool = False) -> torch.Tensor:
         """`x` times the weights, in `x`'s dtype; `raw`: in the kernel's own (bf16 for int8 /
         int4), for a caller whose next operation widens it anyway (adding it to an fp32
-        tensor gives the same numbers as widening first, one call fewer)."""
+        tensor gives the same numbers as widening first, one call fewer). The numbers of the
+        layers' own `product` (`tests/generation/test_decode_step.py`)."""
+        if self.wide and wide_rows(x.shape[0]):
+            if len(self.wide) == 1:
+                return bf16_matmul(x, self.wide[0], cast=not raw)
+            return torch.cat([bf16_matmul(x, part, cast=not raw) for part in self.wide], -1)
         if self.bits == 4:
             return int4_matmul(x, self.weight, self.scales, cast=not raw)
         if self.bits == 8:

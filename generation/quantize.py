@@ -14,10 +14,13 @@ for such a file (the default model) the groups found again from its de-quantised
 file's own: little is lost beyond rounding each group's scale and zero to bf16. The output head
 stays int8 (the GGUF keeps it 8-bit too).
 
-A prefill's forward (inside `prefilling()`) multiplies with the weights in bf16 instead (int8:
-widened for the call, exactly, bf16 holds every int8, the scales applied after; int4: a bf16 copy
-kept beside the packed weights): one matrix product of many rows on the CPU's bf16 units beats
-the row-wise kernels there (figures in `benchmarks/README.md`). Decoding steps use the kernels.
+The int kernels' cost grows with every row they multiply (they are compute-bound beyond a few
+rows), where one bf16 matrix product of many rows on the CPU's bf16 units costs about what one
+row does. So many rows multiply with bf16 weights instead: a prefill's forward (inside
+`prefilling()`; int8: widened for the call, exactly, bf16 holds every int8, the scales applied
+after; int4: a bf16 copy kept beside the packed weights), and with int4 also a decoding step of
+`WIDE_ROWS` rows or more (the bf16 copy; for the output head, the original weights in bf16).
+Figures in `benchmarks/README.md`.
 
 `Int8Linear` and `Int4Linear` are `nn.Linear`s to everything that asks (PEFT adapts them like any
 linear layer; their `weight` is the packed matrix, which PEFT reads only for its device), so LoRA
@@ -38,6 +41,13 @@ from torch import nn
 GROUP = 32  # inputs per int4 scale and zero
 BLOCK = 64  # the packed int4 layout interleaves output rows in blocks of this many
 COMPUTE = torch.bfloat16
+# From this many rows in one call, an int4 model multiplies with its bf16 weights outside prefills
+# too. The int4 kernel's cost grows with the rows (one pass of the default model's layers, each
+# with weights of its own: 3.7 ms at one row, 11.9 at 8, 21.9 at 16), the bf16 product's hardly
+# (12.3 ms at 1, 8 or 16 rows); the int8 head: 3.2 ms at 8 rows, 6.5 at 16, in bf16 2.1 and 2.3.
+# In whole decoding steps (`benchmarks/step.py`): 8 rows 26.3 ms with the kernels, 27.8 in bf16;
+# 12 rows 36.4 against 30.2; 16 rows 46.5 against 33.2.
+WIDE_ROWS = 10
 
 _phase = threading.local()  # .prefilling: this thread runs a prefill's forward
 
@@ -46,10 +56,13 @@ _phase = threading.local()  # .prefilling: this thread runs a prefill's forward
 def prefilling() -> Iterator[None]:
     """Inside (on this thread), quantised layers multiply with bf16 weights, whatever the number
     of rows: a prefill's many rows run on the CPU's bf16 units, where the int kernels are
-    compute-bound at a third of their speed. Outside, they use the int kernels (decoding steps:
-    reading the fewest bytes). Each way gives a row the same numbers however many rows share
-    the call (measured: both are row-for-row exact from 1 to 704 rows here), so which requests
-    share a batch does not change any request's numbers; switching by the number of rows would."""
+    compute-bound at a third of their speed. Outside, int8 layers use their kernel; int4 layers
+    theirs below `WIDE_ROWS` rows and the bf16 copy from there on (`wide_rows`). The int
+    kernels give a row the same numbers however many rows share the call; the bf16 product can
+    move an output by one bf16 rounding step with the number of rows (oneDNN picks its kernel
+    by it), and the two ways differ by bf16 rounding. So with quantised weights a row's numbers
+    depend on what shares its batch by that much; fp32 (`MUSE_WEIGHTS=fp32`) is the exact
+    choice."""
     before = getattr(_phase, "prefilling", False)
     _phase.prefilling = True
     try:
@@ -60,6 +73,11 @@ def prefilling() -> Iterator[None]:
 
 def in_prefill() -> bool:
     return getattr(_phase, "prefilling", False)
+
+
+def wide_rows(rows: int) -> bool:
+    """Whether a call of `rows` rows multiplies an int4 model's weights in bf16."""
+    return rows >= WIDE_ROWS or in_prefill()
 
 
 class QuantisedLinear(nn.Linear, ABC):
@@ -101,8 +119,17 @@ class Int8Linear(QuantisedLinear):
         # The output head sees one row per sequence even in a prefill (the last position's
         # logits only): widening its weights there would cost more than the kernel.
         self.kernel_only = False
+        # An int4 model's head: its original weights in bf16 as well, for many rows (`keep_wide`).
+        self.wide: torch.Tensor | None = None
+
+    def keep_wide(self, linear: nn.Linear) -> None:
+        """Also hold `linear`'s weights in bf16, for calls of `WIDE_ROWS` rows or more (two
+        bytes a weight more; for the output head of an int4 model)."""
+        self.wide = bf16_weights(linear.weight.detach().to(COMPUTE))
 
     def product(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.wide is not None and flat.shape[0] >= WIDE_ROWS:
+            return bf16_matmul(flat, self.wide)
         return int8_matmul(flat, self.weight, self.scales, in_prefill() and not self.kernel_only)
 
     def dequantised(self) -> torch.Tensor:
@@ -133,10 +160,11 @@ def int8_matmul(
 class Int4Linear(QuantisedLinear):
     """A linear layer holding int4 weights (torch's packed CPU layout) with a bf16 scale and
     zero for every `GROUP` inputs of each output row: weight = (q - 8) * scale + zero; and the
-    same weights widened to bf16 (`wide`) for prefills (see `prefilling`): the int4 kernel is
-    compute-bound there at a third of the bf16 units' speed, and widening per call would cost
-    more than the product (~8 ns a weight here). So int4 holds 2.5 bytes a weight, against int8's
-    1 and fp32's 4, and reads half a byte a weight per decoding step."""
+    same weights widened to bf16 (`wide`) for prefills and calls of `WIDE_ROWS` rows or more
+    (see `prefilling`): the int4 kernel is compute-bound there at a third of the bf16 units'
+    speed or less, and widening per call would cost more than the product (~8 ns a weight
+    here). So int4 holds 2.5 bytes a weight, against int8's 1 and fp32's 4, and reads half a
+    byte a weight per decoding step of few rows."""
 
     kind = "int4"
 
@@ -156,7 +184,7 @@ class Int4Linear(QuantisedLinear):
         )
         # What the kernel computes with: the bf16 scale and zero applied in fp32.
         wide = (levels - 8.0) * scales.float()[..., None] + zeros.float()[..., None]
-        self.register_buffer("wide", wide.view(rows, columns).to(COMPUTE), persistent=False)
+        self.wide: torch.Tensor | None = bf16_weights(wide.view(rows, columns).to(COMPUTE))
 
     @staticmethod
     def fits(linear: nn.Linear) -> bool:
@@ -164,7 +192,7 @@ class Int4Linear(QuantisedLinear):
         return linear.out_features % BLOCK == 0 and linear.in_features % GROUP == 0
 
     def product(self, flat: torch.Tensor) -> torch.Tensor:
-        wide = self.wide if in_prefill() else None
+        wide = self.wide if wide_rows(flat.shape[0]) else None
         return int4_matmul(flat, self.weight, self.scales_and_zeros, wide)
 
     def dequantised(self) -> torch.Tensor:
@@ -184,7 +212,36 @@ def int4_matmul(
     if wide is None:
         out = torch._weight_int4pack_mm_for_cpu(flat.to(COMPUTE), packed, GROUP, scales_and_zeros)
         return out.to(flat.dtype) if cast else out
-    return F.linear(flat.to(COMPUTE), wide).to(flat.dtype)
+    return bf16_matmul(flat, wide)
+
+
+def bf16_weights(weight: torch.Tensor) -> torch.Tensor:
+    """bf16 `weight` [out, in] laid out once for oneDNN's matrix product (`bf16_matmul`), or as
+    it is where oneDNN cannot take it. `F.linear` lays the weights out again on every call:
+    a pass over the default model's layers at 16 rows took 17.6 ms that way, 12.3 laid out once
+    (the int4 kernel: 21.9)."""
+    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return weight
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight(weight, 16)
+    except RuntimeError:  # a build or CPU without oneDNN's bf16 product
+        return weight
+
+
+def bf16_matmul(flat: torch.Tensor, weight: torch.Tensor, cast: bool = True) -> torch.Tensor:
+    """`flat` [rows, in] times bf16 `weight` from `bf16_weights`, in `flat`'s dtype (in bf16 if
+    not `cast`)."""
+    x = flat.to(COMPUTE)
+    if weight.is_mkldnn:
+        out = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    else:
+        out = F.linear(x, weight)
+    return out.to(flat.dtype) if cast else out
+
+
+def plain_weights(weight: torch.Tensor) -> torch.Tensor:
+    """`bf16_weights`' weights as an ordinary tensor again."""
+    return weight.to_dense() if weight.is_mkldnn else weight
 
 
 def int4_dequantised(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
@@ -223,13 +280,16 @@ def fuse(layers: list[nn.Module]) -> nn.Module | None:
     _share_rows(layers, "weight", fused.weight)
     if isinstance(fused, Int8Linear):
         fused.kernel_only = False
+        fused.wide = None  # only an int4 model's head has bf16 weights
         fused.register_buffer("scales", torch.cat([layer.scales for layer in layers]))
         _share_rows(layers, "scales", fused.scales)
     else:  # the scales run along the middle dimension: views would not be contiguous
         parts = [layer.scales_and_zeros for layer in layers]
         fused.register_buffer("scales_and_zeros", torch.cat(parts, dim=1).contiguous())
-        fused.register_buffer("wide", torch.cat([layer.wide for layer in layers]), persistent=False)
-        _share_rows(layers, "wide", fused.wide)
+        # The bf16 weights stay the layers' own (laid out for oneDNN, they cannot be views): a
+        # call of many rows multiplies with each layer's (`parts`).
+        fused.wide = None
+    fused.parts = list(layers)
     return fused
 
 
@@ -244,9 +304,9 @@ def _share_rows(layers: list[nn.Module], name: str, whole: torch.Tensor) -> None
 
 def quantise(model: nn.Module, bits: int) -> int:
     """Make every linear layer of `model` an `Int8Linear` (`bits` 8) or an `Int4Linear` (`bits` 4;
-    the output head, and any layer whose shape the packed layout cannot hold, `Int8Linear`); the
-    number replaced. A head tied to the input embeddings is untied first: the embeddings keep
-    their dtype for their lookup."""
+    the output head, and any layer whose shape the packed layout cannot hold, `Int8Linear`, the
+    head with its bf16 weights as well); the number replaced. A head tied to the input
+    embeddings is untied first: the embeddings keep their dtype for their lookup."""
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, not {bits}")
     head = getattr(model, "lm_head", None)
@@ -262,6 +322,8 @@ def quantise(model: nn.Module, bits: int) -> int:
             layer = Int4Linear(module) if four else Int8Linear(module)
             if module is head:
                 layer.kernel_only = True
+                if bits == 4:
+                    layer.keep_wide(module)
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, layer)
             replaced += 1

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from generation import quantize
 from generation.adapters import Adapters
 from generation.decode_step import LlamaStep
 from generation.kv_batch import BatchRunner, KVBatch
@@ -56,6 +57,9 @@ def test_the_step_gives_transformers_numbers_bit_for_bit(fp32: LoadedModel, kind
     prompts = [encode_messages(loaded.tokenizer, ask(p).messages, 4096) for p in PROMPTS]
     steps_agree(runner, prompts[:1], [0])  # one row: no mask at all
     steps_agree(runner, [prompts[0], prompts[1][:7], prompts[2]], [0, 0, 0])  # left padding
+    many = [prompt[: len(prompt) - i] for i in range(4) for prompt in prompts]
+    assert len(many) >= quantize.WIDE_ROWS  # int4: the bf16 weights
+    steps_agree(runner, many, [0] * len(many), steps=2)
 
 
 def test_rows_through_an_adapter_get_transformers_numbers_too(fp32: LoadedModel, tmp_path):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generation import quantize
 from generation.adapters import Adapters
 from generation.kv_batch import BatchRunner
 from generation.models import (
@@ -27,7 +28,15 @@ from generation.models import (
     with_weights,
 )
 from generation.prompting import encode_messages
-from generation.quantize import GROUP, Int4Linear, Int8Linear, fuse, prefilling, quantise
+from generation.quantize import (
+    GROUP,
+    Int4Linear,
+    Int8Linear,
+    fuse,
+    plain_weights,
+    prefilling,
+    quantise,
+)
 from tests.generation.conftest import ask, logit_tolerance
 
 PROMPTS = [
@@ -68,15 +77,24 @@ def test_a_quantised_layer_computes_what_its_weights_stand_for_with_few_rows_and
     want = F.linear(x, layer.dequantised().float(), linear.bias.detach())
     with prefilling():  # bf16 weights
         wide = layer(x)
-    kernel = layer(x)  # the int kernel
+    flat = x.view(-1, 576)  # one row a call: the int kernel
+    kernel = torch.cat([layer(flat[i : i + 1]) for i in range(len(flat))]).view_as(wide)
     for got in (wide, kernel):
         assert got.dtype == x.dtype and got.shape == (2, 100, 1536)
         assert (got - want).abs().max() < 0.05 * want.abs().max()
-    # Either way a row's numbers do not depend on how many rows share the call.
-    for rows in (1, 3, 32, 33):
-        assert torch.equal(layer(x[:, :rows]), kernel[:, :rows])
+    # With the int kernels a row's numbers do not depend on how many rows share the call; with
+    # the bf16 weights oneDNN's choice of kernel by the number of rows can move an output by
+    # one bf16 rounding step (measured: 10, 16 and 32 rows differ from 200 rows that way).
+    # Outside a prefill, int4 takes the bf16 weights from WIDE_ROWS rows on, int8 its kernel.
+    one_step = wide.abs().max() * 2**-7
+    for rows in (1, 3, 5, 16, 32, 33):  # twice as many rows in the call
+        got = layer(x[:, :rows])
+        if kind == "int4" and 2 * rows >= quantize.WIDE_ROWS:
+            assert (got - wide[:, :rows]).abs().max() <= one_step
+        else:
+            assert torch.equal(got, kernel[:, :rows])
         with prefilling():
-            assert torch.equal(layer(x[:, :rows]), wide[:, :rows])
+            assert (layer(x[:, :rows]) - wide[:, :rows]).abs().max() <= one_step
     # And what they stand for is close to the original weights: half a step of each row's
     # (int8) or group's (int4) scale, plus the scale's bf16 rounding (within two steps in all).
     error = (layer.dequantised().float() - linear.weight).abs()
@@ -101,7 +119,7 @@ def test_int4_holds_a_q4_gguf_s_groups_as_they_are():
     linear = nn.Linear(8 * GROUP, 128, bias=False)
     linear.weight.data.copy_(weights)
     layer = Int4Linear(linear)
-    assert torch.equal(layer.wide, layer.dequantised())
+    assert torch.equal(plain_weights(layer.wide), layer.dequantised())
     error = (layer.dequantised().float() - weights).abs()
     # bf16 keeps 8 bits: each group's zero (~|minimum| + 8 steps) and scale round by 2^-8.
     bound = (minimum.abs() + 16 * scale) * 2**-8 + weights.abs().view(128, 8, GROUP) * 2**-8
@@ -159,22 +177,28 @@ GUARDS = {"int8": (0.9, 1.0, 3.0), "int4": (0.95, 0.5, 1.5)}  # agreement, tie, 
 
 
 def test_quality_guard_quantised_logits_stay_within_tolerance_of_fp32(
-    fp32: LoadedModel, quantised: LoadedModel
+    fp32: LoadedModel, quantised: LoadedModel, monkeypatch
 ):
     """The guard the CPU defaults are held to, on fp32's own greedy text (teacher-forced, 32
     tokens, six prompts): the same top token at most positions, every disagreement a near tie
-    for fp32 (its two best within `tie` logits), and no logit more than `largest` away."""
-    agreement, tie, largest = GUARDS[describe(quantised).split()[0]]
-    agree = positions = 0
-    for text in PROMPTS:
-        want, got = teacher_forced(fp32, quantised, text)
-        best = want.topk(2).values
-        margin = best[:, 0] - best[:, 1]
-        same = want.argmax(-1) == got.argmax(-1)
-        assert bool((margin[~same] < tie).all()), (text, margin[~same])
-        assert float((want - got).abs().max()) < largest, text
-        agree, positions = agree + int(same.sum()), positions + len(same)
-    assert agree >= agreement * positions, (agree, positions)
+    for fp32 (its two best within `tie` logits), and no logit more than `largest` away. For
+    each way the weights multiply: the int kernels (a decoding step of few rows) and, int4
+    only, the bf16 weights (many rows)."""
+    kind = describe(quantised).split()[0]
+    agreement, tie, largest = GUARDS[kind]
+    # The teacher-forced forward has ~70 rows: WIDE_ROWS decides which way it multiplies.
+    for wide_rows in [10**9] + ([quantize.WIDE_ROWS] if kind == "int4" else []):
+        monkeypatch.setattr(quantize, "WIDE_ROWS", wide_rows)
+        agree = positions = 0
+        for text in PROMPTS:
+            want, got = teacher_forced(fp32, quantised, text)
+            best = want.topk(2).values
+            margin = best[:, 0] - best[:, 1]
+            same = want.argmax(-1) == got.argmax(-1)
+            assert bool((margin[~same] < tie).all()), (wide_rows, text, margin[~same])
+            assert float((want - got).abs().max()) < largest, (wide_rows, text)
+            agree, positions = agree + int(same.sum()), positions + len(same)
+        assert agree >= agreement * positions, (wide_rows, agree, positions)
 
 
 @functools.cache
