@@ -103,6 +103,20 @@ class QuantisedLinear(nn.Linear, ABC):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}"
 
+    # bf16 weights laid out for oneDNN (`bf16_weights`) cannot be copied or pickled as they
+    # are: a copy of the layer (copy.deepcopy of a model, as PEFT users do) takes them plain
+    # and lays them out again.
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        if state.get("wide") is not None:
+            state["wide"] = plain_weights(state["wide"])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if state.get("wide") is not None:
+            state = {**state, "wide": bf16_weights(state["wide"])}
+        super().__setstate__(state)
+
 
 class Int8Linear(QuantisedLinear):
     """A linear layer holding int8 weights and one bf16 scale per output feature."""

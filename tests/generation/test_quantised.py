@@ -160,6 +160,21 @@ def test_quantising_replaces_every_linear_layer_and_unties_the_head(fp32: Loaded
     assert type(fp32.model.lm_head) is nn.Linear  # the copies left the original alone
 
 
+def test_a_quantised_model_copies_and_its_copy_computes_the_same(quantised: LoadedModel):
+    """copy.deepcopy (as PEFT users and the adapter tests do) of layers holding bf16 weights laid
+    out for oneDNN: the copy lays them out again and gives the same numbers, either way."""
+    copied = copy.deepcopy(quantised.model)
+    head, original = copied.lm_head, quantised.model.lm_head
+    assert head.wide is not original.wide or head.wide is None
+    x = torch.randn(quantize.WIDE_ROWS, 1, quantised.model.config.hidden_size)
+    with torch.inference_mode():
+        for rows in (1, quantize.WIDE_ROWS):  # the int kernels, then the bf16 weights
+            assert torch.equal(copied.lm_head(x[:rows]), original(x[:rows]))
+            layer = copied.model.layers[0].mlp.down_proj
+            wide = torch.randn(rows, layer.in_features)
+            assert torch.equal(layer(wide), quantised.model.model.layers[0].mlp.down_proj(wide))
+
+
 def test_weights_choices_and_their_refusals(fp32: LoadedModel):
     cpu = torch.device("cpu")
     assert gguf_weight_bits(default_model_path()) == 4 and fp32.file_bits == 4  # Q4_1
