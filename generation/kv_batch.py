@@ -47,9 +47,23 @@ class GrowingLayer(DynamicLayer):
         else:
             self._key_room[:, :, used : used + extra] = key_states
             self._value_room[:, :, used : used + extra] = value_states
-            self.keys = self._key_room[:, :, : used + extra]
-            self.values = self._value_room[:, :, : used + extra]
+            self.grow(extra)
         return self.keys, self.values
+
+    def rooms_for(self, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The key and value rooms [rows, heads, room, dim], with space for `extra` columns after
+        the cached ones (moved into bigger rooms if there is none), for a caller that writes
+        them itself and then calls `grow(extra)`."""
+        used = self.keys.shape[-2]
+        if used + extra > self._key_room.shape[-2]:
+            self.assign(self.keys, self.values)
+        return self._key_room, self._value_room
+
+    def grow(self, extra: int) -> None:
+        """Take in the `extra` columns written into the rooms after the cached ones."""
+        used = self.keys.shape[-2] + extra
+        self.keys = self._key_room[:, :, :used]
+        self.values = self._value_room[:, :, :used]
 
     def assign_stacked(
         self, keys: list[torch.Tensor], values: list[torch.Tensor], width: int

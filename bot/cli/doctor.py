@@ -116,6 +116,7 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
         return found
     from bot.cli.wiring import engine_model
     from generation.models import describe
+    from generation.native_step import availability
 
     try:
         loaded = engine_model(settings)  # as the engine would: MUSE_WEIGHTS and all
@@ -123,7 +124,13 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
         return Check("model", False, str(exc), "see README, 'The model'")
     weights = describe(loaded)
     took = f"{loaded.load_s:.1f} s"
-    return Check("model", True, f"loaded {loaded.model_id} on {device} ({weights}) in {took}")
+    step = availability(loaded)  # builds the C++ step now, rather than at the first start
+    return Check(
+        "model",
+        True,
+        f"loaded {loaded.model_id} on {device} ({weights}) in {took}; one request decodes "
+        f"with {step}",
+    )
 
 
 def _find_model(settings: Settings) -> Check:
