@@ -17,14 +17,16 @@ arrives, so that row measures the arrivals, not the batching); `--big`: a SmolLM
 model with random weights (one request, and 16 together; `--big-tokens` new tokens each, by
 default `--tokens`). `--quality`: each choice against fp32 along
 fp32's greedy text of 16 prompts, 32 tokens (top-token agreement, the widest near-tie that
-flipped, the largest logit difference). Not a test: figures vary on a shared machine; ratios
-measured in one run compare.
+flipped, the largest logit difference), teacher-forced through the model's forward and, for a
+request decoding alone, through one-row steps (the C++ step). Not a test: figures vary on a
+shared machine; ratios measured in one run compare.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import subprocess
 import sys
@@ -49,6 +51,7 @@ from benchmarks.throughput import (  # noqa: E402
 )
 from generation import quantize  # noqa: E402
 from generation.engine import Engine, EngineConfig  # noqa: E402
+from generation.kv_batch import BatchRunner  # noqa: E402
 from generation.models import (  # noqa: E402
     LoadedModel,
     default_cache_dir,
@@ -57,8 +60,10 @@ from generation.models import (  # noqa: E402
     with_weights,
 )
 from generation.prompting import encode_messages  # noqa: E402
+from tests.generation.conftest import ask  # noqa: E402
 from tests.generation.llama_server import free_port  # noqa: E402
-from tests.generation.test_quantised import teacher_forced  # noqa: E402
+from tests.generation.test_native_step import stepped_logits  # noqa: E402
+from tests.generation.test_quantised import greedy_text, teacher_forced  # noqa: E402
 
 SLOTS = 16
 OVERLAPPING_S = 0.1  # the staggered row whose arrivals overlap: 16 within 1.5 s
@@ -154,14 +159,20 @@ def quality(variants: dict[str, LoadedModel], prompts: int = 16) -> None:
     for name, other in variants.items():
         if name == "fp32":
             continue
-        # The teacher-forced forward has ~70 rows: WIDE_ROWS decides how int4 multiplies.
-        ways = {"int kernels": 10**9} | ({"bf16 weights": many_rows} if name == "int4" else {})
-        for way, wide_rows in ways.items():
+        # The teacher-forced forward has ~70 rows: WIDE_ROWS decides how int4 multiplies; and
+        # a request decoding alone takes one-row steps (the C++ step, if built).
+        forced, runner = teacher_forced, BatchRunner(other.model, other.tokenizer.pad_token_id)
+        ways = {"int kernels": (10**9, forced)}
+        if name == "int4":
+            ways["bf16 weights"] = (many_rows, forced)
+        if runner._decode is not None and runner._decode.native is not None:
+            ways["C++ one-row steps"] = (10**9, functools.partial(stepped, runner))
+        for way, (wide_rows, compared) in ways.items():
             quantize.WIDE_ROWS = wide_rows
             agree = positions = 0
             flipped, largest = 0.0, 0.0
             for i in range(prompts):
-                want, got = teacher_forced(reference, other, prompt(i)[0].content)
+                want, got = compared(reference, other, prompt(i)[0].content)
                 best = want.topk(2).values
                 margin = best[:, 0] - best[:, 1]
                 same = want.argmax(-1) == got.argmax(-1)
@@ -174,6 +185,17 @@ def quality(variants: dict[str, LoadedModel], prompts: int = 16) -> None:
                 f"flipped {flipped:.2f} logits; largest logit difference {largest:.2f}"
             )
     quantize.WIDE_ROWS = many_rows
+
+
+def stepped(
+    runner: BatchRunner, reference: LoadedModel, other: LoadedModel, text: str, tokens: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `teacher_forced`, with `other`'s logits from one-row decoding steps of `runner`."""
+    ids = encode_messages(reference.tokenizer, ask(text).messages, 4096)
+    whole = greedy_text(reference.model, tuple(ids), tokens)
+    with torch.inference_mode():
+        want = reference.model(whole).logits[0, len(ids) - 1 : -1].float()
+    return want, stepped_logits(runner, ids, whole)
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -1,10 +1,12 @@
-"""One decoding step of the default model: through transformers' forward against the written-out
-step (`generation/decode_step.py`), and a prefill, for each kind of weights (CPU).
+"""One decoding step of the default model: through transformers' forward, the written-out step
+(`generation/decode_step.py`) and the step as `BatchRunner.step` serves it (one row of int8 /
+int4 weights: the C++ step, `generation/native_step.py`), and a prefill, for each kind of weights
+(CPU).
 
     .venv/bin/python benchmarks/step.py [--weights int4 int8 fp32] [--rows 1 16] [--rounds 8]
 
-Prints the median and the fastest of `--rounds` rounds of 20 steps each (the two ways
-alternating, so the machine's drift hits both), milliseconds per step, and the prefill of one
+Prints the median and the fastest of `--rounds` rounds of 20 steps each (the ways
+alternating, so the machine's drift hits each), milliseconds per step, and the prefill of one
 and of sixteen benchmark prompts (median of three). Runs on a thread of its own (never torch on
 the main thread, see benchmarks/throughput.py).
 """
@@ -47,6 +49,19 @@ def through_transformers(runner: BatchRunner) -> Callable[[KVBatch, list[int]], 
     return step
 
 
+def in_python(runner: BatchRunner) -> Callable[[KVBatch, list[int]], torch.Tensor]:
+    """`runner.step` with the C++ one-row step set aside (generation/native_step.py)."""
+
+    def step(batch: KVBatch, tokens: list[int]) -> torch.Tensor:
+        native, runner._decode.native = runner._decode.native, None
+        try:
+            return runner.step(batch, tokens)
+        finally:
+            runner._decode.native = native
+
+    return step
+
+
 def step_ms(runner: BatchRunner, step: Callable, ids: list[int], rows: int) -> float:
     batch, _ = runner.prefill([ids] * rows)
     for _ in range(3):
@@ -59,21 +74,25 @@ def step_ms(runner: BatchRunner, step: Callable, ids: list[int], rows: int) -> f
 
 def measure(args: argparse.Namespace) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms\n")
-    print("| weights | rows | transformers' forward | written-out step |")
-    print("|---|---|---|---|")
+    print("| weights | rows | transformers' forward | written-out step | as served |")
+    print("|---|---|---|---|---|")
     prefills = []
     for weights in args.weights:
         loaded = load_model(None, "cpu", default_cache_dir(), weights)
         runner = BatchRunner(loaded.model, loaded.tokenizer.pad_token_id or 0)
         prompts = [encode_messages(loaded.tokenizer, prompt(i), 4096) for i in range(16)]
-        ways = {"transformers": through_transformers(runner), "written out": runner.step}
+        ways = {
+            "transformers": through_transformers(runner),
+            "written out": in_python(runner),
+            "served": runner.step,  # one row of int weights: the C++ step, if built
+        }
         for rows in args.rows:
             times: dict[str, list[float]] = {name: [] for name in ways}
             for _ in range(args.rounds):
                 for name, step in ways.items():
                     times[name].append(step_ms(runner, step, prompts[0], rows))
             cells = [f"{statistics.median(t):.2f} (fastest {min(t):.2f})" for t in times.values()]
-            print(f"| {weights} | {rows} | {cells[0]} | {cells[1]} |")
+            print(f"| {weights} | {rows} | {' | '.join(cells)} |")
         for count in (1, 16):
             spans = []
             for _ in range(3):

@@ -96,10 +96,12 @@ class NativeOneRow:
         head_dim = step.inner.layers[0].self_attn.head_dim
         if head_dim % 2 or step.heads % step.kv_heads:
             return None
+        norms = [n.contiguous() for layer in layers for n in (layer.attention_norm, layer.mlp_norm)]
+        if any(norm.dtype != torch.float32 for norm in [*norms, step.final_norm]):
+            return None
         extension = compiled()
         if extension is None:
             return None
-        norms = [n.contiguous() for layer in layers for n in (layer.attention_norm, layer.mlp_norm)]
         kernel = extension.OneRowStep(
             step.heads,
             step.kv_heads,

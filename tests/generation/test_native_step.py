@@ -108,6 +108,14 @@ def test_a_column_the_mask_hides_is_not_attended_to(quantised: LoadedModel, runn
     assert float((native - unmasked).abs().max()) > 2 * tolerance  # the hole mattered
 
 
+def stepped_logits(runner: BatchRunner, ids: list[int], whole: torch.Tensor) -> torch.Tensor:
+    """The next-token logits along `whole` (`ids` and a continuation, [1, tokens]) from one
+    prefill of `ids` and then one decoding step of one row per token."""
+    batch, first = runner.prefill([ids])
+    got = [first[0]] + [runner.step(batch, [int(t)])[0] for t in whole[0, len(ids) : -1]]
+    return torch.stack(got)
+
+
 @pytest.mark.parametrize("text", PROMPTS)
 def test_quality_guard_along_fp32_s_greedy_text(
     fp32: LoadedModel, quantised: LoadedModel, runner: BatchRunner, text: str
@@ -119,9 +127,7 @@ def test_quality_guard_along_fp32_s_greedy_text(
     whole = greedy_text(fp32.model, tuple(ids), 32)
     with torch.inference_mode():
         want = fp32.model(whole).logits[0, len(ids) - 1 : -1].float()
-    batch, first = runner.prefill([ids])
-    got = [first[0]] + [runner.step(batch, [int(t)])[0] for t in whole[0, len(ids) : -1]]
-    got = torch.stack(got)
+    got = stepped_logits(runner, ids, whole)
     best = want.topk(2).values
     margin = best[:, 0] - best[:, 1]
     same = want.argmax(-1) == got.argmax(-1)
