@@ -18,7 +18,7 @@ model with random weights (one request, and 16 together; `--big-tokens` new toke
 default `--tokens`). `--quality`: each choice against fp32 along
 fp32's greedy text of 16 prompts, 32 tokens (top-token agreement, the widest near-tie that
 flipped, the largest logit difference), teacher-forced through the model's forward and, for a
-request decoding alone, through one-row steps (the C++ step). Not a test: figures vary on a
+request decoding alone, through steps of one row (the C++ step). Not a test: figures vary on a
 shared machine; ratios measured in one run compare.
 """
 
@@ -160,13 +160,13 @@ def quality(variants: dict[str, LoadedModel], prompts: int = 16) -> None:
         if name == "fp32":
             continue
         # The teacher-forced forward has ~70 rows: WIDE_ROWS decides how int4 multiplies; and
-        # a request decoding alone takes one-row steps (the C++ step, if built).
+        # a request decoding alone takes steps of one row (the C++ step, if built).
         forced, runner = teacher_forced, BatchRunner(other.model, other.tokenizer.pad_token_id)
         ways = {"int kernels": (10**9, forced)}
         if name == "int4":
             ways["bf16 weights"] = (many_rows, forced)
         if runner._decode is not None and runner._decode.native is not None:
-            ways["C++ one-row steps"] = (10**9, functools.partial(stepped, runner))
+            ways["C++ steps of one row"] = (10**9, functools.partial(stepped, runner))
         for way, (wide_rows, compared) in ways.items():
             quantize.WIDE_ROWS = wide_rows
             agree = positions = 0
@@ -190,7 +190,7 @@ def quality(variants: dict[str, LoadedModel], prompts: int = 16) -> None:
 def stepped(
     runner: BatchRunner, reference: LoadedModel, other: LoadedModel, text: str, tokens: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """As `teacher_forced`, with `other`'s logits from one-row decoding steps of `runner`."""
+    """As `teacher_forced`, with `other`'s logits from decoding steps of one row on `runner`."""
     ids = encode_messages(reference.tokenizer, ask(text).messages, 4096)
     whole = greedy_text(reference.model, tuple(ids), tokens)
     with torch.inference_mode():

@@ -1,7 +1,7 @@
 """One decoding step of the default model: through transformers' forward, the written-out step
-(`generation/decode_step.py`) and the step as `BatchRunner.step` serves it (one row of int8 /
-int4 weights: the C++ step, `generation/native_step.py`), and a prefill, for each kind of weights
-(CPU).
+(`generation/decode_step.py`) and the step as `BatchRunner.step` serves it (fewer than 10 rows
+of int8 / int4 weights: the C++ step, `generation/native_step.py`), and a prefill, for each kind
+of weights (CPU).
 
     .venv/bin/python benchmarks/step.py [--weights int4 int8 fp32] [--rows 1 16] [--rounds 8]
 
@@ -50,7 +50,7 @@ def through_transformers(runner: BatchRunner) -> Callable[[KVBatch, list[int]], 
 
 
 def in_python(runner: BatchRunner) -> Callable[[KVBatch, list[int]], torch.Tensor]:
-    """`runner.step` with the C++ one-row step set aside (generation/native_step.py)."""
+    """`runner.step` with the C++ step set aside (generation/native_step.py)."""
 
     def step(batch: KVBatch, tokens: list[int]) -> torch.Tensor:
         native, runner._decode.native = runner._decode.native, None
@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace) -> None:
         ways = {
             "transformers": through_transformers(runner),
             "written out": in_python(runner),
-            "served": runner.step,  # one row of int weights: the C++ step, if built
+            "served": runner.step,  # a few rows of int weights: the C++ step, if built
         }
         for rows in args.rows:
             times: dict[str, list[float]] = {name: [] for name in ways}

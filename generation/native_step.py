@@ -1,14 +1,17 @@
-"""The one-row decoding step in C++ (`generation/native/one_row_step.cpp`), for int8 / int4
-Llama models on the CPU.
+"""The decoding step of a few rows in C++ (`generation/native/few_rows_step.cpp`), for int8 /
+int4 Llama models on the CPU.
 
 A request decoding alone spends ~40 % of each step of the default model in the small operations
 around the weight kernels (norms, rotation, attention, casts), a few microseconds of dispatch
-each; the C++ step does them as plain loops over the row and calls torch's weight kernels once
-per projection (one request: 10.1 ms a step in Python, figures in `benchmarks/README.md`).
+each, and so do a few requests together; the C++ step does them as plain loops over the rows
+and calls torch's weight kernels once per projection (one request: 11.9 ms a step in Python,
+7.5 in C++; figures in `benchmarks/README.md`). From `quantize.WIDE_ROWS` rows on, the Python
+step serves: an int4 model multiplies with its bf16 weights there, and the small operations
+weigh little beside the products.
 
 It is compiled on first use with torch's extension builder (a C++ compiler and ninja; ~1 minute,
 then cached per machine under torch's extension folder). Where it cannot be built, or the model
-or the step does not fit (`NativeOneRow.of`), `LlamaStep` keeps its Python way; the two agree to
+or the step does not fit (`NativeFewRows.of`), `LlamaStep` keeps its Python way; the two agree to
 float rounding (`tests/generation/test_native_step.py`), not bit for bit: the loops sum in
 another order.
 """
@@ -26,7 +29,7 @@ import torch
 
 log = logging.getLogger("muse.generation.native_step")
 
-SOURCE = Path(__file__).with_name("native") / "one_row_step.cpp"
+SOURCE = Path(__file__).with_name("native") / "few_rows_step.cpp"
 # Set to "0" to keep every step in Python (the tests compare the two ways).
 SWITCH = "MUSE_NATIVE_STEP"
 
@@ -38,7 +41,7 @@ def compiled() -> ModuleType | None:
         from torch.utils.cpp_extension import load
 
         return load(
-            name="muse_one_row_step",
+            name="muse_few_rows_step",
             sources=[str(SOURCE)],
             extra_cflags=["-O3", "-march=native"],
             verbose=False,
@@ -53,7 +56,7 @@ def wanted() -> bool:
 
 
 def availability(loaded: Any) -> str:
-    """Which step decodes a lone request of `loaded` (a `LoadedModel`), for `muse doctor`;
+    """Which step decodes a few requests of `loaded` (a `LoadedModel`), for `muse doctor`;
     builds the C++ step if it serves this model and is not built yet."""
     from generation.quantize import QuantisedLinear
 
@@ -70,14 +73,14 @@ def availability(loaded: Any) -> str:
     return "the C++ step"
 
 
-class NativeOneRow:
-    """`LlamaStep`'s one-row step through the C++ extension."""
+class NativeFewRows:
+    """`LlamaStep`'s step of a few rows through the C++ extension."""
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
 
     @staticmethod
-    def of(step: Any) -> NativeOneRow | None:
+    def of(step: Any) -> NativeFewRows | None:
         """The C++ step for the model of `step` (a `generation.decode_step.LlamaStep`, which
         imports this module), or None: it takes fp32 models on the CPU whose projections are
         all int8 or int4, with queries/keys/values and gate/up fused."""
@@ -102,7 +105,7 @@ class NativeOneRow:
         extension = compiled()
         if extension is None:
             return None
-        kernel = extension.OneRowStep(
+        kernel = extension.FewRowsStep(
             step.heads,
             step.kv_heads,
             head_dim,
@@ -115,7 +118,7 @@ class NativeOneRow:
             [p.scales for p in projections],
             step.final_norm.contiguous(),
         )
-        return NativeOneRow(kernel)
+        return NativeFewRows(kernel)
 
     def __call__(
         self,
@@ -125,16 +128,17 @@ class NativeOneRow:
         mask: torch.Tensor,
         cache: Any,
     ) -> torch.Tensor:
-        """One row's step: `x` [1, 1, hidden] its token's embedding, `cos` / `signed_sin` [1, 1,
-        dim] (`LlamaStep`'s), `mask` [1, columns + 1]; the logits [1, vocab] (fp32), the
-        cache's layers holding the new column."""
+        """The rows' step: `x` [rows, 1, hidden] their tokens' embeddings, `cos` / `signed_sin`
+        [rows, 1, dim] (`LlamaStep`'s), `mask` [rows, columns + 1]; the logits [rows, vocab]
+        (fp32), the cache's layers holding the new column."""
+        rows = x.shape[0]
         layers = cache.layers
         rooms = [layer.rooms_for(1) for layer in layers]
-        allowed = mask[0].to(torch.uint8) if not bool(mask.all()) else _NOTHING
+        allowed = _NOTHING if bool(mask.all()) else mask.to(torch.uint8).contiguous()
         logits = self.kernel.step(
-            x.reshape(-1).contiguous(),
-            cos.reshape(-1).contiguous(),
-            signed_sin.reshape(-1).contiguous(),
+            x.reshape(rows, -1).contiguous(),
+            cos.reshape(rows, -1).contiguous(),
+            signed_sin.reshape(rows, -1).contiguous(),
             allowed,
             [keys for keys, _ in rooms],
             [values for _, values in rooms],

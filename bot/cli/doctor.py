@@ -128,7 +128,7 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
     return Check(
         "model",
         True,
-        f"loaded {loaded.model_id} on {device} ({weights}) in {took}; one request decodes "
+        f"loaded {loaded.model_id} on {device} ({weights}) in {took}; a few requests decode "
         f"with {step}",
     )
 

@@ -1,7 +1,7 @@
 """The written-out decoding step (generation/decode_step.py) against transformers' own forward:
 the same numbers, bit for bit, on the real default model with each kind of weights, for batches
-with and without padding, and for rows routed through an adapter. (The C++ step of one row of
-an int model: tests/generation/test_native_step.py.)"""
+with and without padding, and for rows routed through an adapter. (The C++ step of a few rows
+of an int model: tests/generation/test_native_step.py.)"""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_the_step_gives_transformers_numbers_bit_for_bit(fp32: LoadedModel, kind
     loaded = with_weights(fp32, kind, copy=True) if kind != "fp32" else fp32
     runner = BatchRunner(loaded.model, loaded.tokenizer.pad_token_id)
     assert runner._decode is not None  # the default model is a Llama
-    # One row of an int model takes the C++ step, which agrees to rounding only
+    # A few rows of an int model take the C++ step, which agrees to rounding only
     # (tests/generation/test_native_step.py); here the Python step's rows.
     assert (runner._decode.native is not None) == (kind != "fp32")
     runner._decode.native = None
@@ -78,6 +78,7 @@ def test_rows_through_an_adapter_get_transformers_numbers_too(fp32: LoadedModel,
     adapters = Adapters(loaded.model, loaded.model_id)
     slot = adapters.add("bold", folder)
     runner = BatchRunner(loaded.model, loaded.tokenizer.pad_token_id, adapters)
+    runner._decode.native = None  # rows without an adapter would take the C++ step
     prompts = [encode_messages(loaded.tokenizer, ask(p).messages, 4096) for p in PROMPTS[:2]]
     steps_agree(runner, prompts, [slot, 0])
     steps_agree(runner, prompts, [0, 0])  # with an adapter served but no row using it

@@ -1,8 +1,8 @@
-"""The C++ decoding step of one row (generation/native_step.py, generation/native/
-one_row_step.cpp) on the real default model with int8 and int4 weights: against the Python
-step to rounding, over more steps than the cache has spare room, with a hole in the mask, held
-to the quantised weights' quality guard along fp32's greedy text, in the engine, and the
-Python step wherever it cannot serve."""
+"""The C++ decoding step of a few rows (generation/native_step.py, generation/native/
+few_rows_step.cpp) on the real default model with int8 and int4 weights: against the Python
+step to rounding, for one row over more steps than the cache has spare room and for padded
+rows joining and leaving, with a hole in the mask, held to the quantised weights' quality guard
+along fp32's greedy text, in the engine, and the Python step wherever it cannot serve."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from generation import native_step
+from generation import native_step, quantize
 from generation.engine import Engine, EngineConfig
 from generation.kv_batch import SPARE_COLUMNS, BatchRunner
 from generation.models import LoadedModel, describe, load_model, with_weights
@@ -40,7 +40,7 @@ def runner(quantised: LoadedModel) -> BatchRunner:
 
 @contextmanager
 def python_step(runner: BatchRunner) -> Iterator[None]:
-    """Inside, `runner`'s one-row steps take the Python way."""
+    """Inside, `runner`'s steps take the Python way."""
     native, runner._decode.native = runner._decode.native, None
     try:
         yield
@@ -52,9 +52,7 @@ def prompt_ids(loaded: LoadedModel, text: str) -> list[int]:
     return encode_messages(loaded.tokenizer, ask(text).messages, 4096)
 
 
-def test_the_step_is_built_here_and_serves_one_row_of_int_models(
-    fp32: LoadedModel, runner: BatchRunner
-):
+def test_the_step_is_built_here_and_serves_int_models_only(fp32: LoadedModel, runner: BatchRunner):
     assert native_step.compiled() is not None  # this machine has a compiler: it must build
     assert runner._decode.native is not None
     fp32_runner = BatchRunner(fp32.model, fp32.tokenizer.pad_token_id)
@@ -90,6 +88,56 @@ def test_one_row_agrees_with_the_python_step_past_the_cache_s_spare_room(
     assert merged.size == 2 and runner.step(merged, [1, 1]).shape[0] == 2
 
 
+def steps_agree(
+    runner: BatchRunner, ours, theirs, tokens: list[int], tolerance: float
+) -> list[int]:
+    """One step of both batches (C++, Python) fed `tokens`; the Python step's greedy tokens."""
+    native = runner.step(ours, tokens)
+    with python_step(runner):
+        logits = runner.step(theirs, tokens)
+    assert native.shape == logits.shape
+    assert float((native - logits).abs().max()) < tolerance
+    return [int(t) for t in logits.argmax(-1)]
+
+
+def test_padded_rows_joining_and_leaving_agree_with_the_python_step(
+    quantised: LoadedModel, runner: BatchRunner
+):
+    prompts = [prompt_ids(quantised, text) for text in PROMPTS[:4]]
+    assert len({len(ids) for ids in prompts[:3]}) > 1  # so the batch is padded
+    tolerance = logit_tolerance(quantised)
+    ours, logits = runner.prefill(prompts[:3])
+    theirs, _ = runner.prefill(prompts[:3])
+    assert not bool(ours.mask.all())
+    tokens = [int(t) for t in logits.argmax(-1)]
+    for _ in range(4):
+        tokens = steps_agree(runner, ours, theirs, tokens, tolerance)
+    ours, theirs = ours.keep([0, 2]), theirs.keep([0, 2])  # the middle row finished
+    tokens = steps_agree(runner, ours, theirs, [tokens[0], tokens[2]], tolerance)
+    newcomer, first = runner.prefill(prompts[3:])
+    ours, theirs = ours.merge(newcomer), theirs.merge(runner.prefill(prompts[3:])[0])
+    tokens = tokens + [int(first.argmax())]
+    for _ in range(3):
+        tokens = steps_agree(runner, ours, theirs, tokens, tolerance)
+    for a, b in zip(ours.cache.layers, theirs.cache.layers, strict=True):
+        assert a.keys.shape == b.keys.shape
+        assert float((a.keys - b.keys).abs().max()) <= 2 * 2**-7 * float(b.keys.abs().max())
+
+
+def test_from_wide_rows_on_the_python_step_serves(quantised: LoadedModel, runner: BatchRunner):
+    calls = []
+    native = runner._decode.native
+    runner._decode.native = lambda *args: calls.append(args[0].shape[0]) or native(*args)
+    try:
+        ids = prompt_ids(quantised, PROMPTS[0])
+        for rows in (1, quantize.WIDE_ROWS - 1, quantize.WIDE_ROWS, quantize.WIDE_ROWS + 3):
+            batch, _ = runner.prefill([ids] * rows)
+            assert runner.step(batch, [1] * rows).shape[0] == rows
+    finally:
+        runner._decode.native = native
+    assert calls == [1, quantize.WIDE_ROWS - 1]
+
+
 def test_a_column_the_mask_hides_is_not_attended_to(quantised: LoadedModel, runner: BatchRunner):
     ids = prompt_ids(quantised, PROMPTS[0])
     plain, logits = runner.prefill([ids])
@@ -121,7 +169,7 @@ def test_quality_guard_along_fp32_s_greedy_text(
     fp32: LoadedModel, quantised: LoadedModel, runner: BatchRunner, text: str
 ):
     """The quantised weights' guard (tests/generation/test_quantised.py), with the logits of
-    one-row C++ steps fed fp32's greedy tokens."""
+    C++ steps of one row fed fp32's greedy tokens."""
     agreement, tie, largest = GUARDS[describe(quantised).split()[0]]
     ids = prompt_ids(quantised, text)
     whole = greedy_text(fp32.model, tuple(ids), 32)
@@ -145,7 +193,7 @@ async def test_the_engine_decodes_a_lone_request_with_it(quantised: LoadedModel,
     finally:
         await engine.aclose()
     assert result.tokens_out == 24 and result.text == again.text
-    # The same tokens as one-row C++ steps of the runner, greedily.
+    # The same tokens as C++ steps of one row on the runner, greedily.
     batch, logits = runner.prefill([prompt_ids(quantised, PROMPTS[2])])
     tokens = []
     for _ in range(24):
