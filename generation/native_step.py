@@ -9,8 +9,9 @@ and calls torch's weight kernels once per projection (one request: 11.9 ms a ste
 step serves: an int4 model multiplies with its bf16 weights there, and the small operations
 weigh little beside the products.
 
-It is compiled on first use with torch's extension builder (a C++ compiler and ninja; ~1 minute,
-then cached per machine under torch's extension folder). Where it cannot be built, or the model
+It is compiled on first use with torch's extension builder (a C++ compiler and ninja; ~30 s
+here, then kept per machine in a folder of torch's extension folder, rebuilt when the source
+changes; a lock that a killed build left is cleared). Where it cannot be built, or the model
 or the step does not fit (`NativeFewRows.of`), `LlamaStep` keeps its Python way; the two agree to
 float rounding (`tests/generation/test_native_step.py`), not bit for bit: the loops sum in
 another order.
@@ -21,6 +22,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,21 +37,45 @@ SOURCE = Path(__file__).with_name("native") / "few_rows_step.cpp"
 SWITCH = "MUSE_NATIVE_STEP"
 
 
+# A build takes ~30 s here; a lock file older than this was left by a build that was killed.
+STALE_LOCK_S = 600.0
+
+
 @functools.cache
 def compiled() -> ModuleType | None:
     """The compiled extension, built once per machine; None (logged once) where it cannot be."""
     try:
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import get_default_build_root, load
 
+        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+        python = f"py{sys.version_info[0]}{sys.version_info[1]}"
+        folder = root / f"muse_few_rows_step_{python}_torch{torch.__version__.replace('+', '_')}"
+        folder.mkdir(parents=True, exist_ok=True)
+        clear_stale_lock(folder)
         return load(
             name="muse_few_rows_step",
             sources=[str(SOURCE)],
             extra_cflags=["-O3", "-march=native"],
+            build_directory=str(folder),
             verbose=False,
         )
     except Exception as exc:  # no compiler, no ninja, a failed build: the Python step serves
         log.warning("the C++ decoding step could not be built (%s); using the Python one", exc)
         return None
+
+
+def clear_stale_lock(folder: Path) -> bool:
+    """Remove a build lock in `folder` that a killed build left behind (torch's builder would
+    wait on it for ever); whether there was one."""
+    lock = folder / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime < STALE_LOCK_S:
+            return False
+        lock.unlink()
+    except FileNotFoundError:
+        return False
+    log.warning("removed %s, left by a build of the C++ step that did not finish", lock)
+    return True
 
 
 def wanted() -> bool:

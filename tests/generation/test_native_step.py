@@ -6,6 +6,8 @@ along fp32's greedy text, in the engine, and the Python step wherever it cannot 
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -211,3 +213,13 @@ def test_the_python_step_serves_where_the_c_step_cannot(quantised: LoadedModel, 
     assert off._decode.native is None
     batch, logits = off.prefill([prompt_ids(quantised, PROMPTS[3])])
     assert off.step(batch, [int(logits.argmax())]).shape == logits.shape
+
+
+def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path):
+    lock = tmp_path / "lock"
+    lock.touch()
+    assert not native_step.clear_stale_lock(tmp_path) and lock.exists()  # a build is running
+    old = time.time() - native_step.STALE_LOCK_S - 1
+    os.utime(lock, (old, old))
+    assert native_step.clear_stale_lock(tmp_path) and not lock.exists()
+    assert not native_step.clear_stale_lock(tmp_path)  # nothing there
