@@ -16,9 +16,9 @@ without the bookkeeping:
 - When some row uses an adapter, the step calls the model's modules (an adapter wraps them,
   `generation/adapters.py`), still without transformers' forward around them.
 
-- Fewer than `quantize.WIDE_ROWS` rows of an int8 / int4 model with no adapter take the C++
-  step (`generation/native_step.py`) where it could be built: the same arithmetic as loops,
-  equal to this step's to bf16 rounding.
+- Rows of an int4 model with no adapter, and fewer than `quantize.WIDE_ROWS` of an int8 one,
+  take the C++ step (`generation/native_step.py`) where it could be built: the same
+  arithmetic as loops, equal to this step's to bf16 rounding.
 
 Only for models whose layers are transformers' Llama layers (`LlamaStep.supports`) with growing
 cache layers (`kv_batch.GrowingLayer`); the others keep the model's forward.
@@ -185,7 +185,7 @@ class LlamaStep:
         # rotate_half(x) = (-x2, x1) written as roll(x) = (x2, x1) times (-sin1, sin2).
         half = cos.shape[-1] // 2
         sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)
-        if self.native is not None and not routed and not wide_rows(x.shape[0]):
+        if self.native is not None and not routed and self.native.serves(x.shape[0]):
             return self.native(x, cos, sin, mask, cache)
         # As transformers does, for the same numbers: a mask that hides nothing is dropped and
         # attention groups the query heads itself; under a mask, the query heads of each

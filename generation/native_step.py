@@ -5,9 +5,9 @@ A request decoding alone spends ~40 % of each step of the default model in the s
 around the weight kernels (norms, rotation, attention, casts), a few microseconds of dispatch
 each, and so do a few requests together; the C++ step does them as plain loops over the rows
 and calls torch's weight kernels once per projection (one request: 11.9 ms a step in Python,
-7.5 in C++; figures in `benchmarks/README.md`). From `quantize.WIDE_ROWS` rows on, the Python
-step serves: an int4 model multiplies with its bf16 weights there, and the small operations
-weigh little beside the products.
+7.5 in C++; figures in `benchmarks/README.md`). From `quantize.WIDE_ROWS` rows on an int4 model
+multiplies with its bf16 weights, and the C++ step does too (oneDNN's product, as
+`quantize.bf16_matmul`); an int8 model has none, so the Python step serves it there.
 
 It is compiled on first use with torch's extension builder (a C++ compiler and ninja; ~30 s
 here, then kept per machine in a folder of torch's extension folder, rebuilt when the source
@@ -29,6 +29,8 @@ from types import ModuleType
 from typing import Any
 
 import torch
+
+from generation.quantize import wide_rows
 
 log = logging.getLogger("muse.generation.native_step")
 
@@ -105,6 +107,12 @@ class NativeFewRows:
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
+        # An int4 model's bf16 weights are in it too: it takes steps of many rows as well.
+        self.many_rows = bool(kernel.has_wide)
+
+    def serves(self, rows: int) -> bool:
+        """Whether a step of `rows` rows (no adapter's) is this one's."""
+        return self.many_rows or not wide_rows(rows)
 
     @staticmethod
     def of(step: Any) -> NativeFewRows | None:
@@ -143,6 +151,7 @@ class NativeFewRows:
             [p.bits for p in projections],
             [p.weight for p in projections],
             [p.scales for p in projections],
+            [list(p.wide) for p in projections],
             step.final_norm.contiguous(),
         )
         return NativeFewRows(kernel)
@@ -170,6 +179,7 @@ class NativeFewRows:
             [keys for keys, _ in rooms],
             [values for _, values in rooms],
             layers[0].keys.shape[-2],
+            wide_rows(rows),
         )
         for layer in layers:
             layer.grow(1)

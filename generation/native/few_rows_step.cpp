@@ -16,6 +16,7 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
 #include <cmath>
@@ -32,9 +33,30 @@ struct Projection {
   int64_t bits;       // 4 or 8
   at::Tensor weight;  // the packed int4 layout, or int8 [out, in]
   at::Tensor scales;  // int4: [groups, out, 2] scales and zeros; int8: [out]
+  std::vector<at::Tensor> wide;  // the same weights in bf16 laid out for oneDNN, per part
 };
 
-at::Tensor multiply(const Projection& p, const at::Tensor& input) {
+// generation/quantize.py `bf16_matmul`: oneDNN's product with weights it laid out once.
+at::Tensor bf16_product(const at::Tensor& input, const at::Tensor& weight) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                         const std::optional<at::Tensor>&, std::string_view,
+                                         c10::List<std::optional<at::Scalar>>,
+                                         std::optional<std::string_view>)>();
+  return op.call(input, weight, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(),
+                 std::nullopt);
+}
+
+// `input` (bf16 [rows, in]) times the weights, bf16 [rows, out]: the int kernel, or (`wide`) the
+// bf16 weights, part by part side by side.
+at::Tensor multiply(const Projection& p, const at::Tensor& input, bool wide) {
+  if (wide) {
+    if (p.wide.size() == 1) return bf16_product(input, p.wide[0]);
+    std::vector<at::Tensor> parts;
+    for (const at::Tensor& part : p.wide) parts.push_back(bf16_product(input, part));
+    return at::cat(parts, 1);
+  }
   if (p.bits == 4) return at::_weight_int4pack_mm_for_cpu(input, p.weight, kGroup, p.scales);
   return at::_weight_int8pack_mm(input, p.weight, p.scales);
 }
@@ -70,7 +92,8 @@ class FewRowsStep {
   FewRowsStep(int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
               double eps, std::vector<double> scaling, std::vector<at::Tensor> norms,
               std::vector<int64_t> bits, std::vector<at::Tensor> weights,
-              std::vector<at::Tensor> scales, at::Tensor final_norm)
+              std::vector<at::Tensor> scales, std::vector<std::vector<at::Tensor>> wide,
+              at::Tensor final_norm)
       : heads_(heads),
         kv_heads_(kv_heads),
         head_dim_(head_dim),
@@ -79,26 +102,33 @@ class FewRowsStep {
         scaling_(std::move(scaling)),
         norms_(std::move(norms)),
         final_norm_(std::move(final_norm)) {
-    TORCH_CHECK(bits.size() == weights.size() && bits.size() == scales.size());
+    TORCH_CHECK(bits.size() == weights.size() && bits.size() == scales.size() &&
+                bits.size() == wide.size());
     layers_ = static_cast<int64_t>(scaling_.size());
     TORCH_CHECK(static_cast<int64_t>(bits.size()) == 4 * layers_ + 1,
                 "four projections per layer and the head");
     TORCH_CHECK(static_cast<int64_t>(norms_.size()) == 2 * layers_, "two norms per layer");
     for (size_t i = 0; i < bits.size(); ++i) {
       TORCH_CHECK(bits[i] == 4 || bits[i] == 8, "int4 or int8 weights only");
-      projections_.push_back({bits[i], weights[i], scales[i]});
+      projections_.push_back({bits[i], weights[i], scales[i], wide[i]});
+      has_wide_ = has_wide_ && !wide[i].empty();
     }
     hidden_ = final_norm_.numel();
   }
+
+  // Whether every projection has bf16 weights (an int4 model's), for `step(..., wide=true)`.
+  bool has_wide() const { return has_wide_; }
 
   // `x` fp32 [rows, hidden]: each row's new token's embedding; `cos` / `signed_sin` fp32
   // [rows, head_dim] of its position (see rotate); `allowed`: empty (every column seen), or
   // uint8 [rows, used + 1] (0: a padding column that row's query does not see); the rooms:
   // fp32 [rows, kv_heads, room, head_dim] per layer, with room beyond `used` columns. Writes
-  // the new column at `used` in every layer; returns the logits, fp32 [rows, vocab].
+  // the new column at `used` in every layer; returns the logits, fp32 [rows, vocab]. `wide`:
+  // the products on the bf16 weights (an int4 model's many rows), not the int kernels.
   at::Tensor step(at::Tensor x, const at::Tensor& cos, const at::Tensor& signed_sin,
                   const at::Tensor& allowed, const std::vector<at::Tensor>& key_rooms,
-                  const std::vector<at::Tensor>& value_rooms, int64_t used) {
+                  const std::vector<at::Tensor>& value_rooms, int64_t used, bool wide) {
+    TORCH_CHECK(!wide || has_wide_, "no bf16 weights to multiply with");
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 2 &&
                 x.size(1) == hidden_);
     const int64_t rows = x.size(0), width = (heads_ + kv_heads_) * head_dim_;  // rotated
@@ -121,7 +151,7 @@ class FewRowsStep {
     for (int64_t layer = 0; layer < layers_; ++layer) {
       const Projection* p = &projections_[4 * layer];
       norm_rows(residual, norms_[2 * layer], rows, normed);
-      at::Tensor qkv = multiply(p[0], normed);
+      at::Tensor qkv = multiply(p[0], normed, wide);
       const BFloat16* projected = qkv.data_ptr<BFloat16>();
       for (int64_t row = 0; row < rows; ++row) {
         const BFloat16* own = projected + row * qkv.size(1);  // queries, keys, values
@@ -131,13 +161,13 @@ class FewRowsStep {
       }
       attend(rotated.data(), key_rooms[layer], value_rooms[layer], rows, used, mask,
              static_cast<float>(scaling_[layer]), attended.data_ptr<BFloat16>());
-      add_bf16(residual, multiply(p[1], attended).data_ptr<BFloat16>(), rows * hidden_);
+      add_bf16(residual, multiply(p[1], attended, wide).data_ptr<BFloat16>(), rows * hidden_);
       norm_rows(residual, norms_[2 * layer + 1], rows, normed);
-      silu_times(multiply(p[2], normed).data_ptr<BFloat16>(), rows, gated.data_ptr<BFloat16>());
-      add_bf16(residual, multiply(p[3], gated).data_ptr<BFloat16>(), rows * hidden_);
+      silu_times(multiply(p[2], normed, wide).data_ptr<BFloat16>(), rows, gated.data_ptr<BFloat16>());
+      add_bf16(residual, multiply(p[3], gated, wide).data_ptr<BFloat16>(), rows * hidden_);
     }
     norm_rows(residual, final_norm_, rows, normed);
-    return multiply(projections_.back(), normed).to(at::kFloat);
+    return multiply(projections_.back(), normed, wide).to(at::kFloat);
   }
 
  private:
@@ -246,6 +276,7 @@ class FewRowsStep {
     }
   }
 
+  bool has_wide_ = true;
   int64_t heads_, kv_heads_, head_dim_, intermediate_, hidden_ = 0, layers_ = 0;
   float eps_;
   std::vector<double> scaling_;
@@ -260,6 +291,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<FewRowsStep>(m, "FewRowsStep")
       .def(pybind11::init<int64_t, int64_t, int64_t, int64_t, double, std::vector<double>,
                           std::vector<at::Tensor>, std::vector<int64_t>, std::vector<at::Tensor>,
-                          std::vector<at::Tensor>, at::Tensor>())
+                          std::vector<at::Tensor>, std::vector<std::vector<at::Tensor>>,
+                          at::Tensor>())
+      .def_property_readonly("has_wide", [](const FewRowsStep& s) { return s.has_wide(); })
       .def("step", &FewRowsStep::step, pybind11::call_guard<pybind11::gil_scoped_release>());
 }

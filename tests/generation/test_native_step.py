@@ -126,18 +126,40 @@ def test_padded_rows_joining_and_leaving_agree_with_the_python_step(
         assert float((a.keys - b.keys).abs().max()) <= 2 * 2**-7 * float(b.keys.abs().max())
 
 
-def test_from_wide_rows_on_the_python_step_serves(quantised: LoadedModel, runner: BatchRunner):
-    calls = []
-    native = runner._decode.native
-    runner._decode.native = lambda *args: calls.append(args[0].shape[0]) or native(*args)
+class Counting:
+    """A C++ step that records the rows of each step it takes."""
+
+    def __init__(self, native: native_step.NativeFewRows) -> None:
+        self.native, self.calls = native, []
+
+    def serves(self, rows: int) -> bool:
+        return self.native.serves(rows)
+
+    def __call__(self, *args):
+        self.calls.append(args[0].shape[0])
+        return self.native(*args)
+
+
+def test_many_rows_of_int4_take_the_c_step_on_bf16_weights_and_of_int8_the_python_one(
+    quantised: LoadedModel, runner: BatchRunner
+):
+    kind = describe(quantised).split()[0]
+    prompts = [prompt_ids(quantised, text) for text in PROMPTS]
+    tolerance = logit_tolerance(quantised)
+    counting = Counting(runner._decode.native)
+    sizes = (1, quantize.WIDE_ROWS - 1, quantize.WIDE_ROWS, quantize.WIDE_ROWS + 3)
+    runner._decode.native = counting
     try:
-        ids = prompt_ids(quantised, PROMPTS[0])
-        for rows in (1, quantize.WIDE_ROWS - 1, quantize.WIDE_ROWS, quantize.WIDE_ROWS + 3):
-            batch, _ = runner.prefill([ids] * rows)
-            assert runner.step(batch, [1] * rows).shape[0] == rows
+        for rows in sizes:
+            chosen = [prompts[i % len(prompts)] for i in range(rows)]
+            ours, logits = runner.prefill(chosen)
+            theirs, _ = runner.prefill(chosen)
+            steps_agree(runner, ours, theirs, [int(t) for t in logits.argmax(-1)], tolerance)
     finally:
-        runner._decode.native = native
-    assert calls == [1, quantize.WIDE_ROWS - 1]
+        runner._decode.native = counting.native
+    # An int4 model holds bf16 weights for many rows, and the C++ step multiplies with them;
+    # an int8 one has none: from WIDE_ROWS rows on, its Python step (the int8 kernel) serves.
+    assert counting.calls == (list(sizes) if kind == "int4" else list(sizes[:2]))
 
 
 def test_a_column_the_mask_hides_is_not_attended_to(quantised: LoadedModel, runner: BatchRunner):
