@@ -1,7 +1,7 @@
 """One decoding step of the default model: through transformers' forward, the written-out step
-(`generation/decode_step.py`) and the step as `BatchRunner.step` serves it (fewer than 10 rows
-of int8 / int4 weights: the C++ step, `generation/native_step.py`), and a prefill, for each kind
-of weights (CPU).
+(`generation/decode_step.py`) and the step as `BatchRunner.step` serves it (int4 weights, and
+fewer than 10 rows of int8: the C++ step, `generation/native_step.py`), and a prefill, for each
+kind of weights (CPU).
 
     .venv/bin/python benchmarks/step.py [--weights int4 int8 fp32] [--rows 1 16] [--rounds 8]
 
@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace) -> None:
         ways = {
             "transformers": through_transformers(runner),
             "written out": in_python(runner),
-            "served": runner.step,  # a few rows of int weights: the C++ step, if built
+            "served": runner.step,  # int weights: the C++ step, if built
         }
         for rows in args.rows:
             times: dict[str, list[float]] = {name: [] for name in ways}
