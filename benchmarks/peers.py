@@ -60,10 +60,9 @@ from generation.models import (  # noqa: E402
     with_weights,
 )
 from generation.prompting import encode_messages  # noqa: E402
-from tests.generation.conftest import ask  # noqa: E402
 from tests.generation.llama_server import free_port  # noqa: E402
 from tests.generation.test_native_step import stepped_logits  # noqa: E402
-from tests.generation.test_quantised import greedy_text, teacher_forced  # noqa: E402
+from tests.generation.test_quantised import along_greedy, teacher_forced  # noqa: E402
 
 SLOTS = 16
 OVERLAPPING_S = 0.1  # the staggered row whose arrivals overlap: 16 within 1.5 s
@@ -191,10 +190,7 @@ def stepped(
     runner: BatchRunner, reference: LoadedModel, other: LoadedModel, text: str, tokens: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """As `teacher_forced`, with `other`'s logits from decoding steps of one row on `runner`."""
-    ids = encode_messages(reference.tokenizer, ask(text).messages, 4096)
-    whole = greedy_text(reference.model, tuple(ids), tokens)
-    with torch.inference_mode():
-        want = reference.model(whole).logits[0, len(ids) - 1 : -1].float()
+    ids, whole, want = along_greedy(reference, text, tokens)
     return want, stepped_logits(runner, ids, whole)
 
 

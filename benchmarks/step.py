@@ -30,6 +30,7 @@ from benchmarks.throughput import prompt  # noqa: E402
 from generation.kv_batch import BatchRunner, KVBatch  # noqa: E402
 from generation.models import default_cache_dir, load_model  # noqa: E402
 from generation.prompting import encode_messages  # noqa: E402
+from tests.generation.test_native_step import python_step  # noqa: E402
 
 STEPS = 20
 
@@ -53,11 +54,8 @@ def in_python(runner: BatchRunner) -> Callable[[KVBatch, list[int]], torch.Tenso
     """`runner.step` with the C++ step set aside (generation/native_step.py)."""
 
     def step(batch: KVBatch, tokens: list[int]) -> torch.Tensor:
-        native, runner._decode.native = runner._decode.native, None
-        try:
+        with python_step(runner):
             return runner.step(batch, tokens)
-        finally:
-            runner._decode.native = native
 
     return step
 

@@ -168,7 +168,7 @@ class LlamaStep:
         self.intermediate = config.intermediate_size
         self.final_norm = self.inner.norm.weight
         self.head = _Projection.of(model.lm_head)
-        self.native = NativeFewRows.of(self)  # a few rows of an int8 / int4 model, in C++
+        self.native = NativeFewRows.of(self)  # the step of an int8 / int4 model in C++
 
     @torch.inference_mode()
     def __call__(

@@ -87,13 +87,10 @@ def wanted() -> bool:
 def availability(loaded: Any) -> str:
     """Which step decodes a few requests of `loaded` (a `LoadedModel`), for `muse doctor`;
     builds the C++ step if it serves this model and is not built yet."""
-    from generation.quantize import QuantisedLinear
+    from generation.models import describe
 
-    model = loaded.model
-    first = next(model.parameters())
-    if first.device.type != "cpu" or not any(
-        isinstance(m, QuantisedLinear) for m in model.modules()
-    ):
+    quantised = describe(loaded).startswith(("int8", "int4"))
+    if loaded.device.type != "cpu" or not quantised:
         return "the Python step"
     if not wanted():
         return f"the Python step ({SWITCH}=0)"
@@ -103,7 +100,8 @@ def availability(loaded: Any) -> str:
 
 
 class NativeFewRows:
-    """`LlamaStep`'s step of a few rows through the C++ extension."""
+    """`LlamaStep`'s step through the C++ extension: any number of rows of an int4 model (which
+    holds bf16 weights for many rows), fewer than `WIDE_ROWS` of an int8 one."""
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel

@@ -7,7 +7,8 @@
 // those are plain loops over the rows (the norm writes the kernel's bf16 input directly, the
 // rotation writes the cache, attention is a dot product per cached column), and only the weight
 // kernels are torch's own (`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`), called once
-// per projection for all the rows.
+// per projection for all the rows; or, for an int4 model's many rows, oneDNN's product with its
+// bf16 copy of the weights (`wide`), as generation/quantize.py does.
 //
 // The arithmetic is transformers' in fp32 (see generation/decode_step.py), in another order of
 // summation: a row's numbers can differ from the Python step's by float rounding.
@@ -163,7 +164,8 @@ class FewRowsStep {
              static_cast<float>(scaling_[layer]), attended.data_ptr<BFloat16>());
       add_bf16(residual, multiply(p[1], attended, wide).data_ptr<BFloat16>(), rows * hidden_);
       norm_rows(residual, norms_[2 * layer + 1], rows, normed);
-      silu_times(multiply(p[2], normed, wide).data_ptr<BFloat16>(), rows, gated.data_ptr<BFloat16>());
+      silu_times(multiply(p[2], normed, wide).data_ptr<BFloat16>(), rows,
+                 gated.data_ptr<BFloat16>());
       add_bf16(residual, multiply(p[3], gated, wide).data_ptr<BFloat16>(), rows * hidden_);
     }
     norm_rows(residual, final_norm_, rows, normed);

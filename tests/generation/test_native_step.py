@@ -20,7 +20,7 @@ from generation.kv_batch import SPARE_COLUMNS, BatchRunner
 from generation.models import LoadedModel, describe, load_model, with_weights
 from generation.prompting import encode_messages
 from tests.generation.conftest import ask, logit_tolerance
-from tests.generation.test_quantised import GUARDS, PROMPTS, greedy_text
+from tests.generation.test_quantised import GUARDS, PROMPTS, along_greedy
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -195,10 +195,7 @@ def test_quality_guard_along_fp32_s_greedy_text(
     """The quantised weights' guard (tests/generation/test_quantised.py), with the logits of
     C++ steps of one row fed fp32's greedy tokens."""
     agreement, tie, largest = GUARDS[describe(quantised).split()[0]]
-    ids = prompt_ids(quantised, text)
-    whole = greedy_text(fp32.model, tuple(ids), 32)
-    with torch.inference_mode():
-        want = fp32.model(whole).logits[0, len(ids) - 1 : -1].float()
+    ids, whole, want = along_greedy(fp32, text)
     got = stepped_logits(runner, ids, whole)
     best = want.topk(2).values
     margin = best[:, 0] - best[:, 1]

@@ -223,16 +223,25 @@ def greedy_text(model: nn.Module, ids: tuple[int, ...], tokens: int) -> torch.Te
         return model.generate(torch.tensor([ids]), max_new_tokens=tokens, do_sample=False)
 
 
+def along_greedy(
+    reference: LoadedModel, text: str, tokens: int = 32
+) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """`text`'s prompt ids, `reference`'s greedy continuation of them ([1, ids + tokens]) and its
+    next-token logits along it ([tokens, vocab])."""
+    ids = encode_messages(reference.tokenizer, ask(text).messages, 4096)
+    whole = greedy_text(reference.model, tuple(ids), tokens)
+    with torch.inference_mode():
+        want = reference.model(whole).logits[0, len(ids) - 1 : -1].float()
+    return ids, whole, want
+
+
 def teacher_forced(
     reference: LoadedModel, other: LoadedModel, text: str, tokens: int = 32
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both models' next-token logits along `reference`'s greedy continuation of `text`."""
-    ids = encode_messages(reference.tokenizer, ask(text).messages, 4096)
-    whole = greedy_text(reference.model, tuple(ids), tokens)
-    span = slice(len(ids) - 1, -1)
+    ids, whole, want = along_greedy(reference, text, tokens)
     with torch.inference_mode():
-        want = reference.model(whole).logits[0, span].float()
-        got = other.model(whole).logits[0, span].float()
+        got = other.model(whole).logits[0, len(ids) - 1 : -1].float()
     return want, got
 
 
