@@ -4,11 +4,13 @@ fewer than 10 rows of int8: the C++ step, `generation/native_step.py`), and a pr
 kind of weights (CPU).
 
     .venv/bin/python benchmarks/step.py [--weights int4 int8 fp32] [--rows 1 16] [--rounds 8]
+                                        [--big]
 
 Prints the median and the fastest of `--rounds` rounds of 20 steps each (the ways
 alternating, so the machine's drift hits each), milliseconds per step, and the prefill of one
-and of sixteen benchmark prompts (median of three). Runs on a thread of its own (never torch on
-the main thread, see benchmarks/throughput.py).
+and of sixteen benchmark prompts (median of three); `--big`: the SmolLM2-1.7B-shaped model with
+random weights of `benchmarks/peers.py` instead of the default model. Runs on a thread of its
+own (never torch on the main thread, see benchmarks/throughput.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.peers import big_model  # noqa: E402
 from benchmarks.throughput import prompt  # noqa: E402
 from generation.kv_batch import BatchRunner, KVBatch  # noqa: E402
 from generation.models import default_cache_dir, load_model  # noqa: E402
@@ -75,8 +78,9 @@ def measure(args: argparse.Namespace) -> None:
     print("| weights | rows | transformers' forward | written-out step | as served |")
     print("|---|---|---|---|---|")
     prefills = []
+    cache = default_cache_dir()
     for weights in args.weights:
-        loaded = load_model(None, "cpu", default_cache_dir(), weights)
+        loaded = big_model(weights) if args.big else load_model(None, "cpu", cache, weights)
         runner = BatchRunner(loaded.model, loaded.tokenizer.pad_token_id or 0)
         prompts = [encode_messages(loaded.tokenizer, prompt(i), 4096) for i in range(16)]
         ways = {
@@ -108,6 +112,7 @@ if __name__ == "__main__":
     parser.add_argument("--weights", nargs="+", default=["int4", "int8", "fp32"])
     parser.add_argument("--rows", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--big", action="store_true", help="the 1.7B-shaped model instead")
     worker = threading.Thread(target=measure, args=(parser.parse_args(),))
     worker.start()
     worker.join()
