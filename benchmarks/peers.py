@@ -5,7 +5,7 @@
 
 The peer is `llama-server` built from llama-cpp-python 0.3.36's vendored llama.cpp
 (`benchmarks/llama_build.py`, cached under `.venv/`), serving the same GGUF as Muse's default
-model with `--parallel 16 --no-repack` (the AMX repacking faults on this machine's virtual CPU)
+model with `--parallel 16 --no-repack` (the AMX repacking faults on a virtual Xeon with AMX)
 and the same thread count, driven by plain streamed HTTP requests. Muse's engine runs the model
 with each `--weights` choice (`MUSE_WEIGHTS`), on its worker thread as `muse run` does. Rounds
 alternate between all of them, so drift in the machine's load hits each alike; medians printed.
