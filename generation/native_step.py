@@ -105,12 +105,11 @@ class NativeFewRows:
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
-        # An int4 model's bf16 weights are in it too: it takes steps of many rows as well.
-        self.many_rows = bool(kernel.has_wide)
 
     def serves(self, rows: int) -> bool:
-        """Whether a step of `rows` rows (no adapter's) is this one's."""
-        return self.many_rows or not wide_rows(rows)
+        """Whether a step of `rows` rows (no adapter's) is this one's: an int4 model's bf16
+        weights are in the kernel too (`has_wide`), so it takes its steps of many rows as well."""
+        return self.kernel.has_wide or not wide_rows(rows)
 
     @staticmethod
     def of(step: Any) -> NativeFewRows | None:
