@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from bot.cli.fault_injection import make_hook
 from bot.cli.wiring import EXIT_ENGINE_DEAD, presets_from
 from bot.discord.client import MuseBot
 from generation.engine import Engine, EngineConfig
@@ -124,9 +125,10 @@ async def test_sigterm_finishes_or_cuts_off_then_exits_0(emu: DiscordEmulator, t
     db = tmp_path / "muse.db"
     for name in ("u1", "u2", "u3"):
         emu.add_user(name)
-    # The long ones must outlast the grace: 1024 tokens take ~10 s with int4 weights here
-    # (a 300-token cap once finished inside a 5 s grace).
-    async with muse_run(emu, db, MUSE_MAX_TOKENS="1024", MUSE_SHUTDOWN_GRACE_S="3") as bot:
+    # The long ones must outlast the grace on any machine: on a fast one the story once reached
+    # its end of text inside 3 s, so every step is slowed (16 short tokens still take ~1 s).
+    slow = {"MUSE_TEST_FAULT": "slow:decode"}
+    async with muse_run(emu, db, MUSE_MAX_TOKENS="1024", MUSE_SHUTDOWN_GRACE_S="3", **slow) as bot:
         long = [await emu.slash_command("generate", LONG, user=u) for u in ("u1", "u2")]
         for record in long:
             await record.wait_until(streaming, 60)
@@ -238,7 +240,8 @@ async def test_model_errors_out_of_memory_and_timeouts_fail_only_their_requests(
 async def test_gateway_drop_resumes_and_an_expired_token_falls_back_to_the_channel(
     start, emu: DiscordEmulator, tmp_path: Path
 ):
-    async with start(max_tokens=64):
+    # Slowed steps: the second reply must still be streaming when its token expires.
+    async with start(make_hook("slow", "decode"), max_tokens=64):
         first = await emu.slash_command("generate", LONG, user="alice")
         await first.wait_until(streaming, 30)
         assert await emu.drop_gateway() == 1
