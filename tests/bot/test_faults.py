@@ -88,7 +88,8 @@ async def test_sigkill_mid_stream_then_restart_keeps_what_was_saved(
     db = tmp_path / "muse.db"
     for name in ("u1", "u2"):
         emu.add_user(name)
-    async with muse_run(emu, db, MUSE_MAX_TOKENS="200") as bot:
+    # Slowed steps: both long replies are still streaming when the process is killed.
+    async with muse_run(emu, db, MUSE_MAX_TOKENS="200", MUSE_TEST_FAULT="slow:decode") as bot:
         short = await emu.slash_command("generate", SHORT, user="alice")
         await short.wait_until(has_buttons, 60)
         votes = [
