@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import sqlite3
@@ -30,13 +31,52 @@ def format_utc(moment: datetime) -> str:
 
 
 def create_file(path: Path) -> None:
-    """Create the database file with mode 0600 if missing (an existing one keeps its mode).
+    """Create the database file with mode 0600 if it does not exist; an existing file is never
+    opened (and keeps its mode).
 
-    SQLite creates the `-wal` and `-shm` files with the same permissions as the database file.
+    Why never opened: closing any descriptor of a file releases every POSIX lock this process
+    holds on it, SQLite's included (SQLite's "How To Corrupt An SQLite Database File", 2.2).
+    With its locks gone, a store open in this process looks closed to other processes, and the
+    next one to close its connection checkpoints and deletes the `-wal` this one still writes
+    to. SQLite creates the `-wal` and `-shm` files with the database file's permissions.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)  # a new file: no connection of this process can hold a lock on it yet
+
+
+def check_writable(path: Path) -> None:
+    """Raise the `OSError` (EACCES, EPERM, EROFS) that opening the file to write would raise,
+    without opening it (see `create_file` for why): the kernel's access(2) check, which honours
+    modes, read-only mounts and immutable files as open(2) does."""
+    if _access(str(path), os.W_OK) == 0:
+        return
+    code = ctypes.get_errno()
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        raise OSError(code, os.strerror(code), str(path))
+
+
+def _libc_access() -> Callable[[str, int], int]:
+    """access(2) with its errno kept; where libc cannot be loaded, `os.access` (as EACCES)."""
+    try:
+        access = ctypes.CDLL(None, use_errno=True).access
+    except (OSError, AttributeError):
+
+        def fallback(name: str, mode: int) -> int:
+            if os.access(name, mode):
+                return 0
+            ctypes.set_errno(errno.EACCES)
+            return -1
+
+        return fallback
+    access.argtypes = (ctypes.c_char_p, ctypes.c_int)
+    return lambda name, mode: int(access(os.fsencode(name), mode))
+
+
+_access = _libc_access()
 
 
 _UNWRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})

@@ -61,6 +61,22 @@ class DatabaseReadOnly(StorageError):
         )
 
 
+class DatabaseAlreadyOpen(StorageError, RuntimeError):
+    """This process has a `Store` open on the database already: use that one.
+
+    A second open is refused, not merely discouraged: a second set of connections (or any
+    open and close of the file outside SQLite) beside the first can drop the first one's POSIX
+    locks, and another process's checkpoint then deletes the `-wal` the first still writes to.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(
+            f"{path} is already open in this process: pass the open Store along instead of "
+            "opening the database a second time"
+        )
+
+
 class ModelExists(StorageError):
     """A model of that name is registered already (pass `replace=True` to overwrite it)."""
 

@@ -3,7 +3,8 @@
 `backup_file` uses SQLite's online backup API in one step: the copy is one read transaction's
 snapshot (WAL lets the bot keep committing meanwhile), written to a temporary file of mode 0600
 beside the target and moved into place only once complete. `check_file` opens the file read-only
-and reports what `muse doctor` prints; neither ever writes to the source.
+and reports what `muse doctor` prints, including a process that writes to a deleted `-wal`
+(`deleted_wal_holders`); neither ever writes to the source.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ class FileCheck:
     supported: int = len(MIGRATIONS)
     integrity: str = ""
     problems: tuple[str, ...] = ()
+    #: (pid, fd) of processes writing to this database's `-wal` after it was deleted
+    deleted_wal: tuple[tuple[int, int], ...] = ()
 
 
 def check_file(path: Path) -> FileCheck:
@@ -115,6 +118,12 @@ def check_file(path: Path) -> FileCheck:
     if mode & 0o077:
         problems.append(f"mode {mode:04o}: others may read it")
     version, integrity = 0, ""
+    holders = deleted_wal_holders(path)
+    for pid, fd in holders:
+        problems.append(
+            f"process {pid} writes to a deleted {path.name}-wal: what it saved since then is "
+            f"not in the file (a copy of it: /proc/{pid}/fd/{fd})"
+        )
     try:
         conn = connect_readonly(path)
         try:
@@ -133,4 +142,30 @@ def check_file(path: Path) -> FileCheck:
                 f"schema version {version} is newer than this Muse knows "
                 f"({len(MIGRATIONS)}): upgrade Muse"
             )
-    return FileCheck(path, True, mode, version, len(MIGRATIONS), integrity, tuple(problems))
+    return FileCheck(
+        path, True, mode, version, len(MIGRATIONS), integrity, tuple(problems), holders
+    )
+
+
+def deleted_wal_holders(path: Path, proc: Path = Path("/proc")) -> tuple[tuple[int, int], ...]:
+    """(pid, fd) of every process (that this user may inspect) holding the database's `-wal`
+    open after it was deleted: such a process writes where no other process, nor its own
+    next start, will read. Linux only (`/proc/<pid>/fd`); elsewhere nothing is found."""
+    deleted = f"{os.path.realpath(path)}-wal (deleted)"
+    found: list[tuple[int, int]] = []
+    if not proc.is_dir():
+        return ()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:  # gone, or another user's
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) == deleted:
+                    found.append((int(entry.name), int(fd.name)))
+            except OSError:
+                continue
+    return tuple(sorted(found))

@@ -2,13 +2,17 @@
 
 The writer's connection is made (mode 0600), migrated and, for the bot, cleared of generations
 a crash left `running` before any write is accepted; a file that cannot be written is one
-`DatabaseReadOnly`.
+`DatabaseReadOnly`. A process opens one store per database (`claim`): a second open of the same
+file is refused with `DatabaseAlreadyOpen` (see there for why).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sqlite3
+import threading
 from collections.abc import Awaitable, Generator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -16,7 +20,8 @@ from typing import Any, Generic, TypeVar
 import aiosqlite
 
 from storage import writes
-from storage.db import Clock, connect, create_file, format_utc, read_only_error
+from storage.db import Clock, check_writable, connect, create_file, format_utc, read_only_error
+from storage.errors import DatabaseAlreadyOpen
 from storage.migrations import Migration, migrate
 from storage.writer import Writer
 
@@ -25,14 +30,103 @@ log = logging.getLogger("muse.storage.opening")
 T = TypeVar("T")
 
 
+class OpenFiles:
+    """The database files this process has a store open on, by path and by file identity
+    (device, inode), so that a symlink or a second name of the same file is caught too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paths: set[str] = set()
+        self._inodes: dict[tuple[int, int], str] = {}
+
+    def claim(self, path: Path) -> Claim:
+        """Create the file if missing and claim it for one store; raises `DatabaseAlreadyOpen`
+        (or `DatabaseReadOnly` when it cannot be created). Blocking: call it off the loop."""
+        name = os.path.realpath(path)
+        with self._lock:
+            if name in self._paths:
+                raise DatabaseAlreadyOpen(str(path))
+            self._paths.add(name)
+        try:
+            _create(path)
+            info = os.stat(name)
+        except BaseException:
+            with self._lock:
+                self._paths.discard(name)
+            raise
+        inode = (info.st_dev, info.st_ino)
+        with self._lock:
+            if inode in self._inodes:
+                self._paths.discard(name)
+                raise DatabaseAlreadyOpen(str(path))
+            self._inodes[inode] = name
+        return Claim(self, name, inode)
+
+    def release(self, claim: Claim) -> None:
+        with self._lock:
+            self._paths.discard(claim.name)
+            self._inodes.pop(claim.inode, None)
+
+
+class Claim:
+    """One store's hold on its file; `release()` when the store is closed (idempotent)."""
+
+    def __init__(self, owner: OpenFiles, name: str, inode: tuple[int, int]) -> None:
+        self._owner = owner
+        self.name = name
+        self.inode = inode
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._owner.release(self)
+
+
+#: This process's open databases: process-wide by nature, as the POSIX locks it protects.
+OPEN_FILES = OpenFiles()
+
+
+def _create(path: Path) -> None:
+    """`create_file`, with a file that cannot be created or written reported as
+    `DatabaseReadOnly` before SQLite makes `-wal`/`-shm` files beside a file it cannot write."""
+    try:
+        create_file(path)
+        check_writable(path)
+    except OSError as exc:
+        read_only = read_only_error(path, exc)
+        if read_only is None:
+            raise
+        raise read_only from exc
+
+
 async def open_connections(
     path: Path,
     clock: Clock,
     mark_interrupted: bool,
     migrations: Sequence[Migration],
     max_batch: int,
+) -> tuple[Writer, aiosqlite.Connection, tuple[int, ...], Claim]:
+    """The started writer, the read connection, the generations marked `interrupted`, and the
+    claim on the file (release it after closing both connections)."""
+    claim = await asyncio.to_thread(OPEN_FILES.claim, path)
+    try:
+        return (
+            *await _open_connections(path, clock, mark_interrupted, migrations, max_batch),
+            claim,
+        )
+    except BaseException:
+        claim.release()
+        raise
+
+
+async def _open_connections(
+    path: Path,
+    clock: Clock,
+    mark_interrupted: bool,
+    migrations: Sequence[Migration],
+    max_batch: int,
 ) -> tuple[Writer, aiosqlite.Connection, tuple[int, ...]]:
-    """The started writer, the read connection, and the generations marked `interrupted`."""
     interrupted: list[int] = []
 
     def opener() -> sqlite3.Connection:
@@ -45,7 +139,6 @@ async def open_connections(
             raise read_only from exc
 
     def open_for_writing() -> sqlite3.Connection:
-        create_file(path)
         conn = connect(path)
         try:
             conn.execute("PRAGMA secure_delete = ON")  # forgotten data is overwritten

@@ -38,7 +38,7 @@ from storage.models import (
     Winner,
     verdict_of,
 )
-from storage.opening import Opening, open_connections
+from storage.opening import Claim, Opening, open_connections
 from storage.stats import TaskModelStats, task_stats
 from storage.writer import Writer
 
@@ -54,12 +54,18 @@ class Store:
     """Everything the bot stores. Open with `Store.open(path)`; all methods are coroutines."""
 
     def __init__(
-        self, path: Path, writer: Writer, reader: aiosqlite.Connection, clock: Clock
+        self,
+        path: Path,
+        writer: Writer,
+        reader: aiosqlite.Connection,
+        clock: Clock,
+        claim: Claim | None = None,
     ) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
         self._clock = clock
+        self._claim = claim
         #: Generations this open found left `running` by a crash and marked `interrupted`
         #: (oldest first); the bot edits their replies to say so.
         self.interrupted: tuple[int, ...] = ()
@@ -80,21 +86,26 @@ class Store:
         `mark_interrupted=False` is for tools (export, stats) that run beside a live bot and
         must not mark its running generations `interrupted`. Raises `DatabaseTooNew`, and
         `DatabaseReadOnly` when the file (or its folder, where the `-wal`/`-shm` files go)
-        cannot be written.
+        cannot be written, and `DatabaseAlreadyOpen` when this process has a store open on
+        the file already (pass that one along: see `DatabaseAlreadyOpen` for why).
         """
         return Opening(cls._open(Path(path), clock, mark_interrupted, migrations, max_batch))
 
     @classmethod
     async def _open(cls, path: Path, clock: Clock, *options: Any) -> Store:
-        writer, reader, interrupted = await open_connections(path, clock, *options)
-        store = cls(path, writer, reader, clock)
+        writer, reader, interrupted, claim = await open_connections(path, clock, *options)
+        store = cls(path, writer, reader, clock, claim)
         store.interrupted = interrupted
         return store
 
     async def close(self) -> None:
-        """Commit queued writes, then close both connections."""
-        await self._writer.close()
-        await self._reader.close()
+        """Commit queued writes, then close both connections (and let the file be opened again)."""
+        try:
+            await self._writer.close()
+            await self._reader.close()
+        finally:
+            if self._claim is not None:
+                self._claim.release()
 
     async def __aenter__(self) -> Store:
         return self

@@ -3,7 +3,8 @@
 Checks: the settings parse (sharding included); the token's shape (never the token itself); the
 model (local backend: the file or folder exists or is cached; `--load` loads it) or the server
 (`MUSE_BACKEND=openai`: it answers `GET /models`); the database (opens read-only, schema
-version, `PRAGMA integrity_check`, mode 0600). Exit code 0 when every check passes, 1 otherwise.
+version, `PRAGMA integrity_check`, mode 0600, and no process writing to a deleted `-wal`).
+Exit code 0 when every check passes, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -228,6 +229,9 @@ def check_database(path: Path) -> Check:
 
 
 def _db_hint(found: FileCheck) -> str:
+    if found.deleted_wal:
+        pids = ", ".join(str(pid) for pid, _ in found.deleted_wal)
+        return f"stop process {pids} and start Muse again; then run muse doctor once more"
     if found.mode & 0o077:
         return f"chmod 600 {found.path}"
     return "restore it from a backup (muse backup makes one)"

@@ -4,7 +4,7 @@ talks to it through the remote backend (`OpenAIEngine`), as to any OpenAI-compat
 On an accelerator the engine's worker is bound by launching kernels from Python, and shares the
 GIL with the bot's event loop when both live in one process; apart, neither slows the other.
 
-    async with open_engine(settings) as engine:   # the child, or the in-process engine
+    async with open_engine(settings, store) as engine:   # the child, or the in-process engine
         ...
 
 The child gets a random key (by environment, never on its command line), stops when its standard
@@ -34,6 +34,7 @@ from bot.core.shutdown import close_engine
 from generation.backend import Backend
 from generation.models import ModelLoadError
 from generation.openai_backend import OpenAIEngine, RemoteConfig
+from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli.engine_process")
 
@@ -314,14 +315,15 @@ async def engine_process(settings: Settings, **kwargs) -> AsyncIterator[Backend]
 
 
 @contextlib.asynccontextmanager
-async def open_engine(settings: Settings) -> AsyncIterator[Backend]:
+async def open_engine(settings: Settings, store: Store) -> AsyncIterator[Backend]:
     """`muse run`'s engine: in a child process when `wants_engine_process`, else in this one
-    (not waited for: it loads while the bot connects). Closed at exit either way."""
+    (not waited for: it loads while the bot connects), serving the adapters `store` registers.
+    Closed at exit either way."""
     if wants_engine_process(settings):
         async with engine_process(settings) as backend:
             yield backend
         return
-    engine = build_engine(settings, adapters=await registered_adapters(settings.db_path))
+    engine = build_engine(settings, adapters=await registered_adapters(store))
     try:
         yield engine
     finally:

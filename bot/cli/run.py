@@ -74,7 +74,7 @@ async def main(settings: Settings) -> int:
     redirect_discord(settings)
     presets = presets_from(settings)
     try:
-        async with Store.open(settings.db_path) as store, open_engine(settings) as engine:
+        async with Store.open(settings.db_path) as store, open_engine(settings, store) as engine:
             return await serve(settings, store, engine, presets)
     except EngineProcessError as exc:
         log.error("%s", exc)

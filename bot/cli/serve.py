@@ -23,6 +23,7 @@ from bot.cli.wiring import build_engine, registered_adapters, setup_logging
 from bot.core.settings import Settings
 from generation.backend import Backend
 from generation.serve import ServeConfig, ServeConfigError, Server, check_bind
+from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli.serve")
 
@@ -92,7 +93,9 @@ async def main(settings: Settings, config: ServeConfig, *, exit_with_parent: boo
             loop.add_signal_handler(sig, stopping.set)
     if exit_with_parent:
         _watch_stdin(loop, stopping)
-    engine = build_engine(settings, adapters=await registered_adapters(settings.db_path))
+    async with Store.open(settings.db_path, mark_interrupted=False) as store:
+        adapters = await registered_adapters(store)  # closed again: the bot's process owns it
+    engine = build_engine(settings, adapters=adapters)
     server = Server(engine, config)
     try:
         await server.start()

@@ -46,10 +46,11 @@ def exit_on_fatal(reason: str) -> None:
     os._exit(EXIT_ENGINE_DEAD)
 
 
-async def registered_adapters(db_path: Path) -> dict[str, Path]:
-    """The adapters the local engine serves beside the base: the registry's, not retired."""
-    async with Store.open(db_path, mark_interrupted=False) as store:
-        return {m.name: Path(m.adapter_path) for m in await store.list_models()}
+async def registered_adapters(store: Store) -> dict[str, Path]:
+    """The adapters the local engine serves beside the base: the registry's, not retired.
+
+    Read through the caller's open store: a process opens its database once (`Store.open`)."""
+    return {m.name: Path(m.adapter_path) for m in await store.list_models()}
 
 
 def engine_model(settings: Settings) -> LoadedModel:

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from peft import LoraConfig, get_peft_model
 
-from bot.cli import main as cli
 from generation.engine import Engine, EngineConfig
 from generation.models import LoadedModel
 from storage.models import ModelRecord
 from storage.store import Store
 from tests.bot.community import ephemeral, finished, muse, refusal, rows
+from tests.cli_process import run_muse
 from tests.discord_emulator import DiscordEmulator, InteractionRecord
 
 ADAPTER = "house-style"
@@ -48,7 +48,7 @@ async def two_models(loaded_model: LoadedModel, adapter_folder: Path) -> AsyncIt
 
 
 async def test_model_then_arena_then_leaderboard(
-    emu: DiscordEmulator, tmp_path: Path, two_models: Engine, adapter_folder: Path, capsys
+    emu: DiscordEmulator, tmp_path: Path, two_models: Engine, adapter_folder: Path
 ):
     db = tmp_path / "muse.db"
     async with Store.open(db) as store:
@@ -86,7 +86,7 @@ async def test_model_then_arena_then_leaderboard(
                 assert said.startswith("Thanks — saved") and ADAPTER in said  # the reveal
                 assert "A was written by **" in said
             if n in (3, 7):
-                board = json.loads(await leaderboard_json(db, capsys))
+                board = json.loads(await leaderboard_json(db))
                 widths.append({r["model"]: r["upper"] - r["lower"] for r in board})
 
         shown = await emu.slash_command("leaderboard", {})
@@ -96,7 +96,7 @@ async def test_model_then_arena_then_leaderboard(
         assert table.splitlines()[0].startswith(f"**1. {ADAPTER}**")
         assert message.attachments and message.attachments[0].filename == "muse-leaderboard.png"
 
-    board = json.loads(await leaderboard_json(db, capsys))
+    board = json.loads(await leaderboard_json(db))
     assert [r["model"] for r in board][0] == ADAPTER and len(board) == 2
     assert set(board[0]) == {"model", "score", "lower", "upper", "votes", "win_rate"}
     assert board[0]["votes"] == 24 and abs(board[0]["win_rate"] - 2 / 3) < 1e-3
@@ -122,8 +122,8 @@ async def arena_reply(battle: InteractionRecord):
     return battle.original
 
 
-async def leaderboard_json(db: Path, capsys) -> str:
-    """`muse leaderboard --json`'s output (run off the loop: the CLI runs its own)."""
-    capsys.readouterr()
-    assert await asyncio.to_thread(cli.main, ["leaderboard", "--json", "--db", str(db)]) == 0
-    return capsys.readouterr().out
+async def leaderboard_json(db: Path) -> str:
+    """`muse leaderboard --json`'s output, from a process of its own as beside a live bot."""
+    done = await asyncio.to_thread(run_muse, "leaderboard", "--json", "--db", str(db))
+    assert done.returncode == 0, done.stderr
+    return done.stdout

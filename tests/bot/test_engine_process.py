@@ -29,6 +29,7 @@ from generation.engine import Engine
 from generation.errors import GenerationFailed
 from generation.openai_backend import OpenAIEngine
 from generation.types import GenerationRequest, Message
+from storage.store import Store
 from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,8 +191,9 @@ async def test_muse_serve_stops_when_its_parent_goes():
             await child.wait()
 
 
-async def test_open_engine_without_a_child_is_the_in_process_engine():
-    async with open_engine(make_settings(engine_process="0")) as engine:
+async def test_open_engine_without_a_child_is_the_in_process_engine(tmp_path):
+    settings = make_settings(engine_process="0")
+    async with Store.open(tmp_path / "muse.db") as store, open_engine(settings, store) as engine:
         assert isinstance(engine, Engine)
         assert (await engine.generate(ask("Hi", max_new_tokens=2))).tokens_out > 0
     assert not engine._thread.is_alive()

@@ -11,6 +11,7 @@ import pytest
 
 from bot.cli import data as cli_data
 from storage.migrations import MIGRATIONS
+from tests.cli_process import run_muse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,14 +40,22 @@ def test_export_reads_the_database_from_the_environment(tmp_path, monkeypatch, c
     assert (tmp_path / "env.db").exists()
 
 
+def test_a_second_store_in_one_process_is_refused(rated, db_path, tmp_path, capsys) -> None:
+    out = tmp_path / "sft.jsonl"
+    assert _run("export", "--format", "sft", "--out", str(out), "--db", str(db_path)) == 1
+    assert "already open in this process" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_export_writes_rows_beside_a_live_store(rated, db_path, tmp_path: Path) -> None:
     # `rated` keeps its store open, as a running bot would.
     out = tmp_path / "kto.jsonl"
     argv = ["export", "--format", "kto", "--out", str(out), "--db", str(db_path)]
-    assert _run(*argv, "--min-score", "2") == 0
+    assert run_muse(*argv, "--min-score", "2").returncode == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["metadata"]["generation_id"] for row in rows] == [rated["g1"]]
-    assert _run(*argv, "--since", "2025-03-05", "--guild", "100", "--task", "story") == 0
+    filters = ["--since", "2025-03-05", "--guild", "100", "--task", "story"]
+    assert run_muse(*argv, *filters).returncode == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["metadata"]["generation_id"] for row in rows] == [rated["g11"]]
 
@@ -93,10 +102,11 @@ def test_a_newer_database_is_refused(tmp_path: Path, capsys) -> None:
     assert _run("stats", "--db", str(db)) == 1
 
 
-def test_stats_prints_a_table_and_writes_a_chart(rated, db_path, tmp_path, capsys) -> None:
+def test_stats_prints_a_table_and_writes_a_chart(rated, db_path, tmp_path) -> None:
     chart = tmp_path / "ratings.png"
-    assert _run("stats", "--db", str(db_path), "--chart", str(chart)) == 0
-    output = capsys.readouterr().out
+    done = run_muse("stats", "--db", str(db_path), "--chart", str(chart))
+    assert done.returncode == 0, done.stderr
+    output = done.stdout
     assert "story" in output and "poem" in output and "describe" in output
     assert chart.read_bytes().startswith(b"\x89PNG")
 

@@ -6,14 +6,17 @@ import asyncio
 import os
 import sqlite3
 import stat
+import sys
+from asyncio.subprocess import PIPE
 from pathlib import Path
 
 import pytest
 
-from storage.errors import DatabaseTooNew
+from storage.errors import DatabaseAlreadyOpen, DatabaseTooNew
 from storage.migrations import MIGRATIONS, migrate, schema_version
 from storage.store import Store
 
+REPO = Path(__file__).resolve().parents[2]
 TABLES = {
     "meta",
     "users",
@@ -170,13 +173,47 @@ async def test_refuses_a_file_from_a_newer_muse(db_path: Path) -> None:
         assert schema_version(conn) == newer  # untouched
 
 
-async def test_two_stores_opening_a_new_file_at_once(db_path: Path) -> None:
-    stores = await asyncio.gather(Store.open(db_path), Store.open(db_path))
-    for store in stores:
-        await store.close()
+OPEN_ONCE = """
+import asyncio, sys
+from storage.store import Store
+
+async def main():
+    async with Store.open(sys.argv[1]):
+        pass
+
+asyncio.run(main())
+"""
+
+
+async def test_two_processes_opening_a_new_file_at_once(db_path: Path) -> None:
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", OPEN_ONCE, str(db_path), cwd=REPO, stderr=PIPE
+        )
+        for _ in range(2)
+    ]
+    for child in children:
+        _, err = await child.communicate()
+        assert child.returncode == 0, err.decode()
     with sqlite3.connect(db_path) as conn:
         assert schema_version(conn) == len(MIGRATIONS)
         assert conn.execute("SELECT COUNT(*) FROM meta").fetchone()[0] == 1
+
+
+async def test_a_second_open_in_one_process_is_refused(db_path: Path) -> None:
+    opened = await asyncio.gather(Store.open(db_path), Store.open(db_path), return_exceptions=True)
+    stores = [o for o in opened if isinstance(o, Store)]
+    refused = [o for o in opened if isinstance(o, DatabaseAlreadyOpen)]
+    assert len(stores) == 1 and len(refused) == 1, opened
+    assert "already open in this process" in str(refused[0])
+    link = db_path.with_name("another-name.db")
+    link.symlink_to(db_path)
+    with pytest.raises(DatabaseAlreadyOpen):  # the same file by another name
+        await Store.open(link)
+    await stores[0].mark_notice_shown(1)  # the first store still works
+    await stores[0].close()
+    async with Store.open(link) as again:  # closed: the file may be opened again
+        assert not await again.mark_notice_shown(1)
 
 
 async def test_running_generations_become_interrupted_on_reopen(db_path, clock) -> None:
