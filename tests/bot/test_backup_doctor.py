@@ -14,6 +14,7 @@ from bot.cli import main as cli
 from storage.migrations import MIGRATIONS
 from storage.store import Store
 from tests.bot.fake_openai import MODEL, FakeOpenAI
+from tests.wal_holder import holding_a_deleted_wal
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.GhIjKl.c2VjcmV0LXRva2VuLXZhbHVlLWRvLW5vdC1wcmludA"
 
@@ -207,6 +208,16 @@ async def test_doctor_fails_each_broken_check_with_a_hint(env, tmp_path: Path, c
     assert code == 1 and "not a token" not in "\n".join(lines)
     assert "does not look like a bot token (18 characters" in lines[1]
     assert "cannot be read as SQLite" in "\n".join(lines)
+
+
+async def test_doctor_finds_a_process_writing_to_a_deleted_wal(env, tmp_path: Path, capsys):
+    env.setenv("DISCORD_TOKEN", TOKEN)
+    with holding_a_deleted_wal(tmp_path / "muse.db") as pid:
+        code, lines = doctor(capsys)
+    assert code == 1, lines
+    (line,) = [n for n, text in enumerate(lines) if text.startswith("✗ database")]
+    assert f"process {pid} writes to a deleted muse.db-wal" in lines[line]
+    assert f"hint: stop process {pid} and start Muse again" in lines[line + 1]
 
 
 async def test_doctor_reports_an_unreachable_or_wrong_model_server(env, capsys):

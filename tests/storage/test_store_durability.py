@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -36,6 +35,7 @@ from hypothesis import strategies as st
 from storage.export import ExportFilters, export_jsonl
 from storage.maintenance import backup_file, check_file, deleted_wal_holders
 from tests.storage.store_child import plain
+from tests.wal_holder import holding_a_deleted_wal
 
 REPO = Path(__file__).resolve().parents[2]
 USERS = (1, 2, 3, 4)
@@ -266,29 +266,9 @@ def test_every_acknowledged_write_is_in_the_file_at_once_and_after_sigkill(data)
 def test_a_writer_holding_a_deleted_wal_is_found(tmp_path: Path) -> None:
     """`deleted_wal_holders` (what `muse doctor` reports) sees the state the bug left."""
     path = tmp_path / "muse.db"
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("CREATE TABLE t (x)")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_WAL, str(path)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().strip() == "holding"
-        assert deleted_wal_holders(path) == ()
-        os.unlink(f"{path}-wal")  # what another process's last close did to it
+    assert deleted_wal_holders(path) == ()
+    with holding_a_deleted_wal(path) as pid:
         (found,) = deleted_wal_holders(path)
-        assert found[0] == holder.pid
+        assert found[0] == pid
         problems = check_file(path).problems
-        assert any(f"process {holder.pid} writes to a deleted muse.db-wal" in p for p in problems)
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-HOLD_WAL = """
-import sqlite3, sys, time
-conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-conn.execute("INSERT INTO t VALUES (1)")
-print("holding", flush=True)
-time.sleep(60)
-"""
+        assert any(f"process {pid} writes to a deleted muse.db-wal" in p for p in problems)
