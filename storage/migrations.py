@@ -163,7 +163,52 @@ def _edits_personas_models(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: Sequence[Migration] = (_initial_schema, _followup_messages, _edits_personas_models)
+def _model_owners_and_the_loop(conn: sqlite3.Connection) -> None:
+    """Version 4: a model's owner (the guild whose data trained it; NULL: host-wide), the
+    pseudonyms of the members whose rows trained it and why it was retired; each guild's
+    learning loop (its settings and state) and the loop's history."""
+    conn.execute("ALTER TABLE models ADD COLUMN owner_guild_id INTEGER")
+    conn.execute("ALTER TABLE models ADD COLUMN contributors_json TEXT NOT NULL DEFAULT '[]'")
+    conn.execute("ALTER TABLE models ADD COLUMN retired_reason TEXT")
+    conn.execute(
+        """CREATE TABLE loops (
+            guild_id INTEGER PRIMARY KEY,
+            enabled INTEGER NOT NULL DEFAULT 0,
+            channel_id INTEGER,
+            min_examples INTEGER,
+            min_votes INTEGER,
+            confidence REAL,
+            state TEXT NOT NULL DEFAULT 'collecting'
+                CHECK (state IN ('collecting', 'training', 'checking', 'arena')),
+            challenger TEXT,
+            previous_default TEXT,
+            rows_at_last_tune INTEGER NOT NULL DEFAULT 0,
+            arena_since_utc TEXT,
+            progress_json TEXT NOT NULL DEFAULT '{}',
+            updated_utc TEXT NOT NULL
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE loop_events (
+            id INTEGER PRIMARY KEY,
+            guild_id INTEGER NOT NULL,
+            event TEXT NOT NULL
+                CHECK (event IN ('tuned', 'arena', 'promoted', 'retired', 'rolled_back')),
+            model TEXT,
+            reason TEXT NOT NULL DEFAULT '',
+            figures_json TEXT NOT NULL DEFAULT '{}',
+            created_utc TEXT NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX loop_events_by_guild ON loop_events (guild_id, id)")
+
+
+MIGRATIONS: Sequence[Migration] = (
+    _initial_schema,
+    _followup_messages,
+    _edits_personas_models,
+    _model_owners_and_the_loop,
+)
 
 
 def schema_version(conn: sqlite3.Connection) -> int:

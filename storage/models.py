@@ -138,7 +138,9 @@ class ModelRecord:
 
     `created_utc` None (when registering) means "now". `data` says what it was trained on,
     `metrics` how it scored; both are JSON objects. A retired model stays in the registry (its
-    generations still name it) but is no longer offered.
+    generations still name it) but is no longer offered. `owner_guild_id`: the guild whose data
+    trained it, which alone sees it (None: a host-wide model, offered to every guild);
+    `contributors`: the export pseudonyms of the members whose rows trained it.
     """
 
     name: str
@@ -149,6 +151,13 @@ class ModelRecord:
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     retired: bool = False
+    owner_guild_id: int | None = None
+    contributors: tuple[str, ...] = ()
+    retired_reason: str | None = None
+
+    def visible_to(self, guild_id: int | None) -> bool:
+        """Whether a guild may see and use the model: a host-wide one, or its own."""
+        return self.owner_guild_id is None or self.owner_guild_id == guild_id
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ModelRecord:
@@ -161,6 +170,9 @@ class ModelRecord:
             data=json.loads(row["data_json"]),
             metrics=json.loads(row["metrics_json"]),
             retired=row["retired_utc"] is not None,
+            owner_guild_id=row["owner_guild_id"],
+            contributors=tuple(json.loads(row["contributors_json"])),
+            retired_reason=row["retired_reason"],
         )
 
 

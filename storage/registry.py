@@ -61,19 +61,24 @@ def model_values(record: ModelRecord, now: str) -> dict[str, Any]:
         "data_json": encode_json(dict(record.data)),
         "metrics_json": encode_json(dict(record.metrics)),
         "retired_utc": now if record.retired else None,
+        "owner_guild_id": record.owner_guild_id,
+        "contributors_json": encode_json(sorted(set(record.contributors))),
+        "retired_reason": record.retired_reason if record.retired else None,
     }
 
 
 _INSERT_MODEL = """INSERT INTO models (name, base_model, adapter_path, method, created_utc,
-        data_json, metrics_json, retired_utc)
+        data_json, metrics_json, retired_utc, owner_guild_id, contributors_json, retired_reason)
     VALUES (:name, :base_model, :adapter_path, :method, :created_utc, :data_json, :metrics_json,
-        :retired_utc)"""
+        :retired_utc, :owner_guild_id, :contributors_json, :retired_reason)"""
 
 _REPLACE_MODEL = f"""{_INSERT_MODEL}
     ON CONFLICT (name) DO UPDATE SET base_model = excluded.base_model,
         adapter_path = excluded.adapter_path, method = excluded.method,
         created_utc = excluded.created_utc, data_json = excluded.data_json,
-        metrics_json = excluded.metrics_json, retired_utc = excluded.retired_utc"""
+        metrics_json = excluded.metrics_json, retired_utc = excluded.retired_utc,
+        owner_guild_id = excluded.owner_guild_id, contributors_json = excluded.contributors_json,
+        retired_reason = excluded.retired_reason"""
 
 
 def register_model(conn: sqlite3.Connection, values: Mapping[str, Any], replace: bool) -> None:
@@ -89,10 +94,12 @@ def register_model(conn: sqlite3.Connection, values: Mapping[str, Any], replace:
         raise ModelExists(values["name"]) from None
 
 
-def retire_model(conn: sqlite3.Connection, name: str, now: str) -> bool:
-    """Mark a live model retired; False if it is missing or retired already."""
+def retire_model(conn: sqlite3.Connection, name: str, now: str, reason: str | None = None) -> bool:
+    """Mark a live model retired (saying why); False if it is missing or retired already."""
     cursor = conn.execute(
-        "UPDATE models SET retired_utc = ? WHERE name = ? AND retired_utc IS NULL", (now, name)
+        """UPDATE models SET retired_utc = ?, retired_reason = ?
+           WHERE name = ? AND retired_utc IS NULL""",
+        (now, reason, name),
     )
     return cursor.rowcount == 1
 

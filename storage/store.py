@@ -354,9 +354,10 @@ class Store:
         """The registered models, newest first."""
         return await registry.list_models(self._reader, include_retired)
 
-    async def retire_model(self, name: str) -> bool:
-        """Stop offering a model (it stays registered); False if missing or retired already."""
-        return await self._write(registry.retire_model, name, self._now())
+    async def retire_model(self, name: str, reason: str | None = None) -> bool:
+        """Stop offering a model (it stays registered), saying why; False if missing or
+        retired already."""
+        return await self._write(registry.retire_model, name, self._now(), reason)
 
     # --- statistics, retention, privacy, export --------------------------------------
 

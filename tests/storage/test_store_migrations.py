@@ -28,6 +28,8 @@ TABLES = {
     "comparisons",
     "personas",
     "models",
+    "loops",
+    "loop_events",
 }
 
 
@@ -110,7 +112,7 @@ async def test_a_version_2_file_with_data_upgrades_to_3(db_path: Path) -> None:
         models = [r[1] for r in conn.execute("PRAGMA table_info(models)")]
         assert models == [
             "name", "base_model", "adapter_path", "method", "created_utc", "data_json",
-            "metrics_json", "retired_utc",
+            "metrics_json", "retired_utc", "owner_guild_id", "contributors_json", "retired_reason",
         ]  # fmt: skip
         personas = [r[1] for r in conn.execute("PRAGMA table_info(personas)")]
         assert personas == ["channel_id", "guild_id", "name", "prompt", "updated_utc"]

@@ -106,3 +106,16 @@ async def test_a_guild_default_model(store: Store, db_path) -> None:
         with pytest.raises(ValueError, match="default_model"):
             await store.update_guild_settings(5, default_model=bad)
     assert await store.get_guild_settings(5) == reset
+
+
+async def test_a_model_keeps_its_owner_contributors_and_why_it_was_retired(store: Store) -> None:
+    owned = _record("guild-style", owner_guild_id=100, contributors=("b2", "a1", "b2"))
+    await store.register_model(owned)
+    await store.register_model(_record("host-wide"))
+    got = await store.get_model("guild-style")
+    assert (got.owner_guild_id, got.contributors) == (100, ("a1", "b2"))  # sorted, once each
+    assert got.visible_to(100) and not got.visible_to(200) and not got.visible_to(None)
+    assert (await store.get_model("host-wide")).visible_to(200)
+    assert await store.retire_model("guild-style", "a member's /forget")
+    retired = await store.get_model("guild-style")
+    assert retired.retired and retired.retired_reason == "a member's /forget"
