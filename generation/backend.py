@@ -4,6 +4,7 @@ backend and the tests' doubles. Nothing outside `generation/` needs to know whic
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from generation.types import GenerationChunk, GenerationRequest, GenerationResult
@@ -50,6 +51,11 @@ class Backend(Protocol):
 
     def models(self) -> list[str]:
         """The names this backend can serve, the base model first."""
+        ...
+
+    async def add_adapter(self, name: str, path: Path | str) -> None:
+        """Serve the LoRA adapter in `path` as `name` from now on, without a restart (a freshly
+        tuned one); raises an exception saying why when it cannot."""
         ...
 
     async def wait_ready(self) -> ReadyModel:

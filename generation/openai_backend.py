@@ -21,11 +21,13 @@ import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yarl
 
+from generation.adapters import AdapterError
 from generation.errors import EngineBusy, GenerationFailed
 from generation.models import ModelLoadError
 from generation.openai_http import describe, first_model, refusal, retry_after_s
@@ -52,6 +54,9 @@ class RemoteConfig:
     # `continue_final_message`, llama.cpp's own llama-server). Off: llama-cpp-python's server
     # closes that message and starts a new turn, so the prefix is only shown (see openai_job).
     prefill: bool = False
+    # MUSE_OPENAI_RUNTIME_LORA: new adapters are loaded into the server with vLLM's runtime-LoRA
+    # endpoints (vLLM started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; `muse serve` has them).
+    runtime_lora: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,32 @@ class OpenAIEngine:
         model used by default first; empty until it is known."""
         base = self.model_id
         return ([base] if base else []) + [name for name in self._listed if name != base]
+
+    async def add_adapter(self, name: str, path: Path | str) -> None:
+        """Load the adapter into the server (`POST /load_lora_adapter`, vLLM's runtime-LoRA
+        API) when `runtime_lora` is on; otherwise say how to serve it and raise."""
+        if not self.config.runtime_lora:
+            hint = f"--lora-modules {name}={path}"
+            log.warning("add %s to the model server's command line to serve it", hint)
+            raise AdapterError(
+                f"the model server loads adapters only at its start ({hint}); set "
+                "MUSE_OPENAI_RUNTIME_LORA=1 where it allows runtime LoRA updating"
+            )
+        body = {"lora_name": name, "lora_path": str(path)}
+        headers = {k: v for k, v in self._headers.items() if k != "Accept"}
+        try:
+            async with self._http().post(
+                self._url("load_lora_adapter"), json=body, headers=headers
+            ) as resp:
+                if resp.status != 200:
+                    said = (await resp.text())[:300]
+                    raise AdapterError(
+                        f"{self.server} refused the adapter: HTTP {resp.status} {said}"
+                    )
+        except aiohttp.ClientError as exc:
+            raise AdapterError(f"{self.server} did not answer: {describe(exc)}") from exc
+        if name not in self._listed:
+            self._listed.append(name)
 
     # -- the engine's face -------------------------------------------------------------------
     async def wait_ready(self) -> RemoteModel:

@@ -17,8 +17,8 @@ from storage.models import ArenaVote
 # is deleted; the voter has not opted out. `record_comparison` keeps one vote per voter per pair
 # in either order; the window still picks the latest should a file hold both orders.
 _ARENA_SQL = """
-SELECT model_a, model_b, winner, is_self FROM (
-    SELECT ga.model_id AS model_a, gb.model_id AS model_b, k.winner,
+SELECT model_a, model_b, winner, is_self, voter FROM (
+    SELECT ga.model_id AS model_a, gb.model_id AS model_b, k.winner, k.user_id AS voter,
         k.user_id IN (ga.user_id, gb.user_id) AS is_self, k.id,
         ROW_NUMBER() OVER (
             PARTITION BY k.user_id, MIN(k.generation_a_id, k.generation_b_id),
@@ -45,7 +45,7 @@ async def arena_votes(
     """The arena votes, oldest first; with `guild_id` or `task`, those whose two generations
     both are of that guild or task."""
     rows = await conn.execute_fetchall(_ARENA_SQL, {"guild_id": guild_id, "task": task})
-    return [ArenaVote(a, b, winner, bool(is_self)) for a, b, winner, is_self in rows]
+    return [ArenaVote(a, b, w, bool(is_self), voter) for a, b, w, is_self, voter in rows]
 
 
 def leaderboard_votes(votes: Iterable[ArenaVote], *, include_self: bool = True) -> list[Vote]:

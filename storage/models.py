@@ -180,13 +180,14 @@ class ModelRecord:
 class ArenaVote:
     """One arena vote: a comparison of two generations by different models.
 
-    `is_self`: the voter requested one of the two generations.
+    `is_self`: the voter requested one of the two generations; `voter`: their user id.
     """
 
     model_a: str
     model_b: str
     winner: Winner
     is_self: bool
+    voter: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,3 +263,72 @@ def _settings_values(values: dict[str, Any]) -> dict[str, Any]:
     if model is not None and (not isinstance(model, str) or not model.strip()):
         raise ValueError("default_model must be a model name (or None for the bot's model)")
     return out
+
+
+LOOP_STATES = ("collecting", "training", "checking", "arena")
+LOOP_EVENTS = ("tuned", "arena", "promoted", "retired", "rolled_back")
+
+
+@dataclass(frozen=True, slots=True)
+class LoopState:
+    """A guild's learning loop: its settings (None: the host's default) and where it stands.
+
+    `state`: collecting (waiting for enough new training rows), training (a tune runs),
+    checking (the new adapter is being checked), arena (`challenger` battles the default).
+    `rows_at_last_tune`: the guild's training rows when the last tune started, so the rows
+    "since the last tune" are the difference. `progress`: a running tune's last report.
+    """
+
+    guild_id: int
+    enabled: bool = False
+    channel_id: int | None = None
+    min_examples: int | None = None
+    min_votes: int | None = None
+    confidence: float | None = None
+    state: str = "collecting"
+    challenger: str | None = None
+    previous_default: str | None = None
+    rows_at_last_tune: int = 0
+    arena_since_utc: datetime | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> LoopState:
+        since = row["arena_since_utc"]
+        return cls(
+            guild_id=row["guild_id"],
+            enabled=bool(row["enabled"]),
+            channel_id=row["channel_id"],
+            min_examples=row["min_examples"],
+            min_votes=row["min_votes"],
+            confidence=row["confidence"],
+            state=row["state"],
+            challenger=row["challenger"],
+            previous_default=row["previous_default"],
+            rows_at_last_tune=row["rows_at_last_tune"],
+            arena_since_utc=None if since is None else parse_utc(since),
+            progress=json.loads(row["progress_json"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoopEvent:
+    """One turn of a guild's loop: `event` in LOOP_EVENTS, the model, why, and the figures."""
+
+    guild_id: int
+    event: str
+    model: str | None
+    reason: str
+    figures: dict[str, Any]
+    created_utc: datetime
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> LoopEvent:
+        return cls(
+            guild_id=row["guild_id"],
+            event=row["event"],
+            model=row["model"],
+            reason=row["reason"],
+            figures=json.loads(row["figures_json"]),
+            created_utc=parse_utc(row["created_utc"]),
+        )

@@ -9,6 +9,11 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from storage.export_rows import Pseudonyms
+
+#: Why `/forget` retired a model (`models.retired_reason`).
+FORGOTTEN_CONTRIBUTOR = "trained on the rows of a member who used /forget"
+
 # Generations that carry the user's words: their own (edits they made included), every
 # descendant of those (a regeneration, continuation, branch or edit repeats the prompt), every
 # generation in a conversation the user started, and every later turn of a conversation the
@@ -35,8 +40,30 @@ SELECT id FROM doomed ORDER BY id
 _IDS = "(SELECT value FROM json_each(:ids))"
 
 
-def forget_user(conn: sqlite3.Connection, user_id: int) -> dict[str, int]:
-    """Remove every row about the user; returns how many rows of each table went."""
+def pseudonym(conn: sqlite3.Connection, user_id: int) -> str:
+    """The user's pseudonym in exports (and so in `models.contributors_json`)."""
+    salt = conn.execute("SELECT value FROM meta WHERE key = 'export_salt'").fetchone()[0]
+    return Pseudonyms(salt).of(user_id)
+
+
+_TRAINED_ON = """SELECT name FROM models WHERE retired_utc IS NULL
+    AND EXISTS (SELECT 1 FROM json_each(models.contributors_json) WHERE value = :pseudonym)
+    ORDER BY name"""
+
+
+def models_trained_on(conn: sqlite3.Connection, user_id: int) -> list[str]:
+    """The live models whose training rows include the user's."""
+    return [row[0] for row in conn.execute(_TRAINED_ON, {"pseudonym": pseudonym(conn, user_id)})]
+
+
+def forget_user(conn: sqlite3.Connection, user_id: int, now: str) -> dict[str, int]:
+    """Remove every row about the user and retire every model their rows trained; returns how
+    many rows of each table went (`models`: how many were retired)."""
+    retired = models_trained_on(conn, user_id)
+    conn.executemany(
+        "UPDATE models SET retired_utc = ?, retired_reason = ? WHERE name = ?",
+        [(now, FORGOTTEN_CONTRIBUTOR, name) for name in retired],
+    )
     ids = [row[0] for row in conn.execute(_DOOMED_SQL, {"user_id": user_id})]
     params = {"user_id": user_id, "ids": json.dumps(ids)}
     counts = {"generations": len(ids)}
@@ -58,6 +85,7 @@ def forget_user(conn: sqlite3.Connection, user_id: int) -> dict[str, int]:
         "DELETE FROM conversations WHERE user_id = :user_id", params
     ).rowcount
     counts["users"] = conn.execute("DELETE FROM users WHERE user_id = :user_id", params).rowcount
+    counts["models"] = len(retired)
     return counts
 
 

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import aiosqlite
 
-from storage import arena, reads, registry, retention, writes
+from storage import arena, loops, reads, registry, retention, writes
 from storage.db import Clock, format_utc, utc_now
 from storage.export import ExportFilters, export_jsonl
 from storage.maintenance import backup_file
@@ -32,6 +32,8 @@ from storage.models import (
     FeedbackOutcome,
     Generation,
     GuildSettings,
+    LoopEvent,
+    LoopState,
     ModelRecord,
     Persona,
     Thumbs,
@@ -257,15 +259,24 @@ class Store:
         )
 
     async def record_comparison(
-        self, prompt: str, generation_a: int, generation_b: int, user_id: int, winner: Winner
-    ) -> None:
-        """A /compare vote; one per user per pair, a second vote changes it."""
+        self,
+        prompt: str,
+        generation_a: int,
+        generation_b: int,
+        user_id: int,
+        winner: Winner,
+        *,
+        final: bool = False,
+    ) -> Winner | None:
+        """A /compare or /arena vote; one per user per pair. A second vote changes it, unless
+        `final` (an arena vote, whose models were revealed to the voter): then the first vote
+        stands and its winner is returned (None: this vote counted)."""
         if winner not in ("A", "B", "tie"):
             raise ValueError(f"winner must be 'A', 'B' or 'tie', not {winner!r}")
         if generation_a == generation_b:
             raise ValueError("a comparison needs two different generations")
-        vote = (prompt, generation_a, generation_b, user_id, winner, self._now())
-        await self._write(writes.record_comparison, *vote)
+        vote = (prompt, generation_a, generation_b, user_id, winner, self._now(), final)
+        return await self._write(writes.record_comparison, *vote)
 
     # --- conversations ---------------------------------------------------------------
 
@@ -379,10 +390,51 @@ class Store:
         return await self._write(retention.purge_older_than, cutoff)
 
     async def forget_user(self, user_id: int) -> dict[str, int]:
-        """/forget: delete every row about the user (see `storage.retention`); counts per table."""
-        counts = await self._write(retention.forget_user, user_id)
+        """/forget: delete every row about the user and retire every model their rows trained
+        (see `storage.retention`); counts per table (`models`: retired)."""
+        counts = await self._write(retention.forget_user, user_id, self._now())
         log.info("forgot a user: %s", counts)
         return counts
+
+    async def models_trained_on(self, user_id: int) -> list[str]:
+        """The live models a member's rows trained (what their `/forget` will retire)."""
+        return await self._write(retention.models_trained_on, user_id)
+
+    async def pseudonym(self, user_id: int) -> str:
+        """A member's pseudonym in exports and in `ModelRecord.contributors`."""
+        return await self._write(retention.pseudonym, user_id)
+
+    # --- the learning loop ------------------------------------------------------------
+
+    async def get_loop(self, guild_id: int) -> LoopState:
+        """The guild's learning loop (off, with the host's defaults, if never set)."""
+        return await loops.get_loop(self._reader, guild_id)
+
+    async def enabled_loops(self) -> list[LoopState]:
+        """Every guild whose loop is on."""
+        return await loops.enabled_loops(self._reader)
+
+    async def update_loop(self, guild_id: int, **changes: Any) -> LoopState:
+        """Change the guild's loop settings or state; returns the new state."""
+        values = loops.loop_values(changes)  # validates in the caller's task
+        return await self._write(loops.update_loop, guild_id, values, self._now())
+
+    async def add_loop_event(
+        self,
+        guild_id: int,
+        event: str,
+        model: str | None,
+        reason: str,
+        figures: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append to the guild's loop history (`LoopEvent`)."""
+        await self._write(
+            loops.add_loop_event, guild_id, event, model, reason, figures or {}, self._now()
+        )
+
+    async def loop_history(self, guild_id: int, limit: int = 10) -> list[LoopEvent]:
+        """The guild's loop events, newest first."""
+        return await loops.loop_history(self._reader, guild_id, limit)
 
     async def export(
         self,

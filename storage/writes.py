@@ -216,13 +216,27 @@ def record_comparison(
     user_id: int,
     winner: Winner,
     now: str,
-) -> None:
-    """One vote per user per pair of generations; voting again changes it.
+    final: bool = False,
+) -> Winner | None:
+    """One vote per user per pair of generations; voting again changes it, unless `final`:
+    then a vote already cast stands, and its winner is returned (None: this vote counted).
 
     A vote on (B, A) replaces the same user's vote on (A, B): the later vote counts.
     """
     _live_generation(conn, generation_a)
     _live_generation(conn, generation_b)
+    if final:
+        cast = conn.execute(
+            """SELECT generation_a_id, winner FROM comparisons WHERE user_id = ?
+                   AND ((generation_a_id = ? AND generation_b_id = ?)
+                     OR (generation_a_id = ? AND generation_b_id = ?))""",
+            (user_id, generation_a, generation_b, generation_b, generation_a),
+        ).fetchone()
+        if cast is not None:
+            first, standing = cast
+            if first != generation_a and standing != "tie":  # stored the other way round
+                standing = "B" if standing == "A" else "A"
+            return standing
     conn.execute(
         """DELETE FROM comparisons
            WHERE generation_a_id = ? AND generation_b_id = ? AND user_id = ?""",
@@ -237,6 +251,7 @@ def record_comparison(
                updated_utc = excluded.updated_utc""",
         (prompt, generation_a, generation_b, user_id, winner, now, now),
     )
+    return None
 
 
 def create_conversation(

@@ -14,6 +14,7 @@ from bot.cli import (
     doctor,
     generate,
     leaderboard,
+    loop,
     models,
     run,
     serve,
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_subcommand(commands)
     models.add_subcommand(commands)
     leaderboard.add_subcommand(commands)
+    loop.add_subcommand(commands)
     return parser
 
 

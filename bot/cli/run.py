@@ -26,6 +26,8 @@ from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli.run")
 
+LOOP_TUNE = (sys.executable, "-m", "bot.cli", "loop", "tune")  # one tune, in a child process
+
 NO_TOKEN = """\
 muse run: DISCORD_TOKEN is not set.
 
@@ -85,7 +87,9 @@ async def serve(
     settings: Settings, store: Store, engine: Backend, presets: dict[str, Preset]
 ) -> int:
     """Run the bot until a signal or a fatal error; 0 after a clean stop."""
-    bot = create_bot(settings=settings, store=store, engine=engine, presets=presets)
+    bot = create_bot(
+        settings=settings, store=store, engine=engine, presets=presets, loop_command=LOOP_TUNE
+    )
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

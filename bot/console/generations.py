@@ -237,7 +237,7 @@ async def arena(ctx: Context, task: str, prompt: str) -> str | None:
     """/arena: the console's default model against a challenger, blind; the vote reveals them."""
     settings = await ctx.app.store.get_guild_settings(CONSOLE_GUILD_ID)
     await ctx.wait_ready()  # which models are served is known once the engine is up
-    sides = await contenders(ctx.app, settings)
+    sides = await contenders(ctx.app, settings, CONSOLE_GUILD_ID)
     if isinstance(sides, str):
         ctx.io.say(sides)
         return None
@@ -264,7 +264,9 @@ async def vote(
             continue
         if key.action != "skip":
             winner = key.action
-            said = await actions.vote(ctx.app, generation_a, generation_b, CONSOLE_USER_ID, winner)
+            said = await actions.vote(
+                ctx.app, generation_a, generation_b, CONSOLE_USER_ID, winner, final=reveal
+            )
             if reveal and said.startswith("Thanks"):
                 first = await ctx.app.store.get_generation(generation_a)
                 second = await ctx.app.store.get_generation(generation_b)

@@ -22,6 +22,7 @@ from bot.console.terminal import Terminal
 from bot.core.app import Muse
 from bot.core.conversation import chat_plan
 from bot.core.errors import report
+from bot.core.forgetting import forget
 from generation.backend import ReadyModel
 from generation.models import ModelLoadError
 from generation.presets import PresetError
@@ -149,7 +150,7 @@ class Console(Context):
         if (answer or "").strip().lower() not in ("y", "yes"):
             self.io.say("Nothing was deleted.")
             return
-        counts = await self.app.store.forget_user(CONSOLE_USER_ID)
+        counts = await forget(self.app, CONSOLE_USER_ID)
         self.conversation_id = None
         done = ", ".join(f"{n} {table}" for table, n in counts.items() if n)
         self.io.say(f"🗑️ Forgotten: {done or 'there was nothing to delete'}.")

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 from bot.core import scenes
 from bot.core.app import Muse
-from bot.core.texts import COMPARISON_GONE, GONE, NOT_YOURS, thanks_rating, thanks_vote
+from bot.core.texts import (
+    COMPARISON_GONE,
+    FINAL_VOTE,
+    GONE,
+    NOT_YOURS,
+    thanks_rating,
+    thanks_vote,
+)
 from storage.errors import GenerationGone
 from storage.models import Generation
 
@@ -65,15 +72,28 @@ async def rate(
     return thanks_rating(thumbs, stars)
 
 
-async def vote(app: Muse, generation_a: int, generation_b: int, user_id: int, winner: str) -> str:
-    """A / B / tie on a comparison: one vote per user per pair, changeable."""
+async def vote(
+    app: Muse,
+    generation_a: int,
+    generation_b: int,
+    user_id: int,
+    winner: str,
+    *,
+    final: bool = False,
+) -> str:
+    """A / B / tie on a comparison: one vote per user per pair, changeable unless `final` (the
+    arena, whose answer reveals the models: a vote made knowing them would not be blind)."""
     first = await app.store.get_generation(generation_a)
     prompt = scenes.main_prompt(app.presets, first) if first else ""
     choice = "tie" if winner == "tie" else "A" if winner == "A" else "B"
     try:
-        await app.store.record_comparison(prompt, generation_a, generation_b, user_id, choice)
+        standing = await app.store.record_comparison(
+            prompt, generation_a, generation_b, user_id, choice, final=final
+        )
     except GenerationGone:
         return COMPARISON_GONE
+    if standing is not None:
+        return FINAL_VOTE.format(choice="a tie" if standing == "tie" else standing)
     return thanks_vote(choice)
 
 

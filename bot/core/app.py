@@ -3,7 +3,9 @@ the generations in flight (running slots, ⏹ targets, shutting down)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bot.core.limits import Limits
 from bot.core.settings import Settings
@@ -23,6 +25,14 @@ class ActiveRun:
     interrupted: bool = False  # cut off by a shutdown: stored `interrupted`, reply says so
 
 
+class LoopHooks(Protocol):
+    """What the rest of the application tells the learning loop (`bot.core.loop`)."""
+
+    async def models_retired(self, names: Sequence[str], reason: str) -> None:
+        """These models stopped serving (e.g. `/forget`): put back the defaults they held."""
+        ...
+
+
 @dataclass(slots=True)
 class Muse:
     """One Muse: what a command needs, whichever front end it came from."""
@@ -35,6 +45,7 @@ class Muse:
     active: dict[int, ActiveRun] = field(default_factory=dict)
     stopping: bool = False  # set by `bot.core.shutdown.drain`: new generations are refused
     edit_interval_s: float = EDIT_INTERVAL_S
+    loop: LoopHooks | None = None  # the learning loop, where the front end runs one
 
     def __post_init__(self) -> None:
         self.limits = Limits(guild_concurrency=self.settings.guild_concurrency)

@@ -8,15 +8,16 @@ import secrets
 from dataclasses import dataclass, replace
 
 from bot.core.app import Muse
-from bot.core.models import BASE, default_model, served
+from bot.core.models import BASE, default_model, served, visible
 from bot.core.plans import Plan
 from storage.arena import leaderboard_votes
 from storage.leaderboard import Leaderboard, build_leaderboard
 from storage.models import Generation, GuildSettings
 
 NEED_TWO = (
-    "🏟️ The arena needs two models, and Muse serves only {served}. Train one on this server's "
-    "ratings and edits with `muse tune --name NAME` on the host, restart Muse, then try again."
+    "🏟️ The arena needs two models, and this server has only {served}. Train one on this "
+    "server's ratings and edits: turn on the learning loop with `/loop set enabled:true`, or "
+    "run `muse tune --name NAME --guild ID` on the host; then try again."
 )
 
 
@@ -29,23 +30,25 @@ class Bout:
 
 
 async def contenders(
-    app: Muse, settings: GuildSettings, challenger: str | None = None
+    app: Muse, settings: GuildSettings, guild_id: int | None, challenger: str | None = None
 ) -> tuple[str | None, str | None] | str:
     """(the guild's default, a challenger), or the refusal to show. The challenger is the one
-    asked for (it must be served), else the newest registered model that is not the default,
-    else the base."""
-    default = await default_model(app, settings)
+    asked for (it must be served and the guild's to see), else the guild's loop challenger,
+    else the newest model the guild may see that is not the default, else the base."""
+    default = await default_model(app, settings, guild_id)
+    if challenger is None and guild_id is not None:
+        challenger = (await app.store.get_loop(guild_id)).challenger
     if challenger is not None:
-        name = None if challenger == BASE else await served(app, challenger)
+        name = None if challenger == BASE else await served(app, challenger, guild_id)
         if name == default or (name is None and challenger != BASE):
             return f"⚠️ `{challenger[:80]}` is not a served model other than the default."
         return default, name
-    for record in await app.store.list_models():  # newest first
-        if record.name != default and await served(app, record.name) == record.name:
+    for record in await visible(app, guild_id):  # newest first
+        if record.name != default and await served(app, record.name, guild_id) == record.name:
             return default, record.name
     if default is not None:
         return default, None  # an adapter against the base it was tuned from
-    return NEED_TWO.format(served=", ".join(app.engine.models()) or BASE)
+    return NEED_TWO.format(served=BASE)
 
 
 def draw_sides(default: str | None, challenger: str | None) -> Bout:
@@ -81,6 +84,10 @@ def reveal(base_id: str, generation_a: Generation | None, generation_b: Generati
 async def leaderboard(
     app: Muse, guild_id: int | None = None, task: str | None = None
 ) -> Leaderboard:
-    """The Bradley–Terry table over the arena votes (seeded: the same votes, the same table)."""
+    """The Bradley–Terry table over the arena votes (seeded: the same votes, the same table),
+    of the models the guild may see."""
     votes = await app.store.arena_votes(guild_id=guild_id, task=task)
-    return build_leaderboard(leaderboard_votes(votes))
+    models = await app.store.list_models(include_retired=True)
+    hidden = {m.name for m in models if not m.visible_to(guild_id)}
+    shown = [v for v in votes if v.model_a not in hidden and v.model_b not in hidden]
+    return build_leaderboard(leaderboard_votes(shown))

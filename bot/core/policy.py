@@ -192,7 +192,9 @@ async def admit(app: Muse, task: str, where: Where, texts: Iterable[str]) -> Adm
     per_minute = settings.per_user_per_minute
     if per_minute is None:
         per_minute = app.settings.user_per_minute
-    model = await default_model(app, settings) if where.guild_id is not None else None
+    model = None
+    if where.guild_id is not None:
+        model = await default_model(app, settings, where.guild_id)
     slot = app.limits.acquire(where.user_id, where.guild_id, per_minute)
     return Admission(settings, persona, slot, model)
 

@@ -65,6 +65,12 @@ class Settings:
     serve_api_key: Secret = field(default_factory=lambda: Secret(""))  # MUSE_SERVE_API_KEY
     threads: int = 0  # MUSE_THREADS: the local engine's CPU threads (0: torch's default)
     weights: str = "auto"  # MUSE_WEIGHTS: auto / fp32 / bf16 / int8 / int4
+    loop_min_examples: int = 50  # MUSE_LOOP_MIN_EXAMPLES: new training rows before a tune
+    loop_min_votes: int = 30  # MUSE_LOOP_MIN_VOTES: final arena votes before a decision
+    loop_confidence: float = 0.95  # MUSE_LOOP_CONFIDENCE: p(better) that promotes (or retires)
+    loop_max_days: float = 14.0  # MUSE_LOOP_MAX_DAYS: a challenger undecided by then is retired
+    loop_check_s: float = 300.0  # MUSE_LOOP_CHECK_S: how often the loop looks at every guild
+    openai_runtime_lora: bool = False  # MUSE_OPENAI_RUNTIME_LORA: load adapters into vLLM
 
     @classmethod
     def load(cls, env_file: str | Path | None = ".env") -> Settings:
@@ -92,7 +98,7 @@ class Settings:
             timeout_s=float(_int("MUSE_TIMEOUT_S", 120, minimum=1)),
             shutdown_grace_s=float(_int("MUSE_SHUTDOWN_GRACE_S", 10, minimum=0)),
             retention_days=_int("MUSE_RETENTION_DAYS", 0, minimum=0),
-            message_content=env.get("MUSE_MESSAGE_CONTENT", "0").strip() in {"1", "true", "yes"},
+            message_content=_flag("MUSE_MESSAGE_CONTENT"),
             backend=_choice("MUSE_BACKEND", "local", ("local", "openai")),
             openai_base_url=env.get("MUSE_OPENAI_BASE_URL", ""),
             openai_api_key=Secret(env.get("MUSE_OPENAI_API_KEY", "")),
@@ -107,6 +113,12 @@ class Settings:
             serve_api_key=Secret(env.get("MUSE_SERVE_API_KEY", "").strip()),
             threads=_int("MUSE_THREADS", 0, minimum=0),
             weights=_choice("MUSE_WEIGHTS", "auto", WEIGHTS),
+            loop_min_examples=_int("MUSE_LOOP_MIN_EXAMPLES", 50, minimum=1),
+            loop_min_votes=_int("MUSE_LOOP_MIN_VOTES", 30, minimum=1),
+            loop_confidence=_float("MUSE_LOOP_CONFIDENCE", 0.95, low=0.5, high=0.9999),
+            loop_max_days=_float("MUSE_LOOP_MAX_DAYS", 14.0, low=0.0, high=3650.0),
+            loop_check_s=_float("MUSE_LOOP_CHECK_S", 300.0, low=0.05, high=86400.0),
+            openai_runtime_lora=_flag("MUSE_OPENAI_RUNTIME_LORA"),
         )
 
 
@@ -121,6 +133,23 @@ def _int(name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise SettingsError(f"{name} must be at least {minimum}, not {value}.")
     return value
+
+
+def _float(name: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number.") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be from {low:g} to {high:g}, not {raw}.")
+    return value
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in {"1", "true", "yes"}
 
 
 def _ints(name: str, raw: str) -> tuple[int, ...]:

@@ -10,6 +10,10 @@ NOTICE = (
 GONE = "That generation was deleted or forgotten, so it can no longer be rated."
 DELETED = "That text was deleted or forgotten."
 COMPARISON_GONE = "That comparison was deleted or forgotten."
+FINAL_VOTE = (
+    "🔒 Your vote on this battle is final: you chose {choice}. Arena votes cannot change once "
+    "the models are revealed."
+)
 NOT_YOURS = "Only the person who asked for this text, or a moderator, can {what} it."
 
 FINISH_NOTES = {

@@ -248,7 +248,9 @@ class ArenaButton(CompareButton, template=r"muse:arena:(?P<id>\d+):(?P<value>\d+
     async def act(self, interaction: discord.Interaction) -> None:
         other, _, winner = self.value.partition(":")
         app = app_of(interaction.client)
-        said = await actions.vote(app, self.generation_id, int(other), interaction.user.id, winner)
+        said = await actions.vote(
+            app, self.generation_id, int(other), interaction.user.id, winner, final=True
+        )
         if said.startswith("Thanks"):
             first = await app.store.get_generation(self.generation_id)
             second = await app.store.get_generation(int(other))

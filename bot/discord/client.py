@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import discord
@@ -29,6 +30,7 @@ EXTENSIONS = (
     "bot.discord.cogs.persona",
     "bot.discord.cogs.models",
     "bot.discord.cogs.arena",
+    "bot.discord.cogs.loop",
 )
 
 
@@ -51,8 +53,11 @@ class MuseBot(commands.Bot):
         engine: Backend,
         presets: dict[str, Preset],
         intents: discord.Intents | None = None,
+        loop_command: Sequence[str] | None = None,
         **options: Any,
     ) -> None:
+        """`loop_command`: the command line of one tune (`muse loop tune`), which the learning
+        loop runs in a child process; None: no loop runs in this process."""
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents or intents_for(settings),
@@ -62,6 +67,7 @@ class MuseBot(commands.Bot):
         )
         self.app = Muse(settings=settings, store=store, engine=engine, presets=presets)
         self.recovery: asyncio.Task[int] | None = None
+        self.loop_command = tuple(loop_command) if loop_command is not None else None
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
@@ -112,9 +118,16 @@ class ShardedMuseBot(MuseBot, commands.AutoShardedBot):
 
 
 def create_bot(
-    *, settings: Settings, store: Store, engine: Backend, presets: dict[str, Preset]
+    *,
+    settings: Settings,
+    store: Store,
+    engine: Backend,
+    presets: dict[str, Preset],
+    loop_command: Sequence[str] | None = None,
 ) -> MuseBot:
     """A `MuseBot`, or a `ShardedMuseBot` when `MUSE_SHARDS` is set (raises `SettingsError`
     for shard settings that do not fit together)."""
     cls = ShardedMuseBot if plan_shards(settings) is not None else MuseBot
-    return cls(settings=settings, store=store, engine=engine, presets=presets)
+    return cls(
+        settings=settings, store=store, engine=engine, presets=presets, loop_command=loop_command
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,23 @@ from tests.discord_emulator import DiscordEmulator, InteractionRecord, MessageRe
 
 @contextlib.asynccontextmanager
 async def muse(
-    emu: DiscordEmulator, db: Path, engine: Any, **changes: Any
+    emu: DiscordEmulator,
+    db: Path,
+    engine: Any,
+    loop_command: Sequence[str] | None = None,
+    **changes: Any,
 ) -> AsyncIterator[MuseBot]:
-    """A MuseBot on `db` with settings `changes` (max_tokens 512 unless given), edits fast."""
+    """A MuseBot on `db` with settings `changes` (max_tokens 512 unless given), edits fast;
+    with `loop_command`, the learning loop runs and tunes with that command."""
     settings = make_settings(emu, db, **({"max_tokens": 512} | changes))
     async with Store.open(settings.db_path) as store:
-        bot = MuseBot(settings=settings, store=store, engine=engine, presets=presets_from(settings))
+        bot = MuseBot(
+            settings=settings,
+            store=store,
+            engine=engine,
+            presets=presets_from(settings),
+            loop_command=loop_command,
+        )
         bot.app.edit_interval_s = 0.05
         async with run_bot(bot, emu):
             yield bot

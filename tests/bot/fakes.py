@@ -27,12 +27,16 @@ class ReplayEngine:
         self.finish_reason = "stop"  # "length": every text ends as if the token limit cut it
         self._waiting: set[str] = set()
         self._running: set[str] = set()
+        self.adapters: list[str] = []  # names served beside the base (`add_adapter`)
 
     async def wait_ready(self) -> ReadyModel:
         return RemoteModel(self.model_id, "replay")
 
     def models(self) -> list[str]:
-        return [self.model_id]
+        return [self.model_id, *self.adapters]
+
+    async def add_adapter(self, name: str, path: object) -> None:
+        self.adapters.append(name)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         return await drain(self.stream(request))

@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 
 from storage.export_rows import Pseudonyms
+from storage.models import ModelRecord
 from storage.store import Store
 
 SECRET = "the secret words of user one"
@@ -69,6 +70,7 @@ async def test_forget_user_removes_everything_about_them(store: Store, db_path, 
         "comparisons": 1,
         "conversations": 1,
         "users": 1,
+        "models": 0,
     }
     assert _rows_mentioning(db_path, 1) == {}
     with sqlite3.connect(db_path) as conn:
@@ -103,7 +105,7 @@ async def test_forget_reaches_edits(store: Store, db_path, make_generation) -> N
     # mine, the two edits under it (they repeat user 1's prompt), and user 1's own edit
     assert counts == {
         "generations": 4, "feedback": 3, "feedback_events": 3, "comparisons": 0,
-        "conversations": 0, "users": 0,
+        "conversations": 0, "users": 0, "models": 0,
     }  # fmt: skip
     assert _rows_mentioning(db_path, 1) == {}
     for gone in (mine, of_mine, edit_chain, my_edit):
@@ -162,3 +164,17 @@ async def test_purge_older_than(store: Store, db_path, clock, make_generation) -
     assert await store.purge_older_than(30) == dict.fromkeys(counts, 0)
     with pytest.raises(ValueError):
         await store.purge_older_than(0)
+
+
+async def test_forget_retires_every_model_the_members_rows_trained(store: Store) -> None:
+    mine, theirs = await store.pseudonym(1), await store.pseudonym(2)
+    assert mine != theirs and mine == await store.pseudonym(1)
+    for name, contributors in (("with-me", (mine, theirs)), ("without-me", (theirs,))):
+        record = ModelRecord(name, "base", f"/a/{name}", "sft", contributors=contributors)
+        await store.register_model(record)
+    assert await store.models_trained_on(1) == ["with-me"]
+    assert (await store.forget_user(1))["models"] == 1
+    retired = await store.get_model("with-me")
+    assert retired.retired and "/forget" in (retired.retired_reason or "")
+    assert not (await store.get_model("without-me")).retired
+    assert await store.models_trained_on(1) == []

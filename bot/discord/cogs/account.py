@@ -10,6 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.core.forgetting import forget
 from bot.core.policy import out_of_range
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of
 from bot.discord.rendering import jump_link
@@ -26,6 +27,7 @@ TABLE_NAMES = {
     "comparisons": "comparison votes",
     "conversations": "conversations",
     "users": "user records",
+    "models": "tuned models retired (they had learnt from your texts)",
 }
 
 
@@ -63,7 +65,10 @@ Server managers can export rated texts as training data (`/export`). Exports rep
 with pseudonyms (a salted hash), and never include deleted texts, forgotten users, or people \
 who opted out.
 • `/privacy training:deny` keeps your data out of training exports (still used for /history).
-• `/forget` deletes everything Muse stores about you, on every server.
+• Models tuned on a server's ratings and edits (the learning loop, `muse tune`) learn from \
+the texts of the members whose rows trained them, and Muse records who they were.
+• `/forget` deletes everything Muse stores about you, on every server, and retires every \
+tuned model your texts trained: it stops writing at once, and the loop retrains without you.
 **Your training status:** {status}"""
 
 HELP = """\
@@ -111,7 +116,7 @@ class ForgetButton(
         return False
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        counts = await app_of(interaction.client).store.forget_user(self.user_id)
+        counts = await forget(app_of(interaction.client), self.user_id)
         text = f"🗑️ Done. Muse deleted everything it kept about you: {removed_summary(counts)}."
         await interaction.response.edit_message(content=text, view=None)
 

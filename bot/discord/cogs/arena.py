@@ -69,7 +69,7 @@ class ArenaCog(commands.Cog):
         async with admitted(interaction, task, [prompt]) as admission:
             if admission is None:
                 return
-            sides = await arena.contenders(self.app, admission.settings)
+            sides = await arena.contenders(self.app, admission.settings, interaction.guild_id)
             if isinstance(sides, str):
                 await answer_ephemeral(interaction, sides)
                 return

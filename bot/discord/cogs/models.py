@@ -17,8 +17,9 @@ from bot.discord.context import answer_ephemeral, app_of
 log = logging.getLogger("muse.bot.discord.cogs.models")
 
 NO_ADAPTERS = (
-    "Only the base model is registered. Train one on this server's ratings and edits with "
-    "`muse tune --name NAME` on the host, then restart Muse."
+    "This server has only the base model. Train one on its ratings and edits: turn on the "
+    "learning loop with `/loop set enabled:true`, or run `muse tune --name NAME --guild ID` on "
+    "the host."
 )
 
 
@@ -42,8 +43,8 @@ class ModelsCog(commands.Cog):
             await answer_ephemeral(interaction, await self.listing(guild_id))
             return
         name = name.strip()
-        if name != BASE and await served(self.app, name) is None:
-            known = ", ".join(f"`{n}`" for n in await choices(self.app))
+        if name != BASE and await served(self.app, name, guild_id) is None:
+            known = ", ".join(f"`{n}`" for n in await choices(self.app, guild_id))
             await answer_ephemeral(
                 interaction, f"⚠️ `{name[:80]}` is not a model Muse serves. Choose one of {known}."
             )
@@ -51,22 +52,22 @@ class ModelsCog(commands.Cog):
         settings = await store.update_guild_settings(
             guild_id, default_model=None if name == BASE else name
         )
-        now = await default_model(self.app, settings) or BASE  # `base` may mean "Muse's default"
+        now = await default_model(self.app, settings, guild_id) or BASE  # `base`: Muse's default
         await answer_ephemeral(interaction, f"✅ New texts on this server now come from **{now}**.")
 
     @model.autocomplete("name")
     async def model_names(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        names = await choices(self.app)
+        names = await choices(self.app, interaction.guild_id)
         typed = current.casefold()
         return [app_commands.Choice(name=n, value=n) for n in names if typed in n.casefold()][:25]
 
     async def listing(self, guild_id: int) -> str:
         """The models, which one is this server's, and where the others come from."""
         settings = await guild_settings(self.app, guild_id)
-        current = await default_model(self.app, settings) or BASE
-        names = await choices(self.app)
+        current = await default_model(self.app, settings, guild_id) or BASE
+        names = await choices(self.app, guild_id)
         lines = ["**Models**"]
         for n in names:
             mark = " ← this server's default" if n == current else ""

@@ -1,0 +1,104 @@
+"""The learning loop's rows: each guild's loop (settings and state) and its history.
+
+Writes are functions for the single writer; reads take the store's read connection.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from typing import Any
+
+import aiosqlite
+
+from storage.models import LOOP_EVENTS, LOOP_STATES, LoopEvent, LoopState
+from storage.writes import encode_json
+
+#: The columns `update_loop` may change, and how each is stored.
+_COLUMNS = {
+    "enabled": int,
+    "channel_id": lambda v: v,
+    "min_examples": lambda v: v,
+    "min_votes": lambda v: v,
+    "confidence": lambda v: v,
+    "state": lambda v: v,
+    "challenger": lambda v: v,
+    "previous_default": lambda v: v,
+    "rows_at_last_tune": int,
+    "arena_since_utc": lambda v: v,
+    "progress": encode_json,
+}
+
+
+def loop_values(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The column values of `changes` (validated): `progress` becomes `progress_json`."""
+    unknown = sorted(set(changes) - set(_COLUMNS))
+    if unknown:
+        raise ValueError(f"not a loop setting: {unknown[0]}")
+    if "state" in changes and changes["state"] not in LOOP_STATES:
+        raise ValueError(f"state must be one of {LOOP_STATES}, not {changes['state']!r}")
+    values = {}
+    for name, value in changes.items():
+        column = "progress_json" if name == "progress" else name
+        values[column] = _COLUMNS[name](value) if value is not None else None
+    return values
+
+
+def update_loop(
+    conn: sqlite3.Connection, guild_id: int, values: Mapping[str, Any], now: str
+) -> LoopState:
+    """Change some of a guild's loop columns (creating its row); returns the new state."""
+    conn.execute(
+        "INSERT INTO loops (guild_id, updated_utc) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        (guild_id, now),
+    )
+    if values:
+        assignments = ", ".join(f"{column} = :{column}" for column in values)
+        conn.execute(
+            f"UPDATE loops SET {assignments}, updated_utc = :now WHERE guild_id = :guild_id",
+            {**values, "now": now, "guild_id": guild_id},
+        )
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute("SELECT * FROM loops WHERE guild_id = ?", (guild_id,)).fetchone()
+    finally:
+        conn.row_factory = None
+    return LoopState.from_row(row)
+
+
+def add_loop_event(
+    conn: sqlite3.Connection,
+    guild_id: int,
+    event: str,
+    model: str | None,
+    reason: str,
+    figures: Mapping[str, Any],
+    now: str,
+) -> None:
+    if event not in LOOP_EVENTS:
+        raise ValueError(f"event must be one of {LOOP_EVENTS}, not {event!r}")
+    conn.execute(
+        """INSERT INTO loop_events (guild_id, event, model, reason, figures_json, created_utc)
+           VALUES (?, ?, ?, ?, ?, ?)""",
+        (guild_id, event, model, reason, encode_json(dict(figures)), now),
+    )
+
+
+async def get_loop(conn: aiosqlite.Connection, guild_id: int) -> LoopState:
+    """The guild's loop; a guild that never set it has the defaults (off)."""
+    async with conn.execute("SELECT * FROM loops WHERE guild_id = ?", (guild_id,)) as cur:
+        row = await cur.fetchone()
+    return LoopState(guild_id) if row is None else LoopState.from_row(row)
+
+
+async def enabled_loops(conn: aiosqlite.Connection) -> list[LoopState]:
+    rows = await conn.execute_fetchall("SELECT * FROM loops WHERE enabled ORDER BY guild_id")
+    return [LoopState.from_row(row) for row in rows]
+
+
+async def loop_history(conn: aiosqlite.Connection, guild_id: int, limit: int) -> list[LoopEvent]:
+    """The guild's loop events, newest first."""
+    rows = await conn.execute_fetchall(
+        "SELECT * FROM loop_events WHERE guild_id = ? ORDER BY id DESC LIMIT ?", (guild_id, limit)
+    )
+    return [LoopEvent.from_row(row) for row in rows]

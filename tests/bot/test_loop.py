@@ -1,0 +1,195 @@
+"""The learning loop through the emulator, on the replay engine with `fake_tune` standing in for
+the training (a real tune is `muse tune`'s own tests): a server turns the loop on, its members'
+ratings make it tune by itself, the challenger is checked, served without a restart and
+announced, blind final votes promote it; a second server never sees it; a rejected challenger is
+retired; `/loop rollback`; `/forget` of a contributor retires the model."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from bot.discord.client import MuseBot
+from generation.types import GenerationChunk, GenerationRequest
+from tests.bot.community import answered, ephemeral, finished, muse, refusal, rows
+from tests.bot.fakes import ReplayEngine
+from tests.discord_emulator import DiscordEmulator, InteractionRecord
+from tests.polling import eventually
+
+TUNE = (sys.executable, "-m", "tests.bot.fake_tune")
+MARKER = "Verily,"
+VOTERS = ("bob", "moderator", "owner")
+
+
+class TwoVoices(ReplayEngine):
+    """The base says plain things; every adapter starts with the marker."""
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        if request.model in self.adapters:
+            self.texts = [f"{MARKER} a tuned voice speaks of {len(self.requests)} things."]
+        else:
+            self.texts = [f"A plain voice speaks of {len(self.requests)} things."]
+        return super().stream(request)
+
+
+async def collect(emu: DiscordEmulator, n: int, guild=None) -> None:
+    """`n` texts in the guild, each rated 👍 by someone other than its requester."""
+    for i in range(n):
+        asker = ("alice", "bob")[i % 2]
+        story = await finished(
+            await emu.slash_command("generate", {"prompt": f"Topic {i}"}, user=asker, guild=guild)
+        )
+        rate = next(c for c in story.original.custom_ids() if c.endswith(":up"))
+        await ephemeral(await emu.press_button(story.original, rate, user="moderator"))
+
+
+async def battle(emu: DiscordEmulator, prefer_tuned: bool) -> None:
+    """One /arena; each voter picks the tuned side (or the other)."""
+    shown = await emu.slash_command("arena", {"prompt": "A line about rain."})
+    await shown.wait_until(
+        lambda i: (
+            i.original is not None
+            and any(c.startswith("muse:arena:") for c in i.original.custom_ids())
+        ),
+        timeout=30,
+    )
+    await shown.wait_finished(timeout=30)
+    reply = shown.original
+    tuned_side = "A" if MARKER in reply.embeds[0]["description"] else "B"
+    side = tuned_side if prefer_tuned else ("B" if tuned_side == "A" else "A")
+    custom = next(c for c in reply.custom_ids() if c.endswith(f":{side}"))
+    for voter in VOTERS:
+        said = (await ephemeral(await emu.press_button(reply, custom, user=voter))).content
+        assert said.startswith("Thanks — saved"), said
+    again = (await ephemeral(await emu.press_button(reply, custom, user=VOTERS[0]))).content
+    assert again.startswith("🔒 Your vote on this battle is final"), again
+
+
+def announced(emu: DiscordEmulator, text: str) -> bool:
+    return any(text in m.content for m in emu.bot_messages(emu.channel))
+
+
+async def turn_on(emu: DiscordEmulator, **options) -> InteractionRecord:
+    record = await emu.slash_command(
+        "loop set",
+        {"enabled": True, "channel": emu.channel.id, "min_examples": 8, "min_votes": 6, **options},
+        user="manager",
+    )
+    return record
+
+
+async def start(emu: DiscordEmulator, db: Path, engine: ReplayEngine, **changes):
+    return muse(emu, db, engine, loop_command=TUNE, loop_check_s=0.2, user_per_minute=0,
+                **changes)  # fmt: skip
+
+
+async def test_the_loop_tunes_checks_battles_and_promotes_by_itself(tmp_path: Path):
+    db = tmp_path / "muse.db"
+    engine = TwoVoices()
+    async with DiscordEmulator() as emu:
+        other = emu.create_guild("Other")
+        both = (emu.guild.id, other.id)
+        async with await start(emu, db, engine, guild_ids=both) as bot:
+            assert "Manage Server" in await refusal(
+                await emu.slash_command("loop set", {"enabled": True})
+            )
+            status = (await answered(await emu.slash_command("loop status"))).content
+            assert "off" in status and "0 of 50" in status
+            saved = (await ephemeral(await turn_on(emu))).content
+            assert saved.startswith("✅ Saved.") and "0 of 8" in saved
+
+            await collect(emu, 8)
+            name = f"g{emu.guild.id}-v1"
+            assert await eventually(
+                lambda: announced(emu, f"A new model, **{name}**"), timeout_s=60
+            )
+            assert name in engine.models()  # served without a restart
+            assert [e for (e,) in rows(db, "SELECT event FROM loop_events")] == ["tuned", "arena"]
+            shown = (await answered(await emu.slash_command("loop status"))).content
+            assert f"Challenger: **{name}**" in shown and "State: **arena**" in shown
+
+            # a second server sees none of it
+            listed = await refusal(await emu.slash_command("model", {}, user="owner", guild=other))
+            assert name not in listed
+            assert "needs two models" in await refusal(
+                await emu.slash_command("arena", {"prompt": "rain"}, guild=other)
+            )
+
+            for _ in range(2):
+                await battle(emu, prefer_tuned=True)
+            assert await eventually(
+                lambda: announced(emu, f"🏆 **{name}** beat **base**"), timeout_s=30
+            )
+            after = await finished(await emu.slash_command("generate", {"prompt": "Hello"}))
+            assert after.original.content.startswith(MARKER)
+            plain = await finished(
+                await emu.slash_command("generate", {"prompt": "Hello"}, guild=other)
+            )
+            assert MARKER not in plain.original.content
+
+            back = (await ephemeral(
+                await emu.slash_command("loop rollback", user="manager")
+            )).content  # fmt: skip
+            assert "**base** writes this server's texts again" in back
+            again = await finished(await emu.slash_command("generate", {"prompt": "Hello"}))
+            assert MARKER not in again.original.content
+            assert await bot.app.store.get_model(name) is not None
+            assert (await bot.app.store.get_model(name)).retired
+    events = [e for (e,) in rows(db, "SELECT event FROM loop_events ORDER BY id")]
+    assert events == ["tuned", "arena", "promoted", "rolled_back"]
+
+
+async def test_a_challenger_the_voters_reject_is_retired(tmp_path: Path):
+    db = tmp_path / "muse.db"
+    async with DiscordEmulator() as emu, await start(emu, db, TwoVoices()) as bot:
+        await ephemeral(await turn_on(emu))
+        await collect(emu, 8)
+        name = f"g{emu.guild.id}-v1"
+        assert await eventually(lambda: announced(emu, f"A new model, **{name}**"), timeout_s=60)
+        for _ in range(2):
+            await battle(emu, prefer_tuned=False)
+        assert await eventually(lambda: announced(emu, f"🗄️ **{name}** was retired"), timeout_s=30)
+        assert (await bot.app.store.get_guild_settings(emu.guild.id)).default_model is None
+        assert (await bot.app.store.get_loop(emu.guild.id)).state == "collecting"
+
+
+async def test_a_tune_whose_loss_got_worse_never_battles(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("FAKE_TUNE_LOSS", "worse")
+    db = tmp_path / "muse.db"
+    engine = TwoVoices()
+    async with DiscordEmulator() as emu, await start(emu, db, engine):
+        await ephemeral(await turn_on(emu))
+        await collect(emu, 8)
+        name = f"g{emu.guild.id}-v1"
+        assert await eventually(
+            lambda: announced(emu, "held-out loss did not improve"), timeout_s=60
+        )
+        assert name not in engine.models()
+    assert rows(db, "SELECT retired_reason IS NOT NULL FROM models") == [(1,)]
+
+
+async def test_forget_retires_the_model_a_member_trained_and_restores_the_default(
+    tmp_path: Path,
+):
+    db = tmp_path / "muse.db"
+    async with DiscordEmulator() as emu, await start(emu, db, TwoVoices()) as bot:
+        bot: MuseBot
+        await ephemeral(await turn_on(emu))
+        await collect(emu, 8)
+        name = f"g{emu.guild.id}-v1"
+        assert await eventually(lambda: announced(emu, f"A new model, **{name}**"), timeout_s=60)
+        for _ in range(2):
+            await battle(emu, prefer_tuned=True)
+        assert await eventually(lambda: announced(emu, "🏆"), timeout_s=30)
+
+        ask = await ephemeral(await emu.slash_command("forget", user="alice"))
+        alice = emu.user("alice").id
+        confirm = await emu.press_button(ask, f"muse:forget:{alice}", user="alice")
+        await confirm.wait_callback()
+        assert await eventually(lambda: "Done" in ask.content, timeout_s=15)
+        assert "tuned models retired" in ask.content
+        assert await eventually(lambda: announced(emu, f"🗄️ **{name}** retired"), timeout_s=15)
+        assert (await bot.app.store.get_model(name)).retired
+        after = await finished(await emu.slash_command("generate", {"prompt": "Hi"}, user="bob"))
+        assert MARKER not in after.original.content
