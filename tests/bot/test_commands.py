@@ -55,6 +55,7 @@ async def test_commands_are_synced_to_the_guild(
         "model": ["name"],
         "arena": ["prompt", "task"],
         "leaderboard": ["task"],
+        "loop": ["status", "set", "tune", "rollback"],
         "generate": ["prompt", "temperature", "max_tokens"],
         "compare": ["prompt", "task"],
         "chat": ["message"],
