@@ -44,6 +44,11 @@ class ServeConfig:
     max_new_tokens: int = 512  # MUSE_MAX_TOKENS: the default and the cap
     max_body_bytes: int = 1 << 20
     shutdown_timeout_s: float = 5.0  # at close, for handlers still writing their last bytes
+    max_connections: int = 256  # --max-connections: open at once; over it, a 503 and closed
+    # A connection must have sent a whole request head this long after it opened (or after its
+    # last answer, which is also how long an idle kept-alive connection lives).
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0  # to send the body, once the head is in
 
 
 class ServeState:
@@ -131,8 +136,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state.check_serving()
     rid = uuid.uuid4().hex
     config = state.config
+    try:
+        async with asyncio.timeout(config.body_timeout_s):  # a body sent a byte at a time
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"The request body did not arrive within {config.body_timeout_s:g} s.",
+            code="request_timeout",
+        ) from None
     call = parse_chat(
-        await request.read(),
+        raw,
         max_new_tokens=config.max_new_tokens,
         timeout_s=config.timeout_s,
         request_id=rid,

@@ -1,0 +1,128 @@
+"""`muse serve` against clients that try to starve it before, or while, they are authenticated:
+half-sent request heads, bodies that never arrive, more connections than it holds, more messages
+than a prompt needs, key guessing; and what `/health` tells a stranger. Real sockets on 127.0.0.1
+with the replaying engine double."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from generation.serve import ServeConfig
+from generation.serve.parse import MAX_MESSAGES
+from tests.bot.fakes import ReplayEngine
+from tests.generation.serving import (
+    GOOD,
+    HALF_HEAD,
+    Start,
+    assert_openai_error,
+    closed_within,
+    connect,
+    post,
+    servers,
+)
+from tests.polling import eventually
+
+KEY = "limits-key-4f0b9e2d77"
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Start]:
+    async with servers(ReplayEngine) as start:
+        yield start
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+async def test_a_half_sent_request_head_is_dropped_within_the_timeout_while_others_are_served(
+    serve, http
+):
+    server = await serve(head_timeout_s=1.0)
+    opened = time.monotonic()
+    idle, idle_writer = await connect(server, HALF_HEAD)
+    dripping, drip_writer = await connect(server, HALF_HEAD)
+
+    async def drip() -> None:  # a header line every 0.2 s: bytes keep coming, the head never ends
+        for n in range(50):
+            drip_writer.write(b"X-Drip-%d: 1\r\n" % n)
+            await asyncio.sleep(0.2)
+
+    dripper = asyncio.create_task(drip())
+    try:
+        status, answer, _ = await post(http, server, GOOD)  # a real client meanwhile
+        assert status == 200 and answer["choices"][0]["message"]["content"]
+        assert await closed_within(idle, 4.0) == b""
+        assert await closed_within(dripping, 4.0) == b""
+        assert time.monotonic() - opened < 4.0
+    finally:
+        dripper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await dripper
+        idle_writer.close()
+        drip_writer.close()
+    assert (await post(http, server, GOOD))[0] == 200
+
+
+async def test_a_body_that_never_arrives_is_a_408_within_the_timeout(serve):
+    server = await serve(body_timeout_s=1.0)
+    head = HALF_HEAD + b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"
+    reader, writer = await connect(server, head)
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 4.0)
+        length = int(head.lower().partition(b"content-length:")[2].split(b"\r\n")[0])
+        body = json.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408")
+    assert assert_openai_error(408, body, 408)["code"] == "request_timeout"
+
+
+async def test_connections_over_the_cap_are_refused_at_once_not_queued(serve, http):
+    server = await serve(max_connections=3)
+    held = [await connect(server, HALF_HEAD) for _ in range(3)]
+    try:
+        # Accepted in order by this test's own event loop: these three are in, the next is not.
+        reader, writer = await connect(server)
+        said = await closed_within(reader, 2.0)
+        writer.close()
+        head, _, body = said.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head
+        error = assert_openai_error(503, json.loads(body), 503)
+        assert error["code"] == "too_many_connections" and "3 open connections" in error["message"]
+        # An HTTP client is answered (or cut off) at once too, never left waiting.
+        started = time.monotonic()
+        with contextlib.suppress(aiohttp.ClientConnectionError):
+            status, answer, _ = await post(http, server, GOOD)
+            assert_openai_error(status, answer, 503)
+        assert time.monotonic() - started < 2.0
+        assert server.open_connections == 3
+    finally:
+        for _, held_writer in held:
+            held_writer.close()
+    assert await eventually(lambda: server.open_connections < 3, 5.0)
+    assert (await post(http, server, GOOD))[0] == 200
+
+
+async def test_35000_messages_are_refused_at_once_and_the_cap_itself_is_served(serve, http):
+    server = await serve()
+    flood = {"messages": [{"role": "user", "content": ""}] * 35_000, "max_tokens": 4}
+    raw = json.dumps(flood, separators=(",", ":")).encode()
+    assert len(raw) < ServeConfig().max_body_bytes  # under the body limit: only the count stops it
+    started = time.monotonic()
+    status, answer, _ = await post(http, server, raw)
+    assert time.monotonic() - started < 1.0
+    error = assert_openai_error(status, answer, 400)
+    assert (error["param"], error["code"]) == ("messages", "array_above_max_length")
+    assert "35000" in error["message"] and str(MAX_MESSAGES) in error["message"]
+    at_cap = {**flood, "messages": flood["messages"][:MAX_MESSAGES]}
+    assert (await post(http, server, at_cap))[0] == 200
