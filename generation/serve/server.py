@@ -11,6 +11,8 @@ from generation.models import ModelLoadError
 from generation.serve.app import STATE, ServeConfig, create_app
 from generation.serve.connections import CappedSite
 
+MIN_KEY_CHARS = 16  # MUSE_SERVE_API_KEY: a shorter key is too easy to guess
+
 
 class ServeConfigError(ValueError):
     """The server cannot start as configured; the message says what to change."""
@@ -27,7 +29,13 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(config: ServeConfig) -> None:
-    """Refuse a connection cap below 1, and serving beyond this machine without a key."""
+    """Refuse a key too short to resist guessing, and serving beyond this machine without one."""
+    if config.api_key and len(config.api_key) < MIN_KEY_CHARS:
+        raise ServeConfigError(
+            f"MUSE_SERVE_API_KEY is {len(config.api_key)} characters long; it must be at least "
+            f"{MIN_KEY_CHARS}, so that it cannot be guessed. Make one with: python -c "
+            '"import secrets; print(secrets.token_urlsafe(32))"'
+        )
     if config.max_connections < 1:
         raise ServeConfigError(
             f"--max-connections must be at least 1, not {config.max_connections}."

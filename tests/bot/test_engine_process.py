@@ -156,8 +156,11 @@ async def run_serve(*args: str, stdin: int | None = None, **env: str):
 async def test_muse_serve_refuses_what_it_cannot_do_safely():
     wide = await run_serve("--host", "0.0.0.0", MUSE_SERVE_API_KEY="")
     remote = await run_serve(MUSE_BACKEND="openai")
+    short = await run_serve(MUSE_SERVE_API_KEY="guessable-key")
     _, said = await wide.communicate()
     assert wide.returncode == 2 and b"without an API key" in said
+    _, said = await short.communicate()
+    assert short.returncode == 2 and b"at least 16" in said and b"guessable-key" not in said
     _, said = await remote.communicate()
     assert remote.returncode == 2 and b"MUSE_BACKEND=openai" in said
 

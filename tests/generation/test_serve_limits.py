@@ -14,12 +14,14 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from generation.serve import ServeConfig
+from generation.models import ModelLoadError
+from generation.serve import ServeConfig, ServeConfigError, check_bind
 from generation.serve.parse import MAX_MESSAGES
 from tests.bot.fakes import ReplayEngine
 from tests.generation.serving import (
     GOOD,
     HALF_HEAD,
+    LoadingEngine,
     Start,
     assert_openai_error,
     closed_within,
@@ -126,3 +128,42 @@ async def test_35000_messages_are_refused_at_once_and_the_cap_itself_is_served(s
     assert "35000" in error["message"] and str(MAX_MESSAGES) in error["message"]
     at_cap = {**flood, "messages": flood["messages"][:MAX_MESSAGES]}
     assert (await post(http, server, at_cap))[0] == 200
+
+
+async def test_a_wrong_key_is_answered_slowly(serve, http):
+    server = await serve(api_key=KEY)
+    delay = server.config.unauthorized_delay_s
+    assert delay >= 0.25
+    for headers in ({}, {"Authorization": "Bearer guess-guess-guess-1"}):
+        started = time.monotonic()
+        status, answer, _ = await post(http, server, GOOD, headers=headers)
+        assert assert_openai_error(status, answer, 401)["code"] == "invalid_api_key"
+        assert time.monotonic() - started >= delay * 0.95
+    good = {"Authorization": f"Bearer {KEY}"}
+    assert (await post(http, server, GOOD, headers=good))[0] == 200
+
+
+def test_a_key_shorter_than_16_characters_is_refused_at_start():
+    for short in ("shortkey-7", "passw0rd!", "x" * 15):
+        with pytest.raises(ServeConfigError, match="at least 16") as refused:
+            check_bind(ServeConfig(api_key=short))
+        assert short not in str(refused.value)
+    check_bind(ServeConfig(api_key="x" * 16))
+    check_bind(ServeConfig())  # no key on loopback: allowed, as before
+
+
+async def test_health_hides_the_load_error_from_a_client_without_the_key(serve, http):
+    engine = LoadingEngine()
+    engine.failure = ModelLoadError("no such model: /home/host/secret/model.gguf")
+    engine.loaded.set()
+    server = await serve(engine, wait=False, api_key=KEY)
+    with pytest.raises(ModelLoadError):
+        await server.wait_loaded()
+    url = f"{server.base_url.removesuffix('/v1')}/health"
+    for headers in ({}, {"Authorization": "Bearer not-the-key-at-all"}):
+        async with http.get(url, headers=headers) as response:
+            assert response.status == 503
+            assert await response.json() == {"status": "failed"}
+    async with http.get(url, headers={"Authorization": f"Bearer {KEY}"}) as response:
+        assert response.status == 503
+        assert "secret/model.gguf" in (await response.json())["error"]
