@@ -25,6 +25,7 @@ from generation.errors import EngineBusy, EngineDead, GenerationFailed
 from generation.serve import responses as api
 from generation.serve.errors import SERVER, ApiError, busy, error_body, from_http, unavailable
 from generation.serve.parse import ChatCall, parse_chat
+from generation.serve.proof import CHALLENGE_HEADER, MAX_CHALLENGE_CHARS, health_proof
 from generation.types import GenerationChunk
 
 log = logging.getLogger("muse.generation.serve")
@@ -116,7 +117,8 @@ async def _stop_watching(app: web.Application) -> None:
 
 # -- the endpoints ---------------------------------------------------------------------------
 async def health(request: web.Request) -> web.Response:
-    """Open to anyone; the load error only with the key (it may name paths and hosts)."""
+    """Open to anyone; the load error only with the key (it may name paths and hosts), and a
+    `proof` of the key when asked for one (generation/serve/proof.py)."""
     state = request.app[STATE]
     key = state.config.api_key
     answer: dict[str, str]
@@ -128,6 +130,9 @@ async def health(request: web.Request) -> web.Response:
         answer = {"status": "stopping" if state.stopping else "loading"}
     else:
         answer = {"status": "ok", "model": state.backend.model_id}
+    challenge = request.headers.get(CHALLENGE_HEADER, "")
+    if key and 0 < len(challenge) <= MAX_CHALLENGE_CHARS:
+        answer["proof"] = health_proof(key, challenge)
     return web.json_response(answer, status=200 if answer["status"] == "ok" else 503)
 
 

@@ -17,6 +17,7 @@ import pytest
 from generation.models import ModelLoadError
 from generation.serve import ServeConfig, ServeConfigError, check_bind
 from generation.serve.parse import MAX_MESSAGES
+from generation.serve.proof import CHALLENGE_HEADER, health_proof, proves
 from tests.bot.fakes import ReplayEngine
 from tests.generation.serving import (
     GOOD,
@@ -167,3 +168,17 @@ async def test_health_hides_the_load_error_from_a_client_without_the_key(serve, 
     async with http.get(url, headers={"Authorization": f"Bearer {KEY}"}) as response:
         assert response.status == 503
         assert "secret/model.gguf" in (await response.json())["error"]
+
+
+async def test_health_proves_the_key_without_sending_it(serve, http):
+    server = await serve(api_key=KEY)
+    url = f"{server.base_url.removesuffix('/v1')}/health"
+    async with http.get(url, headers={CHALLENGE_HEADER: "nonce-1"}) as response:
+        assert response.status == 200
+        answer = await response.json()
+    assert KEY not in json.dumps(answer)
+    assert proves(answer, KEY, "nonce-1") and answer["proof"] == health_proof(KEY, "nonce-1")
+    assert not proves(answer, KEY, "nonce-2") and not proves(answer, KEY + "x", "nonce-1")
+    assert not proves({"status": "ok"}, KEY, "nonce-1")
+    async with http.get(url) as response:
+        assert "proof" not in await response.json()  # no challenge, no proof
