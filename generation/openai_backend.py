@@ -36,9 +36,7 @@ from generation.types import GenerationChunk, GenerationRequest, GenerationResul
 
 log = logging.getLogger("muse.generation.openai_backend")
 
-# Where the server is now, as (API base, key): for a server that moves. `muse run`'s engine
-# process restarts its child on a fresh port with a fresh key, and answers only once the new
-# child has proved that it holds that key (bot/cli/engine_process.py).
+# (API base, key) of a server that moves: `muse run`'s child, new port and key at each restart.
 Endpoint = Callable[[], Awaitable[tuple[str, str]]]
 
 
@@ -105,11 +103,10 @@ class OpenAIEngine:
 
     async def _follow(self) -> None:
         """Aim at where the endpoint says the server is now (nothing without an endpoint)."""
-        if self._endpoint is None:
-            return
-        base_url, key = await self._endpoint()
-        if base_url != str(self._base) or key != self._key:
-            self._aim(base_url, key)
+        if self._endpoint is not None:
+            base_url, key = await self._endpoint()
+            if base_url != str(self._base) or key != self._key:
+                self._aim(base_url, key)
 
     def start(self) -> OpenAIEngine:
         return self  # nothing to start: the server is already running (or will be)
