@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,9 @@ from generation.sse import SSEDecoder
 from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
 
 log = logging.getLogger("muse.generation.openai_backend")
+
+# (API base, key) of a server that moves: `muse run`'s child, new port and key at each restart.
+Endpoint = Callable[[], Awaitable[tuple[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,21 +77,14 @@ class StreamBroke(Exception):
 
 class OpenAIEngine:
     """`stream` / `generate` / `abort` against an OpenAI-compatible server. Use it from one
-    event loop (the bot's); the HTTP session is made on first use."""
+    event loop (the bot's); the HTTP session is made on first use. With an `endpoint`, every
+    request first asks it where the server is and which key it takes (and waits while it
+    waits); `config.base_url` and `config.api_key` are only where it starts."""
 
-    def __init__(self, config: RemoteConfig) -> None:
-        url = yarl.URL(config.base_url.strip().rstrip("/"))
-        if url.scheme not in {"http", "https"} or not url.host:
-            raise ModelLoadError(
-                "MUSE_BACKEND=openai needs MUSE_OPENAI_BASE_URL, the server's OpenAI API base "
-                f"such as http://127.0.0.1:8000/v1 (got {config.base_url!r})."
-            )
+    def __init__(self, config: RemoteConfig, endpoint: Endpoint | None = None) -> None:
         self.config = config
-        self._base = url
-        self.server = str(url.with_user(None))  # for messages: never credentials, never the key
-        self._headers = {"Accept": "text/event-stream"}
-        if config.api_key:
-            self._headers["Authorization"] = f"Bearer {config.api_key}"
+        self._endpoint = endpoint
+        self._aim(config.base_url, config.api_key)
         self._session: aiohttp.ClientSession | None = None
         self._jobs: dict[str, RemoteJob] = {}
         self._served = ""  # the model id as the server reports it
@@ -96,6 +92,26 @@ class OpenAIEngine:
         self._discovery: asyncio.Task[None] | None = None
         self._closing = False
         self._avg_job_s = 10.0
+
+    def _aim(self, base_url: str, key: str) -> None:
+        url = yarl.URL(base_url.strip().rstrip("/"))
+        if url.scheme not in {"http", "https"} or not url.host:
+            raise ModelLoadError(
+                "MUSE_BACKEND=openai needs MUSE_OPENAI_BASE_URL, the server's OpenAI API base "
+                f"such as http://127.0.0.1:8000/v1 (got {base_url!r})."
+            )
+        self._base, self._key = url, key
+        self.server = str(url.with_user(None))  # for messages: never credentials, never the key
+        self._headers = {"Accept": "text/event-stream"}
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+
+    async def _follow(self) -> None:
+        """Aim at where the endpoint says the server is now (nothing without an endpoint)."""
+        if self._endpoint is not None:
+            base_url, key = await self._endpoint()
+            if base_url != str(self._base) or key != self._key:
+                self._aim(base_url, key)
 
     def start(self) -> OpenAIEngine:
         return self  # nothing to start: the server is already running (or will be)
@@ -149,6 +165,7 @@ class OpenAIEngine:
         delay, last = 0.25, ""
         while True:
             try:
+                await asyncio.wait_for(self._follow(), max(0.01, deadline - time.monotonic()))
                 async with self._http().get(self._url("models"), headers=self._headers) as resp:
                     if resp.status == 200:
                         listed = await resp.json(content_type=None)
@@ -158,6 +175,8 @@ class OpenAIEngine:
                         raise ModelLoadError(refusal(self.server, resp.status, "GET /models"))
             except aiohttp.ClientError as exc:
                 last = describe(exc)
+            except TimeoutError:
+                last = "no server to send to yet"
             except ValueError as exc:
                 raise ModelLoadError(f"{self.server}/models did not answer JSON: {exc}") from exc
             if time.monotonic() + delay > deadline:
@@ -271,6 +290,7 @@ class OpenAIEngine:
 
     async def _list_models(self) -> None:
         try:
+            await self._follow()
             async with self._http().get(self._url("models"), headers=self._headers) as resp:
                 if resp.status == 200:
                     listed = await resp.json(content_type=None)
@@ -314,6 +334,7 @@ class OpenAIEngine:
     async def _attempt(self, job: RemoteJob) -> tuple[int | None, float | None]:
         """One POST: (None, None) when the answer streamed to its end, or a retryable status
         with the server's Retry-After; raises when it is not worth retrying."""
+        await self._follow()
         url, body = self._url("chat/completions"), self._payload(job)
         async with self._http().post(url, json=body, headers=self._headers) as resp:
             if resp.status == 200 and resp.content_type == "application/json":
@@ -324,8 +345,8 @@ class OpenAIEngine:
             if resp.status == 429 or resp.status >= 500:
                 return resp.status, retry_after_s(resp.headers.get("Retry-After"))
             detail = (await resp.text(errors="replace"))[:300]
-            if self.config.api_key:
-                detail = detail.replace(self.config.api_key, "***")
+            if self._key:
+                detail = detail.replace(self._key, "***")
             what = "POST /chat/completions"
             raise GenerationFailed(refusal(self.server, resp.status, what, detail))
 

@@ -15,30 +15,52 @@ def encode_messages(
 
     Too long a prompt is never an error: the oldest non-system turns go first, then the start of
     the one turn left is cut, so the system prompt and the newest words always reach the model.
+    Finding how many turns go takes O(log n) renders of the template, not one per turn dropped.
     """
     turns = list(messages)
     prefix = (
         tokenizer(response_prefix, add_special_tokens=False)["input_ids"] if response_prefix else []
     )
     budget -= len(prefix)
-    while True:
-        ids = _render(tokenizer, turns)
-        if len(ids) <= budget:
-            return ids + prefix
-        droppable = [i for i, m in enumerate(turns) if m.role != "system"]
-        if len(droppable) > 1:
-            del turns[droppable[0]]
-            continue
-        if not droppable:
-            return ids[-budget:] + prefix
-        # One turn left: keep its end, leaving room for the template's own tokens.
-        last = turns[droppable[0]]
-        overflow = len(ids) - budget
-        content_ids = tokenizer(last.content, add_special_tokens=False)["input_ids"]
-        kept = tokenizer.decode(content_ids[overflow + 8 :], skip_special_tokens=True)
-        turns[droppable[0]] = Message(last.role, kept)
-        ids = _render(tokenizer, turns)
-        return (ids if len(ids) <= budget else ids[-budget:]) + prefix
+    ids = _render(tokenizer, turns)
+    if len(ids) <= budget:
+        return ids + prefix
+    droppable = [i for i, m in enumerate(turns) if m.role != "system"]
+    if not droppable:
+        return ids[-budget:] + prefix
+    rendered = {0: ids}
+
+    def without(dropped: int) -> list[Message]:
+        """`turns` less the `dropped` oldest droppable ones."""
+        gone = set(droppable[:dropped])
+        return [m for i, m in enumerate(turns) if i not in gone]
+
+    # The fewest oldest turns to drop so that the rest fits. The prompt only gets shorter as
+    # more go, so a binary search finds it; dropping them one by one, re-rendering and
+    # re-tokenising all the rest each time, was quadratic (35,000 turns froze the worker).
+    low, high = 1, len(droppable) - 1  # dropping `high` leaves one droppable turn
+    fits: int | None = None
+    while low <= high:
+        middle = (low + high) // 2
+        rendered[middle] = _render(tokenizer, without(middle))
+        if len(rendered[middle]) <= budget:
+            fits, high = middle, middle - 1
+        else:
+            low = middle + 1
+    if fits is not None:
+        return rendered[fits] + prefix
+    # One turn left: keep its end, leaving room for the template's own tokens.
+    dropped = len(droppable) - 1
+    turns = without(dropped)
+    ids = rendered[dropped] if dropped in rendered else _render(tokenizer, turns)
+    index = droppable[-1] - dropped  # every dropped turn came before it
+    last = turns[index]
+    overflow = len(ids) - budget
+    content_ids = tokenizer(last.content, add_special_tokens=False)["input_ids"]
+    kept = tokenizer.decode(content_ids[overflow + 8 :], skip_special_tokens=True)
+    turns[index] = Message(last.role, kept)
+    ids = _render(tokenizer, turns)
+    return (ids if len(ids) <= budget else ids[-budget:]) + prefix
 
 
 def _render(tokenizer: Any, turns: list[Message]) -> list[int]:

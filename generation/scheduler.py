@@ -152,7 +152,10 @@ class Scheduler:
         lock)."""
         with self.lock:
             self.dead = reason
-            for job in [*self.waiting, *self.rows]:
+            # Also the jobs taken from the queue whose prompts are being prepared or prefilled
+            # right now, in neither list (a hung prefill left them waiting); failing twice is
+            # a no-op.
+            for job in [*self.jobs.values(), *self.waiting, *self.rows]:
                 job.fail(EngineDead(reason))
             self.waiting.clear()
             # Only the jobs: a step still in flight may yet sample from the batch's sampler.

@@ -183,15 +183,14 @@ class Worker:
         return kept
 
     def _prefill(self, jobs: list[Job]) -> None:
-        scheduler, runner, context = self._scheduler, self._runner, self.context
-        for job in jobs:
-            if not job.prompt_ids:
-                budget = max(16, context - job.max_new_tokens)
-                job.prompt_ids = encode_messages(
-                    self.loaded.tokenizer, job.request.messages, budget, job.request.response_prefix
-                )
-                job.max_new_tokens = min(job.max_new_tokens, context - len(job.prompt_ids))
+        scheduler, runner = self._scheduler, self._runner
+        # Rendering and tokenising the prompts is part of the step the watchdog watches: it runs
+        # on this thread, and every other user waits while it does.
+        self._watchdog.started()
         try:
+            jobs = self._encode(jobs)
+            if not jobs:
+                return
             self._timed("prefill", jobs)
             sequences = [job.cached_tokens() for job in jobs]
             slots = [job.slot for job in jobs]
@@ -223,6 +222,28 @@ class Worker:
         if fresh:
             tokens = scheduler.rows.choose(logits[fresh], [first + row for row in fresh])
             self._accept([jobs[row] for row in fresh], tokens)
+
+    def _encode(self, jobs: list[Job]) -> list[Job]:
+        """Give each new job its prompt's token ids; a prompt that cannot be encoded (a chat
+        template that refuses its turns) fails its own request only."""
+        context, kept = self.context, []
+        for job in jobs:
+            if not job.prompt_ids:
+                budget = max(16, context - job.max_new_tokens)
+                request = job.request
+                try:
+                    job.prompt_ids = encode_messages(
+                        self.loaded.tokenizer, request.messages, budget, request.response_prefix
+                    )
+                except Exception as exc:
+                    log.warning(
+                        "request %s: its prompt cannot be encoded: %s", request.request_id, exc
+                    )
+                    self._scheduler.fail(job, exc)
+                    continue
+                job.max_new_tokens = min(job.max_new_tokens, context - len(job.prompt_ids))
+            kept.append(job)
+        return kept
 
     def _decode(self) -> None:
         scheduler, rows = self._scheduler, self._scheduler.rows

@@ -10,6 +10,13 @@ GIL with the bot's event loop when both live in one process; apart, neither slow
 The child gets a random key (by environment, never on its command line), stops when its standard
 input closes (so it never outlives this process), and is restarted when it dies: requests in
 flight then fail through the remote backend's errors, later ones reach the new child.
+
+On a shared host another local user can bind a loopback port too: one who takes the child's port
+while it restarts would receive every prompt and the key, and write the bot's replies. So each
+child gets a fresh port and a fresh key, and nothing is sent to it (not even the key) until its
+`/health` has answered a fresh random challenge with the HMAC of it under the key
+(generation/serve/proof.py), which only the child can do. The remote backend asks `endpoint()`
+where to send each request, and waits there while no proven child is serving.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from bot.core.shutdown import close_engine
 from generation.backend import Backend
 from generation.models import ModelLoadError
 from generation.openai_backend import OpenAIEngine, RemoteConfig
+from generation.serve import ServeConfig
+from generation.serve.proof import CHALLENGE_HEADER, proves
 from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli.engine_process")
@@ -47,6 +56,7 @@ STABLE_S = 60.0  # a child that lived this long resets the delays
 # ends a slow request first (as `timeout`, then closing the stream aborts it in the child).
 TIMEOUT_MARGIN_S = 5
 SERVE = (sys.executable, "-m", "bot.cli", "serve")
+CONNECTIONS_SPARE = 16  # the child's connection cap: the client's own bound, plus health checks
 
 
 class EngineProcessError(ModelLoadError):
@@ -70,6 +80,8 @@ def wants_engine_process(settings: Settings) -> bool:
 
 
 def free_port() -> int:
+    """A loopback port free now. Another process may take it before the child binds it: the
+    child then fails to start, and anything else answering there cannot prove the key."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -106,7 +118,8 @@ def child_env(
 
 
 class EngineProcess:
-    """`muse serve` as a supervised child on 127.0.0.1:`port`, with a key of its own."""
+    """`muse serve` as a supervised child on 127.0.0.1:`port`, with a key of its own; both
+    change at every (re)start."""
 
     def __init__(
         self,
@@ -117,8 +130,8 @@ class EngineProcess:
         command: Sequence[str] = SERVE,
     ) -> None:
         self.settings = settings
-        self.key = secrets.token_urlsafe(32)
-        self.port = free_port()  # kept across restarts: the client's base URL stays valid
+        self.key = secrets.token_urlsafe(32)  # both new for each child: see _spawn
+        self.port = free_port()
         self.ready_timeout_s = ready_timeout_s
         self.restarts = 0
         self._env = dict(env or {})  # added to the child's environment
@@ -165,6 +178,15 @@ class EngineProcess:
         """Wait until a child is serving (after a restart, the new one)."""
         await asyncio.wait_for(self._healthy.wait(), timeout_s)
 
+    async def endpoint(self) -> tuple[str, str]:
+        """(API base, key) of the child serving now, once it has proved that it holds the key;
+        waits while there is none (a restart). The remote backend asks before every request."""
+        while True:
+            await self._healthy.wait()
+            if self._process is not None and self._process.returncode is None:
+                return self.base_url, self.key
+            self._healthy.clear()  # it died and the watcher has not noticed yet
+
     def last_lines(self) -> str:
         return "".join(self._tail).replace(self.key, "***").rstrip()
 
@@ -179,13 +201,21 @@ class EngineProcess:
 
     # -- the child's life --------------------------------------------------------------------
     async def _spawn(self) -> None:
+        # A new child, a new port and key: nothing reaches the old port, and a key seen by
+        # whoever took it is worth nothing to the next child.
+        self._healthy.clear()
+        self.key = secrets.token_urlsafe(32)
+        self.port = free_port()
         self._tail.clear()
+        cap = max(ServeConfig().max_connections, self.settings.queue_size + CONNECTIONS_SPARE)
         self._process = await asyncio.create_subprocess_exec(
             *self._command,
             "--host",
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--max-connections",
+            str(cap),
             "--exit-with-parent",
             stdin=asyncio.subprocess.PIPE,  # its end closes when this process dies
             stdout=asyncio.subprocess.DEVNULL,
@@ -216,21 +246,34 @@ class EngineProcess:
             sys.stderr.write(f"[engine] {line}")
 
     async def _wait_healthy(self) -> None:
+        """Poll `/health` with a fresh challenge each time until the child answers ready and
+        proves that it holds the key; anything else answering there is not believed."""
         process = self._process
         assert process is not None
         deadline = time.monotonic() + self.ready_timeout_s
         url = f"http://127.0.0.1:{self.port}/health"
         timeout = aiohttp.ClientTimeout(total=5)
+        warned = False
         async with aiohttp.ClientSession(timeout=timeout) as http:
             while True:
                 if process.returncode is not None:
                     await self._drained()
                     raise self._failure(f"exited with status {process.returncode}")
-                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                    async with http.get(url) as response:
-                        if response.status == 200:
-                            self._healthy.set()
-                            return
+                challenge = secrets.token_urlsafe(24)
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                    async with http.get(url, headers={CHALLENGE_HEADER: challenge}) as response:
+                        answer = await response.json(content_type=None)
+                        if proves(answer, self.key, challenge):
+                            if response.status == 200:
+                                self._healthy.set()
+                                return
+                        elif not warned:
+                            warned = True
+                            log.warning(
+                                "something that cannot prove it is the engine process answers "
+                                "on 127.0.0.1:%d; sending it nothing",
+                                self.port,
+                            )
                 if time.monotonic() > deadline:
                     await self._stop(0.0)
                     raise self._failure(f"was not ready within {self.ready_timeout_s:.0f} s")
@@ -305,7 +348,7 @@ class EngineProcess:
 async def engine_process(settings: Settings, **kwargs) -> AsyncIterator[Backend]:
     """The child started and ready, and a remote backend talking to it; both closed at exit."""
     child = await EngineProcess(settings, **kwargs).start()
-    backend = OpenAIEngine(child.remote_config())
+    backend = OpenAIEngine(child.remote_config(), endpoint=child.endpoint)
     try:
         await backend.wait_ready()
         yield backend

@@ -1,5 +1,5 @@
-"""`muse serve [--host 127.0.0.1] [--port 8000]`: the local engine behind an OpenAI-compatible
-API (generation/serve/) until SIGTERM / SIGINT.
+"""`muse serve [--host 127.0.0.1] [--port 8000] [--max-connections 256]`: the local engine
+behind an OpenAI-compatible API (generation/serve/) until SIGTERM / SIGINT.
 
 The port opens at once; `/health` answers 503 while the model loads and 200 once it is ready.
 A model that fails to load ends the process (exit 1). On a signal new requests are refused,
@@ -31,6 +31,7 @@ EXIT_MODEL_FAILED = 1
 EXIT_USAGE = 2
 LOAD_WAIT_S = 120.0  # a model still loading at a signal: the loading thread cannot be interrupted
 ENGINE_THREAD = "muse-engine"
+DEFAULTS = ServeConfig()
 
 
 def add_subcommand(commands: argparse._SubParsersAction) -> None:
@@ -45,14 +46,23 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULTS.max_connections,
+        help="connections open at once; more are answered 503 and closed (default %(default)s)",
+    )
     parser.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     parser.set_defaults(func=run_serve)
 
 
-def serve_config(settings: Settings, host: str, port: int) -> ServeConfig:
+def serve_config(
+    settings: Settings, host: str, port: int, max_connections: int = DEFAULTS.max_connections
+) -> ServeConfig:
     return ServeConfig(
         host=host,
         port=port,
+        max_connections=max_connections,
         api_key=settings.serve_api_key.reveal(),
         timeout_s=settings.timeout_s,
         max_new_tokens=settings.max_tokens,
@@ -68,7 +78,7 @@ def run_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    config = serve_config(settings, args.host, args.port)
+    config = serve_config(settings, args.host, args.port, args.max_connections)
     try:
         check_bind(config)
     except ServeConfigError as exc:

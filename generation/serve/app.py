@@ -25,6 +25,7 @@ from generation.errors import EngineBusy, EngineDead, GenerationFailed
 from generation.serve import responses as api
 from generation.serve.errors import SERVER, ApiError, busy, error_body, from_http, unavailable
 from generation.serve.parse import ChatCall, parse_chat
+from generation.serve.proof import CHALLENGE_HEADER, MAX_CHALLENGE_CHARS, health_proof
 from generation.types import GenerationChunk
 
 log = logging.getLogger("muse.generation.serve")
@@ -44,6 +45,12 @@ class ServeConfig:
     max_new_tokens: int = 512  # MUSE_MAX_TOKENS: the default and the cap
     max_body_bytes: int = 1 << 20
     shutdown_timeout_s: float = 5.0  # at close, for handlers still writing their last bytes
+    max_connections: int = 256  # --max-connections: open at once; over it, a 503 and closed
+    # A connection must have sent a whole request head this long after it opened (or after its
+    # last answer, which is also how long an idle kept-alive connection lives).
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0  # to send the body, once the head is in
+    unauthorized_delay_s: float = 0.5  # before every 401, so that guessing the key is slow
 
 
 class ServeState:
@@ -86,7 +93,7 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> web.Appli
     config = config or ServeConfig()
     app = web.Application(
         client_max_size=config.max_body_bytes,
-        middlewares=[_access_log, _errors, _auth(config.api_key)],
+        middlewares=[_access_log, _errors, _auth(config.api_key, config.unauthorized_delay_s)],
     )
     app[STATE] = ServeState(backend, config)
     app.router.add_get("/health", health)
@@ -110,13 +117,23 @@ async def _stop_watching(app: web.Application) -> None:
 
 # -- the endpoints ---------------------------------------------------------------------------
 async def health(request: web.Request) -> web.Response:
+    """Open to anyone; the load error only with the key (it may name paths and hosts), and a
+    `proof` of the key when asked for one (generation/serve/proof.py)."""
     state = request.app[STATE]
+    key = state.config.api_key
+    answer: dict[str, str]
     if state.load_error is not None:
-        return web.json_response({"status": "failed", "error": state.load_error}, status=503)
-    if state.stopping or not state.ready:
-        status = "stopping" if state.stopping else "loading"
-        return web.json_response({"status": status}, status=503)
-    return web.json_response({"status": "ok", "model": state.backend.model_id})
+        answer = {"status": "failed"}
+        if not key or _has_key(request, key.encode()):
+            answer["error"] = state.load_error
+    elif state.stopping or not state.ready:
+        answer = {"status": "stopping" if state.stopping else "loading"}
+    else:
+        answer = {"status": "ok", "model": state.backend.model_id}
+    challenge = request.headers.get(CHALLENGE_HEADER, "")
+    if key and 0 < len(challenge) <= MAX_CHALLENGE_CHARS:
+        answer["proof"] = health_proof(key, challenge)
+    return web.json_response(answer, status=200 if answer["status"] == "ok" else 503)
 
 
 async def models(request: web.Request) -> web.Response:
@@ -131,8 +148,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state.check_serving()
     rid = uuid.uuid4().hex
     config = state.config
+    try:
+        async with asyncio.timeout(config.body_timeout_s):  # a body sent a byte at a time
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"The request body did not arrive within {config.body_timeout_s:g} s.",
+            code="request_timeout",
+        ) from None
     call = parse_chat(
-        await request.read(),
+        raw,
         max_new_tokens=config.max_new_tokens,
         timeout_s=config.timeout_s,
         request_id=rid,
@@ -292,21 +318,29 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return ApiError(500, "Internal server error.", kind=SERVER).response()
 
 
-def _auth(key: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """Every path but /health asks for `Authorization: Bearer <key>` when a key is set."""
+def _has_key(request: web.Request, expected: bytes) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    given = token.strip().encode("utf-8", "surrogatepass")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, expected)
+
+
+def _auth(
+    key: str, delay_s: float
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Every path but /health asks for `Authorization: Bearer <key>` when a key is set; a
+    refusal waits `delay_s` first, so that guessing costs time (the connection cap bounds how
+    many guesses wait at once)."""
     expected = key.encode()
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected and request.path not in OPEN_PATHS:
-            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-            given = token.strip().encode("utf-8", "surrogatepass")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
-                raise ApiError(
-                    401,
-                    "Missing or wrong API key: send Authorization: Bearer <MUSE_SERVE_API_KEY>.",
-                    code="invalid_api_key",
-                )
+        if expected and request.path not in OPEN_PATHS and not _has_key(request, expected):
+            await asyncio.sleep(delay_s)
+            raise ApiError(
+                401,
+                "Missing or wrong API key: send Authorization: Bearer <MUSE_SERVE_API_KEY>.",
+                code="invalid_api_key",
+            )
         return await handler(request)
 
     return auth

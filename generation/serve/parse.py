@@ -24,6 +24,9 @@ GREEDY_BELOW = 1e-5  # a smaller temperature would overflow the logits: it means
 PENALTY_RANGE = (0.01, 2.0)
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch's generators take
 MAX_USER_CHARS = 256
+# OpenAI's own limit. Every turn is rendered and tokenised on the engine's worker thread, so an
+# unbounded list (a 1 MiB body holds ~35,000 empty turns) would be work no prompt needs.
+MAX_MESSAGES = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,14 @@ def _messages(value: Any, proceed: bool) -> tuple[tuple[Message, ...], str]:
     """The turns, and the final assistant turn's text when it is to be continued."""
     if not isinstance(value, list) or not value:
         raise bad_request("messages must be a non-empty list of messages.", "messages")
+    if len(value) > MAX_MESSAGES:
+        raise ApiError(
+            400,
+            f"messages holds {len(value)} messages; at most {MAX_MESSAGES} are accepted. "
+            "Send only the turns the model needs (the newest ones).",
+            param="messages",
+            code="array_above_max_length",
+        )
     turns = [_message(item, index) for index, item in enumerate(value)]
     if not proceed:
         return tuple(turns), ""

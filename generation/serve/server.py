@@ -9,6 +9,9 @@ from aiohttp import web
 from generation.backend import Backend
 from generation.models import ModelLoadError
 from generation.serve.app import STATE, ServeConfig, create_app
+from generation.serve.connections import CappedSite
+
+MIN_KEY_CHARS = 16  # MUSE_SERVE_API_KEY: a shorter key is too easy to guess
 
 
 class ServeConfigError(ValueError):
@@ -26,7 +29,17 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(config: ServeConfig) -> None:
-    """Refuse to serve the model beyond this machine without a key."""
+    """Refuse a key too short to resist guessing, and serving beyond this machine without one."""
+    if config.api_key and len(config.api_key) < MIN_KEY_CHARS:
+        raise ServeConfigError(
+            f"MUSE_SERVE_API_KEY is {len(config.api_key)} characters long; it must be at least "
+            f"{MIN_KEY_CHARS}, so that it cannot be guessed. Make one with: python -c "
+            '"import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    if config.max_connections < 1:
+        raise ServeConfigError(
+            f"--max-connections must be at least 1, not {config.max_connections}."
+        )
     if not config.api_key and not is_loopback(config.host):
         raise ServeConfigError(
             f"Refusing to listen on {config.host} without an API key: anyone who can reach it "
@@ -44,6 +57,7 @@ class Server:
         self.app = create_app(backend, self.config)
         self.port = self.config.port
         self._runner: web.AppRunner | None = None
+        self._site: CappedSite | None = None
 
     @property
     def base_url(self) -> str:
@@ -55,23 +69,33 @@ class Server:
     async def start(self) -> Server:
         """Listen (raises `ServeConfigError`, or `OSError` when the port is taken)."""
         check_bind(self.config)
+        config = self.config
         runner = web.AppRunner(
             self.app,
             handle_signals=False,
             access_log=None,  # the app logs one line per request itself, without headers
             handler_cancellation=True,  # a closed connection cancels its handler: abort
-            shutdown_timeout=self.config.shutdown_timeout_s,
+            shutdown_timeout=config.shutdown_timeout_s,
+            # aiohttp's keep-alive timer also runs from a connection's first byte and closes it
+            # if its request head is still incomplete then: the header timeout. Its default
+            # (an hour) let half-sent heads hold sockets until descriptors ran out.
+            keepalive_timeout=config.head_timeout_s,
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.config.host, self.config.port)
+            site = CappedSite(runner, config.host, config.port, config.max_connections)
             await site.start()
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
+        self._runner, self._site = runner, site
+        self.port = site.port
         return self
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now (at most `config.max_connections`)."""
+        return self._site.open_connections if self._site is not None else 0
 
     def stop_accepting(self) -> None:
         """New requests are answered 503 (shutting down); running ones go on."""
@@ -88,4 +112,4 @@ class Server:
     async def close(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-            self._runner = None
+            self._runner = self._site = None

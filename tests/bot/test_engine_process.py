@@ -4,16 +4,19 @@ backend; restarted after a SIGKILL, stopped without an orphan. Also `muse serve`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bot.cli.engine_process import (
     EngineProcess,
@@ -54,6 +57,33 @@ def make_settings(**changes: Any) -> Settings:
 
 def ask(text: str, **kwargs: Any) -> GenerationRequest:
     return GenerationRequest(messages=(Message("user", text),), **{"max_new_tokens": 6, **kwargs})
+
+
+@contextlib.asynccontextmanager
+async def impostor(port: int = 0) -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
+    """Another local user's server on 127.0.0.1:`port` that answers like `muse serve` (200 on
+    /health, a model, a text) without the key: (its port, every request it received)."""
+    seen: list[dict[str, Any]] = []
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        seen.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        if request.path == "/health":
+            return web.json_response({"status": "ok", "model": "impostor"})
+        if request.path == "/v1/models":
+            return web.json_response({"object": "list", "data": [{"id": "impostor"}]})
+        return web.json_response({"choices": [{"message": {"content": "owned"}}]})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    try:
+        yield site.port, seen
+    finally:
+        await runner.cleanup()
 
 
 def gone(pid: int) -> bool:
@@ -104,7 +134,7 @@ async def test_the_child_serves_comes_back_after_a_kill_and_stops_with_its_paren
     child = await EngineProcess(
         make_settings(), env=ENV, command=SERVE, ready_timeout_s=READY_S
     ).start()
-    remote = OpenAIEngine(child.remote_config())
+    remote = OpenAIEngine(child.remote_config(), endpoint=child.endpoint)
     process = child._process
     try:
         assert (await remote.wait_ready()).model_id
@@ -113,14 +143,22 @@ async def test_the_child_serves_comes_back_after_a_kill_and_stops_with_its_paren
         # SIGKILL while a request streams: it fails clearly; the supervisor starts a new child.
         stream = remote.stream(ask("Tell me a long story.", max_new_tokens=48, ignore_eos=True))
         await anext(stream)
-        killed = child.pid
+        killed, old_port, old_key = child.pid, child.port, child.key
         os.kill(killed, signal.SIGKILL)
         with pytest.raises(GenerationFailed, match="broke after"):
             async for _ in stream:
                 pass
-        assert await eventually(lambda: child.restarts == 1, READY_S)
-        assert child.pid != killed and gone(killed)
-        later = await remote.generate(ask("Say hello."))
+        # Another local user takes the dead child's port as soon as it is free, and a request
+        # is sent meanwhile: it waits for the new child, on a fresh port with a fresh key.
+        assert await eventually(lambda: gone(killed), 10)
+        async with impostor(old_port) as (_, seen):
+            waiting = asyncio.create_task(remote.generate(ask("my private words")))
+            assert await eventually(lambda: child.restarts == 1, READY_S)
+            assert child.pid != killed
+            assert child.port != old_port and child.key != old_key
+            assert (await waiting).tokens_out > 0
+            later = await remote.generate(ask("Say hello."))
+        assert seen == []
         assert later.text == first.text or later.tokens_out > 0
         process = child._process
         assert child.key not in child.last_lines()
@@ -129,6 +167,21 @@ async def test_the_child_serves_comes_back_after_a_kill_and_stops_with_its_paren
         await child.aclose()
     assert process.returncode == 0  # SIGTERM: a clean stop
     assert gone(process.pid)
+
+
+async def test_an_impostor_on_the_childs_port_receives_no_prompt_and_no_key(monkeypatch):
+    async with impostor() as (port, seen):
+        # It holds the port the child is given: the child cannot listen there and exits.
+        monkeypatch.setattr("bot.cli.engine_process.free_port", lambda: port)
+        with pytest.raises(EngineProcessError, match="exited with status 1"):
+            async with engine_process(
+                make_settings(), env=ENV, command=SERVE, ready_timeout_s=60
+            ) as remote:
+                await remote.generate(ask("my private words"))
+    assert seen and {request["path"] for request in seen} == {"/health"}
+    for request in seen:  # challenged, never told anything
+        assert "Authorization" not in request["headers"] and request["body"] == b""
+        assert len(request["headers"]["X-Muse-Challenge"]) >= 32
 
 
 async def test_a_child_that_cannot_load_its_model_fails_with_its_last_lines():
@@ -157,8 +210,11 @@ async def run_serve(*args: str, stdin: int | None = None, **env: str):
 async def test_muse_serve_refuses_what_it_cannot_do_safely():
     wide = await run_serve("--host", "0.0.0.0", MUSE_SERVE_API_KEY="")
     remote = await run_serve(MUSE_BACKEND="openai")
+    short = await run_serve(MUSE_SERVE_API_KEY="guessable-key")
     _, said = await wide.communicate()
     assert wide.returncode == 2 and b"without an API key" in said
+    _, said = await short.communicate()
+    assert short.returncode == 2 and b"at least 16" in said and b"guessable-key" not in said
     _, said = await remote.communicate()
     assert remote.returncode == 2 and b"MUSE_BACKEND=openai" in said
 

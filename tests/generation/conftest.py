@@ -54,10 +54,12 @@ def logit_tolerance(loaded: LoadedModel) -> float:
 async def make_engine(loaded: LoadedModel) -> AsyncIterator[Callable[..., Engine]]:
     engines: list[Engine] = []
 
-    def make(**kwargs) -> Engine:
+    def make(model: LoadedModel | None = None, **kwargs) -> Engine:
+        """An engine over `model` (default: the shared one) with these settings."""
         config = EngineConfig(**{k: v for k, v in kwargs.items() if k in EngineConfig.__slots__})
         extra = {k: v for k, v in kwargs.items() if k not in EngineConfig.__slots__}
-        engine = Engine(lambda: loaded, config, **extra).start()
+        served = model or loaded
+        engine = Engine(lambda: served, config, **extra).start()
         engines.append(engine)
         return engine
 

@@ -5,8 +5,11 @@ remote backend (`OpenAIEngine`) as the client, so client and server test each ot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import itertools
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -274,6 +277,40 @@ async def test_bad_requests_beside_a_stream_do_not_disturb_it(make_engine, serve
         events = await read_events(streaming)
     assert all(400 <= status < 500 for status in statuses), statuses
     assert content(events) == alone.text
+
+
+async def test_35000_messages_are_refused_at_once_while_another_users_stream_flows(
+    make_engine, serve, http
+):
+    engine = make_engine()
+    server = await serve(engine)
+    url = f"{server.base_url}/chat/completions"
+    arrivals: list[float] = []
+
+    async def other_user() -> list[Any]:
+        async with http.post(url, json=body(stream=True, **LONG)) as response:
+            decoder, events = SSEDecoder(), []
+            async for raw in response.content.iter_any():
+                arrivals.append(time.monotonic())
+                events.extend(decoder.feed(raw))
+            return events
+
+    streaming = asyncio.create_task(other_user())
+    assert await eventually(lambda: len(arrivals) > 3)
+    flood = {"messages": [{"role": "user", "content": ""}] * 35_000, "max_tokens": 4}
+    raw = json.dumps(flood, separators=(",", ":")).encode()  # 1 MiB holds them
+    started = time.monotonic()
+    async with asyncio.timeout(10), http.post(url, data=raw) as response:  # never a hang
+        status, error = response.status, (await response.json())["error"]
+    refused = time.monotonic()
+    assert refused - started < 1.0
+    assert status == 400 and error["code"] == "array_above_max_length"
+    await asyncio.sleep(0.5)  # the stream goes on beside it, step after step
+    during = [t for t in arrivals if t > started - 0.5]
+    assert len(during) >= 3 and max(b - a for a, b in itertools.pairwise(during)) < 1.5
+    streaming.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await streaming
 
 
 # -- Muse's own client against the server ------------------------------------------------------

@@ -3,7 +3,6 @@ input (hypothesis over the JSON body), the key, the address rule, loading, the l
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -18,26 +17,9 @@ from generation.models import ModelLoadError
 from generation.serve import ServeConfig, ServeConfigError, Server, check_bind, is_loopback
 from generation.serve.parse import parse_chat
 from tests.bot.fakes import ReplayEngine
-from tests.generation.serving import Start, servers
+from tests.generation.serving import GOOD, LoadingEngine, Start, assert_openai_error, post, servers
 
 KEY = "serve-key-7c1e5a9b"
-GOOD = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
-ERROR_FIELDS = {"message", "type", "param", "code"}
-
-
-class LoadingEngine(ReplayEngine):
-    """A double whose model is ready (or fails) when the test says so."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.loaded = asyncio.Event()
-        self.failure: Exception | None = None
-
-    async def wait_ready(self):
-        await self.loaded.wait()
-        if self.failure is not None:
-            raise self.failure
-        return await super().wait_ready()
 
 
 @pytest.fixture
@@ -56,27 +38,6 @@ async def server(serve) -> Server:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         yield session
-
-
-async def post(http: aiohttp.ClientSession, server: Server, data: Any, **kwargs: Any):
-    """(status, JSON body or None, headers) of a POST /v1/chat/completions of `data`."""
-    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
-    url = f"{server.base_url}/chat/completions"
-    async with http.post(url, data=raw, **kwargs) as response:
-        text = await response.text()
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-        return response.status, parsed, response.headers
-
-
-def assert_openai_error(status: int, answer: Any, *allowed: int) -> dict[str, Any]:
-    assert status in allowed, (status, answer)
-    assert isinstance(answer, dict) and set(answer) == {"error"}, answer
-    error = answer["error"]
-    assert set(error) == ERROR_FIELDS and isinstance(error["message"], str) and error["message"]
-    return error
 
 
 # -- bad input -----------------------------------------------------------------------------
