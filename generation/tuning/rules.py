@@ -90,13 +90,13 @@ def decide(screened: Mapping[str, Screened], method: str, rules: Rules) -> Choic
     try:
         choice = choose_method(count({f: s.examples for f, s in screened.items()}), method)
     except TuningError as exc:
-        capped = sum(s.dropped.get("max_share", 0) for s in screened.values())
-        if not capped:
+        capped = {f: s.dropped.get("max_share", 0) for f, s in screened.items()}
+        shown = ", ".join(f"{f} {n}" for f, n in capped.items() if n)
+        if not shown:
             raise
         raise TuningError(
-            f"{exc} The data rules dropped {capped} row{_s(capped)} so that no member supplies "
-            f"more than {rules.max_share:g} of a training set: more members' ratings and edits "
-            "are needed."
+            f"{exc} The data rules dropped rows ({shown}) so that no member supplies more than "
+            f"{rules.max_share:g} of a training set: more members' ratings and edits are needed."
         ) from exc
     members = len(screened[choice.method].contributors)
     if members < rules.min_contributors:
