@@ -20,6 +20,11 @@ kto use `done` generations only; raw has every status but `deleted`. `min_score`
 strong a signal must be: sft keeps score >= N (and > 0), kto |score| >= N (and != 0), an edit
 (in sft and kto) score + 1 >= N, dpo a margin (score difference, net votes, or edit margin)
 >= N, and raw score >= N.
+
+`include_self` False (what `muse tune` asks): a requester's own ratings and a voter's votes on
+a pair holding their own take do not count, so no one promotes their own texts into training.
+Every training row's metadata names its contributors (pseudonyms): the requester, an edit's
+editor, and the raters or voters whose verdicts counted for it.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class ExportFilters:
     since: date | None = None
     guild_id: int | None = None
     task: str | None = None
+    include_self: bool = True  # False: requesters' own ratings and votes do not count
 
 
 def export_jsonl(
@@ -112,6 +118,7 @@ class _Exporter:
             "since": f.since.isoformat() if f.since else None,
             "guild_id": f.guild_id,
             "task": f.task,
+            "include_self": f.include_self,
         }
 
     def _generation(self, row: tuple[Any, ...]) -> ExportGeneration:
@@ -129,6 +136,8 @@ class _Exporter:
             created_utc=row[9],
             source=row[10],
             parent_id=row[11],
+            requester=row[12],
+            raters=tuple(json.loads(row[13])),
             score=row[-2],
             self_vote=bool(row[-1]),
         )
@@ -160,8 +169,8 @@ class _Exporter:
         its score (other raters only) could rank it below the reply it corrects."""
         min_margin = max(self._min or 1, 1)
         seen: set[frozenset[int]] = set()
-        votes = self._conn.execute(sql.COMPARISON_VOTES)
-        for a_id, b_id, votes_a, votes_b, self_vote in votes:
+        votes = self._conn.execute(sql.COMPARISON_VOTES, self._params)
+        for a_id, b_id, votes_a, votes_b, self_vote, voters in votes:
             outcome = comparison_outcome(votes_a, votes_b)
             if outcome is None or outcome[1] < min_margin:
                 continue
@@ -172,7 +181,12 @@ class _Exporter:
             chosen, rejected = (a, b) if outcome[0] == "A" else (b, a)
             seen.add(frozenset((a_id, b_id)))
             row = dpo_row(
-                chosen, rejected, source="comparison", margin=outcome[1], self_vote=bool(self_vote)
+                chosen,
+                rejected,
+                source="comparison",
+                margin=outcome[1],
+                self_vote=bool(self_vote),
+                voters=tuple(sorted(set(json.loads(voters)))),
             )
             yield _dumps(row)
         group: list[tuple[Any, ...]] = []  # rows of one root, decoded only when they pair up
@@ -205,7 +219,8 @@ class _Exporter:
             return None
         query = sql.scored(sql.TRAINING + " AND g.id = :original", "1", "id")
         unfiltered = dict.fromkeys(("since", "guild_id", "task", "min_score"))
-        row = self._conn.execute(query, {**unfiltered, "original": generation_id}).fetchone()
+        params = {**unfiltered, "include_self": self._params["include_self"]}
+        row = self._conn.execute(query, {**params, "original": generation_id}).fetchone()
         return None if row is None else self._generation(row)
 
     def _pair(self, a_id: int, b_id: int) -> tuple[ExportGeneration, ExportGeneration] | None:

@@ -50,7 +50,11 @@ class Pseudonyms:
 
 @dataclass(frozen=True, slots=True)
 class ExportGeneration:
-    """What the builders need of one generation (user id already pseudonymised)."""
+    """What the builders need of one generation (user ids already pseudonymised).
+
+    `requester`: who asked for the text (for an edit, the requester of what it corrects; None
+    once that was purged); `raters`: whose good or bad verdicts count in `score`.
+    """
 
     id: int
     root_id: int
@@ -66,11 +70,28 @@ class ExportGeneration:
     created_utc: str
     source: str = "model"  # or "edit"
     parent_id: int | None = None
+    requester: str | None = None
+    raters: tuple[str, ...] = ()
+
+    @property
+    def editor(self) -> str | None:
+        """The member who wrote an edit (None for a model's text)."""
+        return self.user if self.source == "edit" else None
+
+    @property
+    def original_id(self) -> int | None:
+        """The generation an edit corrects (None for a model's text, or once purged)."""
+        return self.parent_id if self.source == "edit" else None
 
 
 def assistant(text: str) -> dict[str, str]:
     """The completion as a one-message conversation."""
     return {"role": "assistant", "content": text}
+
+
+def contributors(g: ExportGeneration) -> list[str]:
+    """Everyone whose part made the row: requester, editor and counted raters, sorted."""
+    return sorted({g.requester, g.editor, *g.raters} - {None})  # type: ignore[arg-type]
 
 
 def metadata(g: ExportGeneration) -> dict[str, Any]:
@@ -87,6 +108,11 @@ def metadata(g: ExportGeneration) -> dict[str, Any]:
         "created_utc": g.created_utc,
         "source": g.source,
         "persona": g.params.get("persona"),
+        "requester": g.requester,
+        "editor": g.editor,
+        "raters": list(g.raters),
+        "contributors": contributors(g),
+        "original_id": g.original_id,
     }
 
 
@@ -113,9 +139,13 @@ def dpo_row(
     source: str,
     margin: int,
     self_vote: bool,
+    voters: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """DPO: one prompt, the preferred and the other reply. `source`: comparison, takes, or edit
-    (a member's edit chosen over the reply it corrects)."""
+    (a member's edit chosen over the reply it corrects); `voters`: a comparison's counted
+    voters. Its contributors: both texts' and the voters."""
+    everyone = sorted({*contributors(chosen), *contributors(rejected), *voters})
+    edit = chosen if source == "edit" else None
     return {
         "prompt": chosen.messages,
         "chosen": [assistant(chosen.output)],
@@ -127,6 +157,10 @@ def dpo_row(
             "task": chosen.task,
             "model": chosen.model_id,
             "persona": chosen.params.get("persona"),
+            "voters": list(voters),
+            "contributors": everyone,
+            "editor": edit.editor if edit else None,
+            "original_id": edit.original_id if edit else None,
             "chosen": metadata(chosen),
             "rejected": metadata(rejected),
         },

@@ -31,6 +31,15 @@ async def recent_generations(
     return [Generation.from_row(row) for row in rows]
 
 
+async def data_guild_ids(conn: aiosqlite.Connection) -> list[int]:
+    """The guilds with generations (deleted ones aside), ascending."""
+    rows = await conn.execute_fetchall(
+        """SELECT DISTINCT guild_id FROM generations
+           WHERE guild_id IS NOT NULL AND status != 'deleted' ORDER BY guild_id"""
+    )
+    return [row[0] for row in rows]
+
+
 async def children(conn: aiosqlite.Connection, generation_id: int) -> list[Generation]:
     """The generation's direct children (regenerations, continuations, edits), oldest first."""
     rows = await conn.execute_fetchall(

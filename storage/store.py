@@ -230,6 +230,11 @@ class Store:
         """The user's newest generations (not deleted), newest first, optionally in one guild."""
         return await reads.recent_generations(self._reader, user_id, guild_id, limit)
 
+    async def data_guild_ids(self) -> list[int]:
+        """The guilds whose data the database holds (their generations), ascending; what
+        `muse tune` checks before training one model on more than one guild's texts."""
+        return await reads.data_guild_ids(self._reader)
+
     async def children(self, generation_id: int) -> list[Generation]:
         """Direct children (regenerations, continuations, edits), not deleted, oldest first."""
         return await reads.children(self._reader, generation_id)

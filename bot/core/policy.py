@@ -2,7 +2,8 @@
 the limits; and the parsing of `/settings` options (pure functions, tested without Discord).
 
 Every command or button that starts a generation goes through `admit` (the Discord front end
-wraps it in `bot.discord.admission.admitted`, which answers a refusal).
+wraps it in `bot.discord.admission.admitted`, which answers a refusal); so does a ✏️ edit
+(`bot.core.edits.improve`): a member's text is training data, held to the same rules.
 """
 
 from __future__ import annotations
@@ -134,8 +135,11 @@ class Where:
     parent_id: int | None = None
 
 
-def check_rules(settings: GuildSettings, task: str, where: Where, texts: Iterable[str]) -> None:
-    """Raise `Refused` when the task, the channel or a prompt is not allowed here."""
+def check_rules(
+    settings: GuildSettings, task: str, where: Where, texts: Iterable[str], what: str = "prompt"
+) -> None:
+    """Raise `Refused` when the task, the channel or a text is not allowed here; `what` names
+    the texts in the refusal ("prompt", or "text" for an edit)."""
     if settings.enabled_tasks is not None and task not in settings.enabled_tasks:
         enabled = ", ".join(f"/{t}" for t in settings.enabled_tasks) or "none"
         raise Refused(f"🚫 /{task} is turned off on this server. Enabled here: {enabled}.")
@@ -146,7 +150,7 @@ def check_rules(settings: GuildSettings, task: str, where: Where, texts: Iterabl
         rule = blocked_by(settings.blocklist, text)
         if rule is not None:
             raise Refused(
-                f"🚫 Your prompt contains `{rule}`, which this server's blocklist forbids."
+                f"🚫 Your {what} contains `{rule}`, which this server's blocklist forbids."
             )
 
 
@@ -176,11 +180,13 @@ async def channel_persona(app: Muse, where: Where) -> Persona | None:
     return await app.store.get_persona(channel)
 
 
-async def admit(app: Muse, task: str, where: Where, texts: Iterable[str]) -> Admission:
+async def admit(
+    app: Muse, task: str, where: Where, texts: Iterable[str], what: str = "prompt"
+) -> Admission:
     """The guild's settings, the channel's persona and a running slot, or `Refused` /
     `Limited`."""
     settings = await guild_settings(app, where.guild_id)
-    check_rules(settings, task, where, texts)
+    check_rules(settings, task, where, texts, what)
     persona = await channel_persona(app, where)
     if persona is not None:  # the blocklist may have grown since the persona was set
         rule = blocked_by(settings.blocklist, f"{persona.name}\n{persona.prompt}")

@@ -14,13 +14,13 @@ import discord
 
 from bot.core import actions, arena, plans, scenes
 from bot.core.app import Muse
-from bot.core.edits import editable
+from bot.core.edits import editable, may_edit
 from bot.core.plans import Plan
 from bot.core.policy import texts_of
 from bot.core.texts import DELETED
 from bot.discord.admission import admitted
 from bot.discord.app_errors import answer_failure
-from bot.discord.context import actor_of, answer_ephemeral, app_of
+from bot.discord.context import actor_of, answer_ephemeral, app_of, where_of
 from bot.discord.edit_reply import EditModal
 from bot.discord.modals import StarsModal
 from bot.discord.replies import run_in_reply
@@ -195,8 +195,11 @@ class EditButton(MuseButton, template=r"muse:edit:(?P<id>\d+)"):
     action, button_emoji = "edit", "✏️"
 
     async def act(self, interaction: discord.Interaction) -> None:
-        generation, problem = await editable(app_of(interaction.client), self.generation_id)
-        if generation is None:
+        app = app_of(interaction.client)
+        generation, problem = await editable(app, self.generation_id)
+        if generation is not None:
+            problem = await may_edit(app, generation, where_of(interaction))
+        if generation is None or problem is not None:
             await answer_ephemeral(interaction, problem or DELETED)
             return
         modal = EditModal(self.generation_id, generation.output or "", VIEWS)

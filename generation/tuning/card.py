@@ -13,6 +13,7 @@ from typing import Any
 
 from generation.tuning.data import SplitCounts
 from generation.tuning.plan import Choice, HyperParams
+from generation.tuning.rules import Rules
 
 CARD_VERSION = 1
 PACKAGES = ("muse-bot", "torch", "transformers", "trl", "peft", "datasets")
@@ -41,7 +42,13 @@ def build_card(
     after: Mapping[str, float],
     seconds: float,
     train_seconds: float,
+    rules: Rules,
+    dropped: Mapping[str, int],
+    contributors: int,
 ) -> dict[str, Any]:
+    """The card; `dropped`: the rows of the trained format each data rule dropped;
+    `contributors`: how many members the training rows come from (their pseudonyms are in
+    the registry, not in a file that travels with the adapter)."""
     return {
         "card_version": CARD_VERSION,
         "name": name,
@@ -52,6 +59,12 @@ def build_card(
         "data": {
             "files": {fmt: str(path) for fmt, path in files.items()},
             "counts": {split: dataclasses.asdict(c) for split, c in counts.items()},
+            "rules": {
+                "max_share": rules.max_share,
+                "min_contributors": rules.min_contributors,
+                "dropped": dict(dropped),
+            },
+            "contributors": contributors,
         },
         "metrics": {"before": _json_safe(before), "after": _json_safe(after)},
         "seconds": round(seconds, 2),

@@ -3,7 +3,8 @@
 `muse export` writes TRL's conversational formats. dpo and kto rows are already what TRL's
 trainers read. sft rows are `{"messages": [...]}`, on which SFTTrainer would train on the
 prompt too; they become prompt–completion rows (the prompt is every message but the final
-reply), for which TRL's loss covers the reply only.
+reply), for which TRL's loss covers the reply only. Each example also carries, until it is
+split, who made it (`Contribution`, from the row's metadata): what the data rules need.
 """
 
 from __future__ import annotations
@@ -26,6 +27,18 @@ COLUMNS = {
     "kto": ("prompt", "completion", "label"),
 }
 GROUP = "group"  # the prompt-group key each example carries until it is split
+WHO = "who"  # the example's `Contribution`, carried until it is split
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """Who made a row (export pseudonyms): everyone whose part it holds, and for an edit its
+    editor and the generation it corrects; `generation_id` orders edits (later = newer)."""
+
+    contributors: tuple[str, ...] = ()
+    editor: str | None = None
+    original_id: int | None = None
+    generation_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +72,7 @@ class Split:
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     counts: dict[str, SplitCounts]
+    contributors: tuple[str, ...] = ()  # of the training rows: whose data the adapter learns
 
 
 def read_jsonl(path: Path | str) -> list[dict[str, Any]]:
@@ -96,8 +110,27 @@ def examples(fmt: str, rows: Iterable[dict[str, Any]], where: str = "") -> list[
         if fmt == "kto":
             example["label"] = bool(example["label"])
         example[GROUP] = prompt_group(example["prompt"])
+        example[WHO] = contribution(fmt, row)
         out.append(example)
     return out
+
+
+def contribution(fmt: str, row: dict[str, Any]) -> Contribution:
+    """Who made an export row, from its metadata (nobody, for a file without it)."""
+    meta = row.get("metadata")
+    if not isinstance(meta, dict):
+        return Contribution()
+    people = meta.get("contributors")
+    people = tuple(sorted({str(p) for p in people})) if isinstance(people, list) else ()
+    first = meta.get("chosen") if fmt == "dpo" else meta
+    generation_id = first.get("generation_id") if isinstance(first, dict) else None
+    edit = meta.get("source") == "edit"
+    return Contribution(
+        contributors=people,
+        editor=meta.get("editor") if edit else None,
+        original_id=meta.get("original_id") if edit else None,
+        generation_id=generation_id if isinstance(generation_id, int) else None,
+    )
 
 
 def _sft_example(row: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +194,13 @@ def split(items: list[dict[str, Any]], eval_share: float = 0.1, seed: int = 0) -
         "train": _split_counts(train, len(groups) - n_held),
         "eval": _split_counts(held, n_held),
     }
-    return Split(_shuffled(train, seed), held, counts)
+    trained_on = {
+        person
+        for e in items
+        if e[GROUP] not in held_out and WHO in e
+        for person in e[WHO].contributors
+    }
+    return Split(_shuffled(train, seed), held, counts, tuple(sorted(trained_on)))
 
 
 def _rank(group: str, seed: int) -> str:
@@ -177,7 +216,7 @@ def _shuffled(items: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
 
 
 def _strip(example: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in example.items() if k != GROUP}
+    return {k: v for k, v in example.items() if k not in (GROUP, WHO)}
 
 
 def _split_counts(items: list[dict[str, Any]], groups: int) -> SplitCounts:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from generation.tuning.card import build_card
-from generation.tuning.data import Split, count, load_examples, split
+from generation.tuning.data import Split, load_examples, split
 from generation.tuning.errors import TuningError, TuningStopped
 from generation.tuning.output import (
     CARD,
@@ -22,7 +22,8 @@ from generation.tuning.output import (
     refuse_existing,
     write_json,
 )
-from generation.tuning.plan import Choice, choose_method, hyperparameters, kto_weights
+from generation.tuning.plan import Choice, hyperparameters, kto_weights
+from generation.tuning.rules import Screened, decide, screen_all
 from generation.tuning.types import ProgressEvent, TuneConfig, TuneResult
 
 log = logging.getLogger("muse.generation.tuning")
@@ -35,7 +36,8 @@ def tune(
 ) -> TuneResult:
     """Train the adapter `config.name` and write it to `config.adapters_dir/NAME`.
 
-    Checks the name, the data and the method before loading anything. Setting `stop` (or
+    Checks the name, the data (after `config.rules`) and the method before loading anything.
+    Setting `stop` (or
     Ctrl-C) ends the run after the current step with `TuningStopped`; a stopped, failed or
     killed run leaves no NAME folder.
     """
@@ -45,14 +47,15 @@ def tune(
     for leftover in clean_leftovers(adapters_dir):
         log.info("removed %s, left by a run that did not finish", leftover)
     refuse_existing(adapters_dir, name, config.force)
-    loaded = load_examples(config.files)
-    choice = choose_method(count(loaded), config.method)
-    data = split(loaded[choice.method], config.eval_share, config.seed)
+    screened = screen_all(load_examples(config.files), config.rules)
+    choice = decide(screened, config.method, config.rules)
+    kept = screened[choice.method]
+    data = split(kept.examples, config.eval_share, config.seed)
     if choice.method == "kto":  # both labels must reach training: fail before loading
         kto_weights(data.counts["train"].desirable or 0, data.counts["train"].undesirable or 0)
     log.info("tuning %s: %s", name, choice.reason)
     tmp = make_tmp(adapters_dir, name)
-    run = _Run(config, choice, data, tmp, progress or _ignore, stop or threading.Event())
+    run = _Run(config, choice, data, kept, tmp, progress or _ignore, stop or threading.Event())
     try:
         return run.go(started)
     except KeyboardInterrupt as exc:
@@ -73,11 +76,13 @@ class _Run:
         config: TuneConfig,
         choice: Choice,
         data: Split,
+        kept: Screened,
         tmp: Path,
         report: Callable[[ProgressEvent], None],
         stop: threading.Event,
     ) -> None:
         self.config, self.choice, self.data, self.tmp = config, choice, data, tmp
+        self.kept = kept
         self.report, self.stop = report, stop
 
     def go(self, started: float) -> TuneResult:
@@ -131,13 +136,25 @@ class _Run:
             after=after,
             seconds=seconds,
             train_seconds=train_seconds,
+            rules=config.rules,
+            dropped=self.kept.dropped,
+            contributors=len(data.contributors),
         )
         write_json(self.tmp / CARD, card)
         self._check_stop(trainer)
         path = publish(self.tmp, Path(config.adapters_dir), config.name, config.force)
         log.info("wrote %s (%s) in %.0f s", path, self.choice.method, seconds)
         return TuneResult(
-            path, self.choice.method, self.choice.reason, data.counts, before, after, seconds, card
+            path,
+            self.choice.method,
+            self.choice.reason,
+            data.counts,
+            before,
+            after,
+            seconds,
+            card,
+            contributors=data.contributors,
+            dropped=dict(self.kept.dropped),
         )
 
     def _evaluate(self, trainer: Any, evaluate: Callable[[Any], dict], when: str) -> dict:

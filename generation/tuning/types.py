@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from generation.tuning.data import SplitCounts
+from generation.tuning.rules import Rules
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TuneConfig:
     """One tuning run. `files` maps export formats (sft, dpo, kto) to JSONL paths; `base` is a
     model name, folder or .gguf (None: the bundled default, via its converted cache folder);
-    None for epochs, lr and lora_r means the method's default (`plan.py`)."""
+    None for epochs, lr and lora_r means the method's default (`plan.py`); `rules`: the
+    training data rules (`rules.py`), applied before the method is chosen."""
 
     name: str
     files: Mapping[str, Path | str]
@@ -30,6 +32,7 @@ class TuneConfig:
     force: bool = False
     device: str = "auto"
     cache_dir: Path | None = None
+    rules: Rules = field(default_factory=Rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +49,9 @@ class ProgressEvent:
 
 @dataclass(frozen=True, slots=True)
 class TuneResult:
-    """A written adapter: where, how it was trained and what the held-out split says."""
+    """A written adapter: where, how it was trained and what the held-out split says;
+    `contributors`: the pseudonyms of the members whose rows it was trained on; `dropped`:
+    how many of the chosen format's rows each data rule dropped."""
 
     path: Path
     method: str
@@ -56,3 +61,5 @@ class TuneResult:
     metrics_after: dict[str, float]
     seconds: float
     card: dict[str, Any] = field(default_factory=dict)
+    contributors: tuple[str, ...] = ()
+    dropped: dict[str, int] = field(default_factory=dict)

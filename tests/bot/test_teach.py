@@ -198,3 +198,60 @@ async def test_a_cut_text_ends_at_a_sentence_and_continues(emu: DiscordEmulator,
     assert rows(db, "SELECT parent_id, user_id FROM generations WHERE id = 2") == [
         (1, emu.user("bob").id)
     ]
+
+
+async def test_edits_pass_the_same_admission_as_generations(emu: DiscordEmulator, tmp_path):
+    """The rate limit, a disabled channel and the blocklist refuse an edit as they refuse a
+    generation: ephemeral, saying why and when to try again, nothing stored."""
+    engine = ReplayEngine(["Once a fox met a crow. The end.", "A hen sang."])
+    db = tmp_path / "muse.db"
+
+    async def edit_box(user: str) -> Any:
+        shown = await emu.press_button(story.original, "muse:edit:1", user=user)
+        await shown.wait_callback()
+        assert shown.callback_type == 9, shown  # the modal
+        return shown
+
+    async def refused_at_press(user: str) -> str:
+        pressed = await emu.press_button(story.original, "muse:edit:1", user=user)
+        said = (await ephemeral(pressed)).content
+        assert pressed.modal is None  # no box to type into
+        return said
+
+    def generations() -> int:
+        return rows(db, "SELECT COUNT(*) FROM generations")[0][0]
+
+    async with muse(emu, db, engine) as bot:
+        story = await finished(await emu.slash_command("story", {"prompt": "a fox"}))
+        store = bot.app.store
+        await store.update_guild_settings(emu.guild.id, per_user_per_minute=1)
+        box = await edit_box("bob")
+        await finished(await emu.slash_command("story", {"prompt": "a hen"}, user="bob"), "rate:2")
+        over = await ephemeral(await emu.submit_modal(box, {"text": "A fox met a crow, twice."}))
+        assert "1 texts a minute — try again in" in over.content
+        assert "Nothing was saved" in over.content
+        assert "try again in" in await refused_at_press("bob")
+        assert generations() == 2  # the two stories
+
+        await store.update_guild_settings(emu.guild.id, per_user_per_minute=None, channels=(7,))
+        elsewhere = await refused_at_press("moderator")
+        assert "only in <#7>" in elsewhere and "try again there" in elsewhere
+        await store.update_guild_settings(emu.guild.id, channels=(), blocklist=("kraken",))
+        box = await edit_box("moderator")
+        await store.update_guild_settings(emu.guild.id, channels=(7,))  # closed while typing
+        closed = await ephemeral(await emu.submit_modal(box, {"text": "A fox and a crow."}))
+        assert "only in <#7>" in closed.content and "Nothing was saved" in closed.content
+        await store.update_guild_settings(emu.guild.id, channels=())
+        box = await edit_box("moderator")
+        blocked = await ephemeral(await emu.submit_modal(box, {"text": "A fox met a KRAKEN."}))
+        assert "Your text contains `kraken`" in blocked.content
+        assert "Nothing was saved" in blocked.content
+        assert generations() == 2
+
+        await store.update_guild_settings(emu.guild.id, per_user_per_minute=1)
+        box = await edit_box("moderator")  # admitted: saved, and it counts toward the limit
+        await answered(await emu.submit_modal(box, {"text": "A fox met a wise crow."}))
+        assert "try again in" in await refused_at_press("moderator")
+    assert rows(db, "SELECT user_id FROM generations WHERE source = 'edit'") == [
+        (emu.user("moderator").id,)
+    ]

@@ -41,7 +41,7 @@ from generation.tuning import (
     split,
     tune,
 )
-from generation.tuning.data import GROUP, examples, read_jsonl
+from generation.tuning.data import GROUP, WHO, examples, read_jsonl
 from generation.tuning.output import clean_leftovers
 from generation.tuning.plan import KTO_RATIO, kto_weights
 from tests.generation.tuning_data import (
@@ -291,9 +291,9 @@ def test_sft_rows_become_prompt_completion(tmp_path: Path) -> None:
     assert [m["role"] for m in first["prompt"]] == ["system", "user"]
     assert first["completion"][0]["role"] == "assistant"
     assert first["completion"][0]["content"].startswith(MARKER)
-    assert set(first) == {"prompt", "completion", GROUP}  # metadata stays behind
+    assert set(first) == {"prompt", "completion", GROUP, WHO}  # metadata stays behind
     kto = examples("kto", kto_rows(4))
-    assert set(kto[0]) == {"prompt", "completion", "label", GROUP}
+    assert set(kto[0]) == {"prompt", "completion", "label", GROUP, WHO}
 
     (tmp_path / "bad.jsonl").write_text(json.dumps(rows[0]) + "\n{oops\n")
     with pytest.raises(TuningError, match="bad.jsonl:2 is not JSON"):
@@ -394,4 +394,8 @@ def test_the_card_records_the_run(marker_adapter: TuneResult) -> None:
     card = marker_adapter.card
     assert card["hyperparameters"]["epochs"] == 4.0
     assert card["seconds"] >= card["train_seconds"] > 0
+    rules = card["data"]["rules"]  # the data rules and what they dropped (nothing here)
+    assert (rules["max_share"], rules["min_contributors"]) == (0.25, 3)
+    assert rules["dropped"] == {"one_edit_per_editor": 0, "identical_texts": 0, "max_share": 0}
+    assert card["data"]["contributors"] == len(marker_adapter.contributors) == 10
     assert time.strptime(card["created_utc"][:19], "%Y-%m-%dT%H:%M:%S")

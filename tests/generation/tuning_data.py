@@ -42,8 +42,20 @@ def reply(text: str) -> dict[str, str]:
     return {"role": "assistant", "content": text}
 
 
+MEMBERS = 10  # rows come from ten members in turn: the data rules (max share, min
+# contributors) let every row through
+
+
+def member(n: int) -> str:
+    """The pseudonym of the member behind row n."""
+    return f"member{n % MEMBERS:02d}"
+
+
 def meta(n: int, score: int = 1) -> dict[str, Any]:
-    return {"generation_id": n, "task": "chat", "model": "test", "params": {}, "score": score}
+    return {
+        "generation_id": n, "task": "chat", "model": "test", "params": {}, "score": score,
+        "contributors": [member(n)],
+    }  # fmt: skip
 
 
 def marker_rows() -> list[dict[str, Any]]:
@@ -62,16 +74,24 @@ def held_out_prompts() -> list[list[dict[str, str]]]:
 
 
 def dpo_rows(n: int = 16) -> list[dict[str, Any]]:
-    """Pairs preferring a short friendly reply to a curt one; two pairs share each prompt."""
+    """Pairs preferring a short friendly reply to a curt one; two pairs share each prompt
+    (with different texts: identical ones would count once)."""
     rows = []
     for i in range(n):
         topic = TOPICS[i // 2]
+        greeting = "Glad you asked!" if i % 2 else "Happy to help!"
         rows.append(
             {
                 "prompt": chat(ASKS[(i // 2) % len(ASKS)].format(topic)),
-                "chosen": [reply(f"Happy to help! {topic.capitalize()} is lovely.")],
+                "chosen": [reply(f"{greeting} {topic.capitalize()} is lovely.")],
                 "rejected": [reply("No." if i % 2 else "Ask someone else.")],
-                "metadata": {"source": "takes", "margin": 1, "task": "chat", "model": "test"},
+                "metadata": {
+                    "source": "takes",
+                    "margin": 1,
+                    "task": "chat",
+                    "model": "test",
+                    "contributors": [member(i)],
+                },  # fmt: skip
             }
         )
     return rows

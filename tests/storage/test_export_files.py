@@ -37,12 +37,23 @@ def user(db_path) -> Any:
 
 
 def _meta(
-    gid, user, score, *, task="story", self_vote=False, created=DAY1, source="model", params=PARAMS
+    gid,
+    user,
+    score,
+    *,
+    task="story",
+    self_vote=False,
+    created=DAY1,
+    source="model",
+    params=PARAMS,
+    raters=(),
 ) -> dict[str, Any]:
     return {
         "generation_id": gid, "task": task, "model": "smollm2-135m", "model_revision": None,
         "params": params, "score": score, "self_vote": self_vote, "user": user,
         "created_utc": created, "source": source, "persona": params.get("persona"),
+        "requester": user, "editor": None, "raters": sorted(raters),
+        "contributors": sorted({user, *raters}), "original_id": None,
     }  # fmt: skip
 
 
@@ -53,16 +64,21 @@ def _assistant(text: str) -> list[dict[str, str]]:
 async def test_sft(store: Store, rated, user) -> None:
     g = rated
     assert await _export(store, "sft") == [
-        {"messages": [*PROMPT, *_assistant("O1")], "metadata": _meta(g["g1"], user(1), 2)},
+        {"messages": [*PROMPT, *_assistant("O1")], "metadata": g1_meta(g, user)},
         {
             "messages": [*OTHER_PROMPT, *_assistant("O3")],
-            "metadata": _meta(g["g3"], user(1), 1, task="poem", self_vote=True),
+            "metadata": _meta(g["g3"], user(1), 1, task="poem", self_vote=True, raters=[user(1)]),
         },
         {
             "messages": [*PROMPT, *_assistant("O11")],
-            "metadata": _meta(g["g11"], user(3), 1, created=DAY10),
+            "metadata": _meta(g["g11"], user(3), 1, created=DAY10, raters=[user(2)]),
         },
     ]
+
+
+def g1_meta(g: dict[str, int], user) -> dict[str, Any]:
+    """g1's metadata: 👍 by 2 and ⭐5 by 3."""
+    return _meta(g["g1"], user(1), 2, raters=[user(2), user(3)])
 
 
 async def test_kto(store: Store, rated, user) -> None:
@@ -72,16 +88,18 @@ async def test_kto(store: Store, rated, user) -> None:
         return {"prompt": prompt, "completion": _assistant(text), "label": label, "metadata": meta}
 
     assert await _export(store, "kto") == [
-        row(g["g1"], PROMPT, "O1", True, _meta(g["g1"], user(1), 2)),
-        row(g["g2"], PROMPT, "O2", False, _meta(g["g2"], user(2), -1)),
+        row(g["g1"], PROMPT, "O1", True, g1_meta(g, user)),
+        row(g["g2"], PROMPT, "O2", False, _meta(g["g2"], user(2), -1, raters=[user(1)])),
         row(g["g3"], OTHER_PROMPT, "O3", True,
-            _meta(g["g3"], user(1), 1, task="poem", self_vote=True)),
-        row(g["g11"], PROMPT, "O11", True, _meta(g["g11"], user(3), 1, created=DAY10)),
+            _meta(g["g3"], user(1), 1, task="poem", self_vote=True, raters=[user(1)])),
+        row(g["g11"], PROMPT, "O11", True,
+            _meta(g["g11"], user(3), 1, created=DAY10, raters=[user(2)])),
     ]  # fmt: skip
 
 
 async def test_dpo(store: Store, rated, user) -> None:
     g = rated
+    voters = sorted([user(6), user(7), user(8)])  # 4 opted out
     assert await _export(store, "dpo") == [
         {
             "prompt": COMPARE_PROMPT,
@@ -89,7 +107,8 @@ async def test_dpo(store: Store, rated, user) -> None:
             "rejected": _assistant("O8"),
             "metadata": {
                 "source": "comparison", "margin": 1, "self_vote": False, "task": "describe",
-                "model": "smollm2-135m", "persona": None,
+                "model": "smollm2-135m", "persona": None, "voters": voters,
+                "contributors": sorted({user(5), *voters}), "editor": None, "original_id": None,
                 "chosen": _meta(g["g7"], user(5), 0, task="describe"),
                 "rejected": _meta(g["g8"], user(5), 0, task="describe"),
             },
@@ -100,9 +119,11 @@ async def test_dpo(store: Store, rated, user) -> None:
             "rejected": _assistant("O2"),
             "metadata": {
                 "source": "takes", "margin": 3, "self_vote": False, "task": "story",
-                "model": "smollm2-135m", "persona": None,
-                "chosen": _meta(g["g1"], user(1), 2),
-                "rejected": _meta(g["g2"], user(2), -1),
+                "model": "smollm2-135m", "persona": None, "voters": [],
+                "contributors": sorted({user(1), user(2), user(3)}), "editor": None,
+                "original_id": None,
+                "chosen": g1_meta(g, user),
+                "rejected": _meta(g["g2"], user(2), -1, raters=[user(1)]),
             },
         },
     ]  # fmt: skip
@@ -137,7 +158,7 @@ async def test_raw(store: Store, rated, user, discord_id) -> None:
              "created_utc": DAY1, "updated_utc": DAY1, "user": user(3)},
         ],
         "comparisons": [],
-        "metadata": _meta(g["g1"], user(1), 2),
+        "metadata": g1_meta(g, user),
     }  # fmt: skip
     failed = rows[3]
     assert (failed["status"], failed["score"]) == ("failed", 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 from storage.export_rows import (
@@ -21,7 +22,8 @@ def _take(id_: int, score: int, *, root: int = 1, prompt=PROMPT, self_vote=False
     return ExportGeneration(
         id=id_, root_id=root, user="u", task="story", model_id="m", model_revision="r1",
         params={"seed": id_}, messages=prompt, output=f"out {id_}", score=score,
-        self_vote=self_vote, created_utc="2025-01-01T00:00:00.000Z",
+        self_vote=self_vote, created_utc="2025-01-01T00:00:00.000Z", requester="u",
+        raters=(f"r{id_}",),
     )  # fmt: skip
 
 
@@ -30,6 +32,8 @@ def _meta(id_: int, score: int, self_vote=False) -> dict:
         "generation_id": id_, "task": "story", "model": "m", "model_revision": "r1",
         "params": {"seed": id_}, "score": score, "self_vote": self_vote, "user": "u",
         "created_utc": "2025-01-01T00:00:00.000Z", "source": "model", "persona": None,
+        "requester": "u", "editor": None, "raters": [f"r{id_}"], "contributors": [f"r{id_}", "u"],
+        "original_id": None,
     }  # fmt: skip
 
 
@@ -58,9 +62,22 @@ def test_dpo_row() -> None:
         "rejected": [{"role": "assistant", "content": "out 2"}],
         "metadata": {
             "source": "takes", "margin": 4, "self_vote": False, "task": "story", "model": "m",
-            "persona": None, "chosen": _meta(1, 3), "rejected": _meta(2, -1),
+            "persona": None, "voters": [], "contributors": ["r1", "r2", "u"], "editor": None,
+            "original_id": None, "chosen": _meta(1, 3), "rejected": _meta(2, -1),
         },
     }  # fmt: skip
+
+
+def test_dpo_row_of_an_edit_and_of_votes_names_everyone() -> None:
+    edit = dataclasses.replace(_take(5, 1), source="edit", parent_id=1, user="e")
+    row = dpo_row(edit, _take(1, 0), source="edit", margin=2, self_vote=False)["metadata"]
+    assert (row["editor"], row["original_id"]) == ("e", 1)
+    assert row["chosen"]["contributors"] == ["e", "r5", "u"]
+    assert row["contributors"] == ["e", "r1", "r5", "u"]
+    voted = dpo_row(_take(1, 0), _take(2, 0), source="comparison", margin=1, self_vote=False,
+                    voters=("v1", "v2"))["metadata"]  # fmt: skip
+    assert voted["voters"] == ["v1", "v2"] and voted["editor"] is None
+    assert voted["contributors"] == ["r1", "r2", "u", "v1", "v2"]
 
 
 def test_take_pairs_higher_score_is_chosen() -> None:
