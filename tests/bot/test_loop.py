@@ -33,15 +33,26 @@ class TwoVoices(ReplayEngine):
         return super().stream(request)
 
 
-async def collect(emu: DiscordEmulator, n: int, guild=None) -> None:
-    """`n` texts in the guild, each rated 👍 by someone other than its requester."""
+COMMUNITY = 8  # members asking and rating in turn: none supplies over a quarter of the rows
+
+
+def community(emu: DiscordEmulator) -> None:
+    for n in range(COMMUNITY):
+        emu.add_user(f"asker{n}")
+        emu.add_user(f"rater{n}")
+
+
+async def collect(emu: DiscordEmulator, n: int = 2 * COMMUNITY) -> None:
+    """`n` texts, each asked by one member and rated 👍 by another, all in turn (alice, whose
+    /forget a test uses, asks the first)."""
     for i in range(n):
-        asker = ("alice", "bob")[i % 2]
+        asker = "alice" if i == 0 else f"asker{i % COMMUNITY}"
         story = await finished(
-            await emu.slash_command("generate", {"prompt": f"Topic {i}"}, user=asker, guild=guild)
+            await emu.slash_command("generate", {"prompt": f"Topic {i}"}, user=asker)
         )
         rate = next(c for c in story.original.custom_ids() if c.endswith(":up"))
-        await ephemeral(await emu.press_button(story.original, rate, user="moderator"))
+        rater = f"rater{i % COMMUNITY}"
+        await ephemeral(await emu.press_button(story.original, rate, user=rater))
 
 
 async def battle(emu: DiscordEmulator, prefer_tuned: bool) -> None:
@@ -80,6 +91,7 @@ async def turn_on(emu: DiscordEmulator, **options) -> InteractionRecord:
 
 
 async def start(emu: DiscordEmulator, db: Path, engine: ReplayEngine, **changes):
+    community(emu)
     return muse(emu, db, engine, loop_command=TUNE, loop_check_s=0.2, user_per_minute=0,
                 **changes)  # fmt: skip
 
@@ -96,10 +108,12 @@ async def test_the_loop_tunes_checks_battles_and_promotes_by_itself(tmp_path: Pa
             )
             status = (await answered(await emu.slash_command("loop status"))).content
             assert "off" in status and "0 of 50" in status
+            await collect(emu, 3)  # three rows: each member supplies a third, over the share
+            shown = (await answered(await emu.slash_command("loop status"))).content
+            assert "State: **collecting**" in shown and "0 of 50" in shown
+            await collect(emu)
             saved = (await ephemeral(await turn_on(emu))).content
-            assert saved.startswith("✅ Saved.") and "0 of 8" in saved
-
-            await collect(emu, 8)
+            assert saved.startswith("✅ Saved.") and "of 8 needed" in saved
             name = f"g{emu.guild.id}-v1"
             assert await eventually(
                 lambda: announced(emu, f"A new model, **{name}**"), timeout_s=60
@@ -143,8 +157,8 @@ async def test_the_loop_tunes_checks_battles_and_promotes_by_itself(tmp_path: Pa
 async def test_a_challenger_the_voters_reject_is_retired(tmp_path: Path):
     db = tmp_path / "muse.db"
     async with DiscordEmulator() as emu, await start(emu, db, TwoVoices()) as bot:
+        await collect(emu)
         await ephemeral(await turn_on(emu))
-        await collect(emu, 8)
         name = f"g{emu.guild.id}-v1"
         assert await eventually(lambda: announced(emu, f"A new model, **{name}**"), timeout_s=60)
         for _ in range(2):
@@ -159,8 +173,8 @@ async def test_a_tune_whose_loss_got_worse_never_battles(tmp_path: Path, monkeyp
     db = tmp_path / "muse.db"
     engine = TwoVoices()
     async with DiscordEmulator() as emu, await start(emu, db, engine):
+        await collect(emu)
         await ephemeral(await turn_on(emu))
-        await collect(emu, 8)
         name = f"g{emu.guild.id}-v1"
         assert await eventually(
             lambda: announced(emu, "held-out loss did not improve"), timeout_s=60
@@ -175,8 +189,8 @@ async def test_forget_retires_the_model_a_member_trained_and_restores_the_defaul
     db = tmp_path / "muse.db"
     async with DiscordEmulator() as emu, await start(emu, db, TwoVoices()) as bot:
         bot: MuseBot
+        await collect(emu)
         await ephemeral(await turn_on(emu))
-        await collect(emu, 8)
         name = f"g{emu.guild.id}-v1"
         assert await eventually(lambda: announced(emu, f"A new model, **{name}**"), timeout_s=60)
         for _ in range(2):

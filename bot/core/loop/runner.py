@@ -136,8 +136,8 @@ class LoopRunner:
                 )
                 await self._say(guild_id, f"⚠️ The tune stopped: {outcome.reason}")
                 return
-            async with self._lock:
-                await self._check(await store.get_loop(guild_id))
+            async with self._lock:  # the child handed over (`checking`); a look may have won
+                await self._step(await store.get_loop(guild_id))
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -4,13 +4,17 @@ tune's progress, the default and the challenger with their arena record, and the
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
 from bot.core.loop.odds import Standing, standing
 from bot.core.models import ALL_GUILDS, BASE
 from bot.core.settings import Settings
+from generation.tuning.data import examples
+from generation.tuning.rules import Rules, screen
 from storage.db import format_utc
 from storage.export import ExportFilters
 from storage.models import ArenaVote, LoopEvent, LoopState
@@ -37,10 +41,17 @@ def thresholds(loop: LoopState, settings: Settings) -> Thresholds:
 
 
 async def training_rows(store: Store, guild_id: int) -> int:
-    """The guild's texts a tune could learn from now: rated or edited, one row each (the KTO
-    export, whose rows are one per text with a verdict)."""
+    """The guild's texts a tune could learn from now, after the training data rules: rated
+    (self-ratings aside) or edited, one row each (the KTO export, one row per text with a
+    verdict), less what the rules drop (`generation.tuning.rules`)."""
     sink = io.StringIO()
-    return await store.export("kto", sink, ExportFilters(guild_id=guild_id))
+    await store.export("kto", sink, ExportFilters(guild_id=guild_id, include_self=False))
+    return await asyncio.to_thread(_kept, sink.getvalue())
+
+
+def _kept(jsonl: str) -> int:
+    rows = [json.loads(line) for line in jsonl.splitlines() if line.strip()]
+    return len(screen(examples("kto", rows), Rules()).examples)
 
 
 async def default_name(store: Store, guild_id: int) -> str:
