@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bot.cli.models import listing
+from storage.models import ModelRecord
 from storage.store import Store
 
 MUSE = Path(sys.executable).with_name("muse")
@@ -69,3 +71,17 @@ def test_too_little_data_then_a_dry_run_then_a_tuned_and_registered_adapter(tmp_
     assert chosen.returncode == 0, chosen.stderr
     assert muse(tmp_path, "models", "retire", "house-style").returncode == 0
     assert "retired" in muse(tmp_path, "models").stdout
+
+
+def test_models_lists_adapters_whose_config_says_too_little(tmp_path: Path) -> None:
+    """A registered folder whose `adapter_config.json` has a null rank or base (or is not an
+    object) is listed, with vLLM's defaults in the command line, rather than crashing."""
+    configs = {"null-rank": {"r": None, "base_model_name_or_path": None}, "a-list": [1, 2]}
+    records = []
+    for name, config in configs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps(config))
+        records.append(ModelRecord(name, "base-id", str(tmp_path / name), "sft"))
+    shown = listing(records, None)
+    assert "null-rank" in shown and "a-list" in shown
+    assert "vllm serve base-id --enable-lora --max-lora-rank 16" in shown
