@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
+
+import pytest
 import torch
 
+from generation.engine import Engine, EngineConfig
 from generation.kv_batch import BatchRunner
+from generation.models import LoadedModel, with_weights
 from generation.prefix_cache import PrefixCache
 from generation.prompting import encode_messages
 from generation.types import GenerationRequest, Message
@@ -23,7 +29,7 @@ def states(tokens: int, value: float = 0.0) -> list[tuple[torch.Tensor, torch.Te
 
 
 def test_the_longest_shared_beginning_is_found_and_never_the_whole_prompt():
-    cache = PrefixCache(budget_bytes=10_000, min_tokens=3)
+    cache = PrefixCache(budget_bytes=10_000, min_tokens=3, min_rest=1)
     cache.add(list(range(10)), states(10))
     cache.add([0, 1, 2, 3, 99], states(5))
     assert cache.match([0, 1, 2, 3, 4, 5, 7]) == (tuple(range(10)), 6)
@@ -33,7 +39,9 @@ def test_the_longest_shared_beginning_is_found_and_never_the_whole_prompt():
 
 
 def test_a_longer_prompt_replaces_the_one_it_extends_and_the_budget_evicts_the_oldest():
-    cache = PrefixCache(budget_bytes=32 * 25, min_tokens=2)  # 32 bytes a token: 25 tokens
+    cache = PrefixCache(
+        budget_bytes=32 * 25, min_tokens=2, min_rest=1
+    )  # 32 bytes a token: 25 tokens
     cache.add([1, 2, 3], states(3))
     cache.add([1, 2, 3, 4, 5], states(5))
     assert len(cache) == 1
@@ -46,7 +54,7 @@ def test_a_longer_prompt_replaces_the_one_it_extends_and_the_budget_evicts_the_o
 
 
 def test_states_are_the_first_columns_of_the_remembered_prompt():
-    cache = PrefixCache(budget_bytes=10_000, min_tokens=1)
+    cache = PrefixCache(budget_bytes=10_000, min_tokens=1, min_rest=1)
     layers = [(torch.arange(8.0).reshape(1, 1, 4, 2), torch.ones(1, 1, 4, 2))]
     cache.add([5, 6, 7, 8], layers)
     ((keys, values),) = cache.states((5, 6, 7, 8), 2)
@@ -73,7 +81,7 @@ def test_rows_prefilled_from_a_remembered_beginning_decode_as_if_computed_whole(
     runner = BatchRunner(loaded.model, loaded.tokenizer.pad_token_id)
     first = prompt(loaded, "The innkeeper greets a tired knight.")
     rest = [prompt(loaded, "A bard asks for a room."), prompt(loaded, "Two orcs argue loudly.")]
-    cache = PrefixCache(budget_bytes=2**30)
+    cache = PrefixCache(budget_bytes=2**30, min_rest=1)  # the middle-padded layout
     batch, _ = runner.prefill([first])
     cache.add(first, batch.row_states(0))
     key, shared = cache.match(rest[0])
@@ -120,4 +128,50 @@ async def test_the_engine_reuses_shared_beginnings_and_the_text_is_unchanged(mak
     with_reuse = [(await caching.generate(ask_in_character(t))).text for t in texts]
     assert with_reuse == without
     assert plain.prefixes.hits == 0
-    assert caching.prefixes.hits == 2 and caching.prefixes.tokens_reused > 80
+    # Short prompts: their last MIN_REST_TOKENS are computed whatever they share.
+    assert caching.prefixes.hits == 2 and caching.prefixes.tokens_reused > 60
+
+
+@pytest.fixture(scope="module", params=["auto", "int8"])
+def default_weights(request, loaded: LoadedModel) -> LoadedModel:
+    """The weights `MUSE_WEIGHTS=auto` serves the default model with (int4 on the CPU), and
+    those it serves other models with there (int8)."""
+    return with_weights(loaded, request.param, copy=True)
+
+
+async def test_a_seeded_request_gives_one_text_remembered_or_not_streamed_or_not(
+    default_weights: LoadedModel,
+):
+    """README: the same seed and prompt give the same text. On the default int4 (and int8)
+    weights a prompt computed whole and one whose beginning was remembered round alike, so the same
+    sampled request gives one text: first on an idle engine, plain, streamed and plain again
+    (each reusing the last one's columns), and after a sibling prompt left its system prompt."""
+    request = GenerationRequest(
+        messages=(Message("system", SYSTEM), Message("user", "A bard asks for a room.")),
+        temperature=1.0,
+        top_p=0.95,
+        seed=1234,
+        max_new_tokens=40,
+    )
+
+    def again() -> GenerationRequest:
+        return dataclasses.replace(request, request_id=uuid.uuid4().hex)
+
+    engines = []
+    try:
+        for _ in range(2):
+            engines.append(Engine(lambda: default_weights, EngineConfig(max_batch=4)).start())
+        first, sibling_first = engines
+        plain = (await first.generate(again())).text
+        streamed = [chunk async for chunk in first.stream(again())][-1].text
+        plain_again = (await first.generate(again())).text
+        assert first.prefixes.hits == 2
+        sibling = ask_in_character("Two orcs argue loudly.")
+        await sibling_first.generate(dataclasses.replace(sibling, max_new_tokens=4))
+        after_sibling = (await sibling_first.generate(again())).text
+        assert sibling_first.prefixes.hits == 1
+    finally:
+        for engine in engines:
+            await engine.aclose()
+    assert plain == streamed == plain_again == after_sibling
+    assert len(plain) > 40
