@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 
+import aiohttp
 import pytest
 import torch
 
@@ -13,8 +15,10 @@ from generation.kv_batch import BatchRunner
 from generation.models import LoadedModel, with_weights
 from generation.prefix_cache import PrefixCache
 from generation.prompting import encode_messages
+from generation.sse import SSEDecoder
 from generation.types import GenerationRequest, Message
 from tests.generation.conftest import logit_tolerance
+from tests.generation.serving import servers
 
 SYSTEM = (
     "You are the narrator of a fantasy tavern game. Answer in two short lines of dialogue, "
@@ -175,3 +179,48 @@ async def test_a_seeded_request_gives_one_text_remembered_or_not_streamed_or_not
             await engine.aclose()
     assert plain == streamed == plain_again == after_sibling
     assert len(plain) > 40
+
+
+async def test_muse_serve_answers_a_seeded_request_with_one_text_plain_or_streamed(
+    default_weights: LoadedModel,
+):
+    """The issue's reproduction: the same seeded chat request to an idle `muse serve`, whole,
+    streamed, whole again."""
+    asked = {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "A bard asks for a room."},
+        ],
+        "seed": 77,
+        "temperature": 1.0,
+        "max_tokens": 40,
+    }
+    texts = []
+    engine = Engine(lambda: default_weights, EngineConfig()).start()
+    try:
+        async with (
+            servers(lambda: engine) as start,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http,
+        ):
+            url = f"{(await start()).base_url}/chat/completions"
+            for stream in (False, True, False):
+                async with http.post(url, json={**asked, "stream": stream}) as response:
+                    assert response.status == 200
+                    texts.append(await (streamed_text if stream else whole_text)(response))
+        assert engine.prefixes.hits == 2
+    finally:
+        await engine.aclose()
+    assert texts[0] == texts[1] == texts[2] and len(texts[0]) > 40
+
+
+async def whole_text(response: aiohttp.ClientResponse) -> str:
+    return (await response.json())["choices"][0]["message"]["content"]
+
+
+async def streamed_text(response: aiohttp.ClientResponse) -> str:
+    decoder, deltas = SSEDecoder(), []
+    async for raw in response.content.iter_any():
+        for data in decoder.feed(raw):
+            if data != "[DONE]":
+                deltas += [c["delta"].get("content") or "" for c in json.loads(data)["choices"]]
+    return "".join(deltas)
