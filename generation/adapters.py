@@ -26,28 +26,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from generation.adapter_checks import (
+    CONFIG_FILE,
+    WEIGHT_FILES,
+    AdapterError,
+    ServedBase,
+    check_base,
+    read_config,
+    tensor_names,
+)
+
 log = logging.getLogger("muse.generation.adapters")
 
 BASE_SLOT = 0
 # PEFT's name for the adapter while it is read (user names may hold dots, which PEFT refuses).
 LOADING = "muse_loading"
-CONFIG_FILE = "adapter_config.json"
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-# Settings that add something beyond plain low-rank factors on linear layers.
-UNSUPPORTED = (
-    ("use_dora", "DoRA"),
-    ("lora_bias", "a LoRA bias"),
-    ("modules_to_save", "fully trained modules (modules_to_save)"),
-    ("trainable_token_indices", "trained token embeddings"),
-    ("target_parameters", "LoRA on bare parameters"),
-    ("layer_replication", "replicated layers"),
-    ("alora_invocation_tokens", "aLoRA"),
-)
 ROUTES_KEPT = 8  # batch compositions whose masks are kept (the running batch, recent prefills)
-
-
-class AdapterError(Exception):
-    """An adapter that cannot be served; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,23 +63,27 @@ def check_folder(path: Path) -> None:
         raise AdapterError(f"{str(path)!r} has no {WEIGHT_FILES[0]}")
 
 
-def read_factors(model: nn.Module, path: Path) -> dict[str, LoraFactors]:
+def read_factors(
+    model: nn.Module, path: Path, base: ServedBase | None = None
+) -> dict[str, LoraFactors]:
     """The LoRA factors of the adapter in `path`, by the name of the layer of `model` they adapt,
-    in the model's dtype and on its device. PEFT loads them onto `model` and its layers are taken
-    out again before this returns (also when it fails)."""
+    in the model's dtype and on its device. Its config, tensor names and (with `base`) the model
+    it was trained on are checked before PEFT reads anything (`generation/adapter_checks.py`);
+    then PEFT loads it onto `model` and its layers are taken out again before this returns
+    (also when it fails)."""
     from peft import LoraConfig, PeftConfig, PeftModel
 
     check_folder(path)
+    settings = read_config(path)
+    keys = tensor_names(path)
+    if base is not None:
+        check_base(path, settings, base)
     try:
         config = PeftConfig.from_pretrained(str(path))
     except Exception as exc:
         raise AdapterError(f"{CONFIG_FILE} cannot be read: {exc}") from exc
     if not isinstance(config, LoraConfig):
         raise AdapterError(f"it is a {config.peft_type} adapter, not LoRA")
-    for setting, what in UNSUPPORTED:
-        if getattr(config, setting, None):
-            raise AdapterError(f"it uses {what}, which mixed batches cannot serve")
-    keys = _weight_keys(path)
     try:
         peft_model = PeftModel.from_pretrained(
             model, str(path), adapter_name=LOADING, config=config, autocast_adapter_dtype=False
@@ -99,23 +97,7 @@ def read_factors(model: nn.Module, path: Path) -> dict[str, LoraFactors]:
         strip_peft(model)
 
 
-def _weight_keys(path: Path) -> set[str] | None:
-    """The tensor names in the adapter's safetensors file (None for a `.bin`)."""
-    file = path / WEIGHT_FILES[0]
-    if not file.is_file():
-        return None
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(file), framework="pt") as weights:
-            return set(weights.keys())
-    except Exception as exc:
-        raise AdapterError(f"{WEIGHT_FILES[0]} cannot be read: {exc}") from exc
-
-
-def _factors(
-    peft_model: Any, keys: set[str] | None, activations: torch.dtype
-) -> dict[str, LoraFactors]:
+def _factors(peft_model: Any, keys: set[str], activations: torch.dtype) -> dict[str, LoraFactors]:
     from peft.tuners.lora.layer import Linear as LoraLinear
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -126,7 +108,7 @@ def _factors(
             continue
         if not isinstance(module, LoraLinear) or LOADING in module.lora_variant:
             raise AdapterError(f"its layer {name.removeprefix(prefix)} is not a plain LoRA linear")
-        if keys is not None and f"{name}.lora_A.weight" not in keys:
+        if f"{name}.lora_A.weight" not in keys:
             raise AdapterError(f"its weights miss the layer {name.removeprefix(prefix)}")
         weight = module.get_base_layer().weight
         # The factors meet the layer's input: in the weights' dtype, or the model's for int8 /
@@ -239,9 +221,12 @@ class Adapters:
     """The adapters served on one model: their names by slot and the routed layers holding
     them. `route(slots)` wraps a forward whose rows use those slots."""
 
-    def __init__(self, model: nn.Module, base_id: str = "") -> None:
+    def __init__(self, model: nn.Module, base_id: str = "", revision: str = "") -> None:
         self.model = model
         self.base_id = base_id
+        # What an adapter must have been trained on (not checked for an unnamed model).
+        path = str(getattr(model, "name_or_path", "") or "")
+        self.base = ServedBase(base_id, path, revision) if base_id else None
         self.names: list[str] = []  # slot - 1 → name
         self._layers: dict[str, RoutedLinear] = {}  # by the adapted layer's name
         self._router = Router()
@@ -268,7 +253,7 @@ class Adapters:
             raise AdapterError(f"the name {name!r} is already served")
         self._uninstall()  # PEFT must see the model's own layers
         try:
-            factors = read_factors(self.model, Path(path))
+            factors = read_factors(self.model, Path(path), self.base)
         finally:
             self._install()
         slot = len(self.names) + 1
@@ -316,10 +301,12 @@ class Adapters:
             _replace(self.model, name, layer.base_layer)
 
 
-def load_adapters(model: nn.Module, folders: Mapping[str, Path | str], base_id: str) -> Adapters:
-    """Every adapter of `folders` (name → folder) that loads onto `model`; each one refused is
-    logged with its name and why, and the rest are served."""
-    adapters = Adapters(model, base_id)
+def load_adapters(
+    model: nn.Module, folders: Mapping[str, Path | str], base_id: str, revision: str = ""
+) -> Adapters:
+    """Every adapter of `folders` (name → folder) that loads onto `model` (the base `base_id`
+    at `revision`); each one refused is logged with its name and why, and the rest are served."""
+    adapters = Adapters(model, base_id, revision)
     for name, folder in folders.items():
         try:
             adapters.add(name, folder)

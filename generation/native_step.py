@@ -10,11 +10,12 @@ multiplies with its bf16 weights, and the C++ step does too (oneDNN's product, a
 `quantize.bf16_matmul`); an int8 model has none, so the Python step serves it there.
 
 It is compiled on first use with torch's extension builder (a C++ compiler and ninja; ~30 s
-here, then kept per machine in a folder of torch's extension folder, rebuilt when the source
-changes; a lock that a killed build left is cleared). Where it cannot be built, or the model
-or the step does not fit (`NativeFewRows.of`), `LlamaStep` keeps its Python way; the two agree to
-float rounding (`tests/generation/test_native_step.py`), not bit for bit: the loops sum in
-another order.
+here, then kept per machine and CPU in a folder of torch's extension folder, rebuilt when the
+source changes; a lock that a killed build left is cleared), and run first in a child process
+(`generation/native_build.py`: the folder's key, owner and mode, the child). Where it cannot be
+built or used, or the model or the step does not fit (`NativeFewRows.of`), `LlamaStep` keeps its
+Python way; the two agree to float rounding (`tests/generation/test_native_step.py`), not bit
+for bit: the loops sum in another order.
 """
 
 from __future__ import annotations
@@ -22,19 +23,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import torch
 
+from generation import native_build
 from generation.quantize import wide_rows
 
 log = logging.getLogger("muse.generation.native_step")
 
-SOURCE = Path(__file__).with_name("native") / "few_rows_step.cpp"
 # Set to "0" to keep every step in Python (the tests compare the two ways).
 SWITCH = "MUSE_NATIVE_STEP"
 
@@ -43,27 +44,55 @@ SWITCH = "MUSE_NATIVE_STEP"
 STALE_LOCK_S = 600.0
 
 
+@dataclass(frozen=True, slots=True)
+class Build:
+    """The C++ step for this process: the extension, or None and why the Python step serves."""
+
+    extension: ModuleType | None
+    reason: str = ""
+
+
 @functools.cache
-def compiled() -> ModuleType | None:
-    """The compiled extension, built once per machine; None (logged once) where it cannot be."""
+def build() -> Build:
+    """The extension, built once per machine and CPU and run first in a child process
+    (`generation/native_build.py`); where it cannot be used, why, logged once."""
     try:
-        from torch.utils.cpp_extension import get_default_build_root, load
+        from torch.utils.cpp_extension import get_default_build_root
 
         root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-        python = f"py{sys.version_info[0]}{sys.version_info[1]}"
-        folder = root / f"muse_few_rows_step_{python}_torch{torch.__version__.replace('+', '_')}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = native_build.build_folder(root)
+        try:
+            native_build.make_folder(folder)
+        except OSError as exc:  # e.g. a home that systemd's ProtectHome hides
+            return _python_step(
+                f"its build folder {folder} cannot be created ({exc}): set "
+                "TORCH_EXTENSIONS_DIR to a folder this user can write"
+            )
+        unsafe = native_build.unsafe(folder)
+        if unsafe is not None:
+            return _python_step(f"it is not loaded from there: {unsafe}")
         clear_stale_lock(folder)
-        return load(
-            name="muse_few_rows_step",
-            sources=[str(SOURCE)],
-            extra_cflags=["-O3", "-march=native"],
-            build_directory=str(folder),
-            verbose=False,
-        )
+        if not native_build.passed(folder):
+            failed = native_build.build_in_child(folder)
+            if failed is not None:
+                return _python_step(failed)
+        built = native_build.library(folder)
+        unsafe = native_build.unsafe(built) if built.exists() else None
+        if unsafe is not None:
+            return _python_step(f"it is not loaded from there: {unsafe}")
+        return Build(native_build.load_extension(folder))
     except Exception as exc:  # no compiler, no ninja, a failed build: the Python step serves
-        log.warning("the C++ decoding step could not be built (%s); using the Python one", exc)
-        return None
+        return _python_step(f"it could not be built ({exc})")
+
+
+def _python_step(reason: str) -> Build:
+    log.warning("the C++ decoding step is not used, %s; using the Python one", reason)
+    return Build(None, reason)
+
+
+def compiled() -> ModuleType | None:
+    """The compiled extension; None (logged once) where it cannot be used."""
+    return build().extension
 
 
 def clear_stale_lock(folder: Path) -> bool:
@@ -94,9 +123,10 @@ def availability(loaded: Any) -> str:
         return "the Python step"
     if not wanted():
         return f"the Python step ({SWITCH}=0)"
-    if compiled() is None:
-        return "the Python step (the C++ step could not be built: see the log)"
-    return "the C++ step"
+    built = build()
+    if built.extension is None:
+        return f"the Python step (the C++ step is not used: {built.reason})"
+    return "the C++ step (built and run first in a child process on this CPU)"
 
 
 class NativeFewRows:
@@ -112,13 +142,16 @@ class NativeFewRows:
         return self.kernel.has_wide or not wide_rows(rows)
 
     @staticmethod
-    def of(step: Any) -> NativeFewRows | None:
+    def of(step: Any, extension: ModuleType | None = None) -> NativeFewRows | None:
         """The C++ step for the model of `step` (a `generation.decode_step.LlamaStep`, which
         imports this module), or None: it takes fp32 models on the CPU whose projections are
-        all int8 or int4, with queries/keys/values and gate/up fused."""
+        all int8 or int4, with queries/keys/values and gate/up fused. `extension`: the built
+        module to use (default: this process's, `compiled()`)."""
         model = step.model
         first = next(model.parameters())
-        if first.device.type != "cpu" or first.dtype != torch.float32 or not wanted():
+        if first.device.type != "cpu" or first.dtype != torch.float32:
+            return None
+        if extension is None and not wanted():
             return None
         layers = step.layers
         if any(len(layer.qkv) != 1 or len(layer.gate_up) != 1 for layer in layers):
@@ -134,7 +167,7 @@ class NativeFewRows:
         norms = [n.contiguous() for layer in layers for n in (layer.attention_norm, layer.mlp_norm)]
         if any(norm.dtype != torch.float32 for norm in [*norms, step.final_norm]):
             return None
-        extension = compiled()
+        extension = extension or compiled()
         if extension is None:
             return None
         kernel = extension.FewRowsStep(

@@ -19,6 +19,12 @@ import torch
 
 # Shorter shared beginnings are not worth a separate prefill group.
 MIN_SHARED_TOKENS = 16
+# A prompt's last tokens are always computed, at least this many. Attention over one or two
+# new tokens rounds otherwise than over more (the smallest products take other kernels:
+# measured on the default int4 model, 0.25 apart in the logits), and a seeded request must give
+# the same text whether its beginning was remembered or not (with `quantize.PREFILL_TILE`,
+# which makes the weights' products alike). A prefill pads its products to 64 rows anyway.
+MIN_REST_TOKENS = 16
 
 LayerStates = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, heads, n, dim]
 BASE_MODEL = 0
@@ -27,9 +33,15 @@ BASE_MODEL = 0
 class PrefixCache:
     """Remembered prompts' cache columns, at most `budget_bytes` of them."""
 
-    def __init__(self, budget_bytes: int, min_tokens: int = MIN_SHARED_TOKENS) -> None:
+    def __init__(
+        self,
+        budget_bytes: int,
+        min_tokens: int = MIN_SHARED_TOKENS,
+        min_rest: int = MIN_REST_TOKENS,
+    ) -> None:
         self.budget_bytes = budget_bytes
         self.min_tokens = min_tokens
+        self.min_rest = max(1, min_rest)  # the last position's logits choose the first token
         # By (model, prompt tokens).
         self._entries: OrderedDict[tuple[int, tuple[int, ...]], LayerStates] = OrderedDict()
         self._bytes = 0
@@ -43,9 +55,9 @@ class PrefixCache:
         self, tokens: Sequence[int], model: int = BASE_MODEL
     ) -> tuple[tuple[int, ...] | None, int]:
         """The prompt remembered for `model` sharing the longest beginning with `tokens`, and how
-        many tokens they share: at least `min_tokens`, and always one short of `tokens` (the
-        last position must be computed: its logits choose the first new token). (None, 0) when
-        none does."""
+        many tokens of it to reuse: at least `min_tokens`, and always `min_rest` short of
+        `tokens` (the last position must be computed: its logits choose the first new token;
+        and see `MIN_REST_TOKENS`). (None, 0) when none does."""
         best_key, best = None, 0
         for owner, key in self._entries:
             if owner != model:
@@ -53,7 +65,7 @@ class PrefixCache:
             shared = _shared_length(key, tokens)
             if shared > best:
                 best_key, best = key, shared
-        best = min(best, len(tokens) - 1)
+        best = min(best, len(tokens) - self.min_rest)
         if best_key is None or best < self.min_tokens:
             return None, 0
         self._entries.move_to_end((model, best_key))

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,15 @@ COMPUTE = torch.bfloat16
 # In whole decoding steps (`benchmarks/step.py`): 8 rows 26.3 ms with the kernels, 27.8 in bf16;
 # 12 rows 36.4 against 30.2; 16 rows 46.5 against 33.2.
 WIDE_ROWS = 10
+# A prefill's bf16 products go in tiles of exactly this many rows (the last one padded with
+# zeros): oneDNN picks its kernel by the number of rows (here 15 to 32 rows round otherwise than
+# 8 or 33 and more), so a token's numbers would move with how many tokens share its forward, and
+# a prompt whose beginning the prefix cache remembered (only the rest is computed) would decode
+# otherwise than the same prompt computed whole: the same seed would not give the same text.
+# 64 rows round here as a whole prompt's product did before tiles. The padding and the smaller
+# calls cost a prefill here (one thread, a busy 2-core machine, best of 6) 60 tokens 77 → 87 ms,
+# 200 tokens 130-170 → 180-260 ms, 500 tokens 415-460 → 505-580 ms; decoding steps are as before.
+PREFILL_TILE = 64
 
 _phase = threading.local()  # .prefilling: this thread runs a prefill's forward
 
@@ -167,7 +177,10 @@ def int8_matmul(
     # The kernel's own arithmetic: the integers (exact in bf16) times the input, then the
     # scales. Scaling the weights first would round each to bf16's 8 bits and the prefill
     # would compute with other weights than the decoding steps.
-    out = F.linear(flat.to(COMPUTE), weight.to(COMPUTE)).to(flat.dtype)
+    widened = weight.to(COMPUTE)
+    product = partial(F.linear, weight=widened)
+    x = flat.to(COMPUTE)
+    out = (in_tiles(product, x) if in_prefill() else product(x)).to(flat.dtype)
     return out * scales.to(flat.dtype)
 
 
@@ -246,11 +259,25 @@ def bf16_matmul(flat: torch.Tensor, weight: torch.Tensor, cast: bool = True) -> 
     """`flat` [rows, in] times bf16 `weight` from `bf16_weights`, in `flat`'s dtype (in bf16 if
     not `cast`)."""
     x = flat.to(COMPUTE)
-    if weight.is_mkldnn:
-        out = torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-    else:
-        out = F.linear(x, weight)
+    product = partial(_bf16_product, weight=weight)
+    out = in_tiles(product, x) if in_prefill() else product(x)
     return out.to(flat.dtype) if cast else out
+
+
+def _bf16_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if weight.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    return F.linear(x, weight)
+
+
+def in_tiles(product: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`product(x)` for `x` [rows, in], computed `PREFILL_TILE` rows at a time (the last tile
+    padded), so each row's result is the same whatever the number of rows."""
+    rows = x.shape[0]
+    if rows == PREFILL_TILE:
+        return product(x)
+    padded = F.pad(x, (0, 0, 0, -rows % PREFILL_TILE))
+    return torch.cat([product(tile) for tile in padded.split(PREFILL_TILE)])[:rows]
 
 
 def plain_weights(weight: torch.Tensor) -> torch.Tensor:

@@ -129,8 +129,9 @@ class Worker:
                 self._scheduler.batch_cap = 1
             self._eos = eos_token_ids(self.loaded)
             if self._adapter_folders:
+                loaded = self.loaded
                 adapters = load_adapters(
-                    self.loaded.model, self._adapter_folders, self.loaded.model_id
+                    loaded.model, self._adapter_folders, loaded.model_id, loaded.revision
                 )
                 if adapters:
                     self.adapters = self._runner.adapters = adapters
@@ -152,7 +153,8 @@ class Worker:
 
     def _add_adapter(self, name: str, folder: Path, told: Future[None]) -> None:
         """Serve one more adapter from now on (or tell why not)."""
-        adapters = self.adapters or Adapters(self.loaded.model, self.loaded.model_id)
+        loaded = self.loaded
+        adapters = self.adapters or Adapters(loaded.model, loaded.model_id, loaded.revision)
         try:
             adapters.add(name, folder)
         except AdapterError as exc:

@@ -78,3 +78,51 @@ def test_systemd_unit_runs_muse_and_restarts_it_on_failure():
     assert "ExecStart=/opt/muse/.venv/bin/muse run" in unit
     assert "Restart=on-failure" in unit and "KillSignal=SIGTERM" in unit
     assert "User=muse" in unit
+
+
+def dockerfile_env(dockerfile: str) -> dict[str, str]:
+    """The image's `ENV NAME=VALUE ...` settings (continued lines joined)."""
+    joined = dockerfile.replace("\\\n", " ")
+    found: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.+)$", joined, re.M):
+        found.update(pair.split("=", 1) for pair in line.split() if "=" in pair)
+    return found
+
+
+def test_the_image_writes_adapters_on_the_data_volume_as_its_user():
+    """`muse tune` in the image: the adapters folder is under the volume (not the read-only,
+    root-owned /app a relative ./adapters would be), made before USER and owned by that user,
+    0700 as `muse tune` writes its folders; compose keeps it there whatever .env says."""
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    env = dockerfile_env(dockerfile)
+    volume = re.search(r'^VOLUME \["([^"]+)"\]$', dockerfile, re.M)[1]
+    user = re.search(r"^USER (\S+)$", dockerfile, re.M)[1]
+    for name in ("MUSE_DB", "MUSE_CACHE_DIR", "MUSE_ADAPTERS_DIR"):
+        assert env[name].startswith(volume + "/"), name
+    adapters = env["MUSE_ADAPTERS_DIR"]
+    runs = " ".join(re.findall(r"^RUN (.+)$", dockerfile.replace("\\\n", " "), re.M))
+    assert re.search(rf"mkdir -p [^&]*{re.escape(adapters)}\b", runs)
+    assert re.search(rf"chown -R {user}:{user} {re.escape(volume)}\b", runs)
+    assert re.search(rf"chmod 0?700 {re.escape(adapters)}\b", runs)
+    assert dockerfile.index("chown -R") < dockerfile.index(f"USER {user}")
+    assert re.search(rf"^RUN useradd .*\b{user}$", dockerfile, re.M)
+
+    muse = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())["services"]["muse"]
+    example = (ROOT / ".env.example").read_text()
+    assert "MUSE_ADAPTERS_DIR=./adapters" in example  # what a copied .env would say
+    for name in ("MUSE_DB", "MUSE_CACHE_DIR", "MUSE_ADAPTERS_DIR"):
+        assert muse["environment"][name] == env[name], name
+    assert f"muse-data:{volume}" in muse["volumes"]
+
+
+def test_the_systemd_unit_writes_where_its_sandbox_allows():
+    """ProtectSystem=strict and ProtectHome=true: only ReadWritePaths can be written."""
+    unit = (ROOT / "deploy" / "muse.service").read_text()
+    writable = re.search(r"^ReadWritePaths=(\S+)$", unit, re.M)[1]
+    settings = dict(
+        pair.split("=", 1)
+        for line in re.findall(r"^Environment=(.+)$", unit, re.M)
+        for pair in line.split()
+    )
+    for name in ("MUSE_DB", "MUSE_CACHE_DIR", "MUSE_ADAPTERS_DIR", "TORCH_EXTENSIONS_DIR"):
+        assert settings[name].startswith(writable + "/"), name

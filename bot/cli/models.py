@@ -98,16 +98,20 @@ def vllm_command(models: list[ModelRecord]) -> str:
 def adapter_base(folder: Path) -> str | None:
     """The base model an adapter was trained on (PEFT's `base_model_name_or_path`)."""
     try:
-        return json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-    except (OSError, ValueError, KeyError):
+        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
         return None
+    return base if isinstance(base, str) and base else None
 
 
 def adapter_rank(folder: Path) -> int:
+    """The adapter's LoRA rank; 16 where its config does not say (a missing file, a null `r`:
+    `muse models` lists every registered model whatever its folder holds)."""
     try:
-        return int(json.loads((folder / "adapter_config.json").read_text())["r"])
-    except (OSError, ValueError, KeyError):
+        rank = json.loads((folder / "adapter_config.json").read_text())["r"]
+    except (OSError, ValueError, KeyError, TypeError):
         return 16
+    return rank if isinstance(rank, int) and not isinstance(rank, bool) and rank > 0 else 16
 
 
 def _refuse(message: str) -> int:

@@ -5,6 +5,10 @@ NAME in one step, so NAME is never half written: a killed run leaves only its tm
 which the next run removes once its process is gone. Replacing (`force`) renames the old
 folder aside to `.NAME.old-PID-XXXX` first; if a run dies between the two renames, the next
 run puts the old folder back.
+
+Adapters memorise community text, so they are private to the user Muse runs as, as the
+database is: folders 0700 and files 0600, whatever the umask (set before the rename, so the
+published folder is never readable by others).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CARD = "muse.json"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]+")
+FOLDER_MODE = 0o700
+FILE_MODE = 0o600
 
 
 def check_name(name: str) -> str:
@@ -45,10 +51,14 @@ def refuse_existing(adapters_dir: Path, name: str, force: bool) -> None:
 
 
 def make_tmp(adapters_dir: Path, name: str) -> Path:
-    """A fresh working folder for `name` beside where it will end up (same file system)."""
-    adapters_dir.mkdir(parents=True, exist_ok=True)
+    """A fresh working folder for `name` beside where it will end up (same file system), 0700
+    (as is `adapters_dir` when this creates it)."""
+    if not adapters_dir.is_dir():
+        adapters_dir.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+        os.chmod(adapters_dir, FOLDER_MODE)  # mkdir's mode passes through the umask
     tmp = adapters_dir / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    tmp.mkdir(mode=FOLDER_MODE)
+    os.chmod(tmp, FOLDER_MODE)
     return tmp
 
 
@@ -92,6 +102,7 @@ def write_json(path: Path, value: Any) -> None:
 def publish(tmp: Path, adapters_dir: Path, name: str, force: bool) -> Path:
     """Make the finished `tmp` folder `adapters_dir/name` in one rename, after fsyncing it."""
     final = adapters_dir / name
+    make_private(tmp)
     _fsync_tree(tmp)
     if os.path.lexists(final):
         if not force:
@@ -112,6 +123,14 @@ def publish(tmp: Path, adapters_dir: Path, name: str, force: bool) -> Path:
             raise TuningError(f"Could not publish the adapter {name!r}: {exc}.") from exc
         _fsync_dir(adapters_dir)
     return final
+
+
+def make_private(folder: Path) -> None:
+    """Folders under `folder` (and itself) 0700, files 0600; links are left alone."""
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, FOLDER_MODE if path.is_dir() else FILE_MODE)
 
 
 def _remove(path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main as cli
+from generation import native_build, native_step
 from storage.migrations import MIGRATIONS
 from storage.store import Store
 from tests.bot.fake_openai import MODEL, FakeOpenAI
@@ -175,11 +176,31 @@ def test_doctor_loads_the_local_model(env, tmp_path: Path, capsys):
     code, lines = doctor(capsys, "--load")
     assert code == 0 and "loaded SmolLM2-135M-Instruct" in lines[2]
     assert " on cpu (int4 + torch.float32) in " in lines[2]  # MUSE_WEIGHTS=auto, a Q4 GGUF
-    assert lines[2].endswith("a few requests decode with the C++ step")  # a compiler is here
+    # A compiler is here: it built and ran once in a child process.
+    assert lines[2].endswith(
+        "decode with the C++ step (built and run first in a child process on this CPU)"
+    )
     env.setenv("MUSE_NATIVE_STEP", "0")
     code, lines = doctor(capsys, "--load")
     assert code == 0 and lines[2].endswith("with the Python step (MUSE_NATIVE_STEP=0)")
     assert TOKEN not in "\n".join(lines)
+
+
+def test_doctor_says_why_the_c_step_is_not_used(env, tmp_path: Path, capsys):
+    """A build folder others may write to is not loaded from, and the doctor says so."""
+    env.setenv("DISCORD_TOKEN", TOKEN)
+    folder = native_build.build_folder(tmp_path / "extensions")
+    native_build.make_folder(folder)
+    os.chmod(folder, 0o777)
+    env.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    native_step.build.cache_clear()
+    try:
+        code, lines = doctor(capsys, "--load")
+    finally:
+        native_step.build.cache_clear()
+    assert code == 0, lines
+    assert "decode with the Python step (the C++ step is not used: " in lines[2]
+    assert f"{folder} is writable by group or others (mode 777)" in lines[2]
 
 
 async def test_doctor_fails_each_broken_check_with_a_hint(env, tmp_path: Path, capsys):

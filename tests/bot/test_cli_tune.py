@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main as cli
+from bot.cli.models import listing
+from storage.models import ModelRecord
 from storage.store import Store
 
 MUSE = Path(sys.executable).with_name("muse")
@@ -225,3 +227,17 @@ def test_flags_are_checked_before_anything_is_read(tmp_path, capsys):
         assert said in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one owner or the other, not both
         cli.main(["tune", "--name", "x", "--guild", "1", "--all-guilds", "--db", str(db)])
+
+
+def test_models_lists_adapters_whose_config_says_too_little(tmp_path: Path) -> None:
+    """A registered folder whose `adapter_config.json` has a null rank or base (or is not an
+    object) is listed, with vLLM's defaults in the command line, rather than crashing."""
+    configs = {"null-rank": {"r": None, "base_model_name_or_path": None}, "a-list": [1, 2]}
+    records = []
+    for name, config in configs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text(json.dumps(config))
+        records.append(ModelRecord(name, "base-id", str(tmp_path / name), "sft"))
+    shown = listing(records, None)
+    assert "null-rank" in shown and "a-list" in shown
+    assert "vllm serve base-id --enable-lora --max-lora-rank 16" in shown

@@ -180,9 +180,24 @@ def spoil(source: Path, target: Path, how: str) -> Path:
             {k: v[:, :100].contiguous() if "lora_A" in k else v for k, v in tensors.items()},
             target / weights.name,
         )
-    elif how == "dora":
+    elif how == "base-weight":  # one more tensor: a base layer's own weight, doubled
+        tensors = load_file(weights)
+        lora_a = next(k for k in tensors if k.endswith("q_proj.lora_A.weight"))
+        layer = lora_a.removesuffix(".lora_A.weight")
+        size = (tensors[layer + ".lora_B.weight"].shape[0], tensors[lora_a].shape[1])
+        save_file(
+            {**tensors, layer + ".base_layer.weight": torch.ones(size)}, target / weights.name
+        )
+    else:  # a setting of adapter_config.json: "dora", "init=pissa", "base=someone/else"
+        setting, _, value = how.partition("=")
         config = json.loads((source / "adapter_config.json").read_text())
-        (target / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+        config |= {
+            "dora": {"use_dora": True},
+            "init": {"init_lora_weights": value},
+            "base": {"base_model_name_or_path": value},
+            "unknown": {"muse_future_setting": value},
+        }[setting]
+        (target / "adapter_config.json").write_text(json.dumps(config))
         (target / weights.name).write_bytes(weights.read_bytes())
     return target
 
@@ -195,6 +210,7 @@ async def test_refused_adapters_are_logged_by_name_and_why_and_the_others_serve(
         "truncated": ("truncated", "adapter_model.safetensors cannot be read"),
         "misshapen": ("misshapen", "size mismatch"),
         "dora": ("dora", "DoRA"),
+        "other-base": ("base=HuggingFaceTB/SmolLM2-360M-Instruct", "not on the served base model"),
     }
     adapters = {
         name: spoil(folders["y"], tmp_path / name, how) for name, (how, _) in broken.items()
@@ -212,6 +228,66 @@ async def test_refused_adapters_are_logged_by_name_and_why_and_the_others_serve(
     assert [r.text for r in results] == [reference(SEA, m) for m in ("x", None, "y")]
 
 
+def weights_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's own weights by name, with served adapters' layers around them or not."""
+    state = model.state_dict().items()
+    return {name.replace(".base_layer", ""): tensor.clone() for name, tensor in state}
+
+
+async def test_an_adapter_that_would_rewrite_the_base_is_refused_before_peft_runs_it(
+    serve, base, folders, reference, tmp_path, caplog
+):
+    """PiSSA, OLoRA, CorDA... initialise from the base weights and write into them when PEFT
+    loads the adapter; a tensor that is no LoRA factor would be loaded into them as it is."""
+    crafted = {
+        "pissa": ("init=pissa", 'init_lora_weights = "pissa"'),
+        "olora": ("init=olora", 'init_lora_weights = "olora"'),
+        "corda": ("init=corda", 'init_lora_weights = "corda"'),
+        "pissa-fast": ("init=pissa_niter_4", "rewrite the base"),
+        "base-weight": ("base-weight", "not a LoRA factor"),
+        "unknown": ("unknown=on", "a setting Muse does not know"),
+    }
+    adapters = {
+        name: spoil(folders["y"], tmp_path / name, how) for name, (how, _) in crafted.items()
+    }
+    before = weights_of(base.model)
+    caplog.set_level(logging.ERROR, logger="muse.generation.adapters")
+    engine = serve(adapters={**adapters, "x": folders["x"]})
+    await engine.wait_ready()
+    assert engine.models() == [base.model_id, "x"]
+    logged = [record.getMessage() for record in caplog.records]
+    for name, (_, why) in crafted.items():
+        assert any(f"adapter {name!r} refused" in line and why in line for line in logged), name
+    after = weights_of(base.model)
+    assert [n for n in before if not torch.equal(before[n], after[n])] == []
+    results = await asyncio.gather(*(engine.generate(greedy(SEA, m)) for m in (None, "x")))
+    assert [r.text for r in results] == [reference(SEA, None), reference(SEA, "x")]
+
+
+async def test_an_adapter_is_served_on_the_base_its_card_names_and_refused_on_another(
+    serve, base, folders, tmp_path
+):
+    """`muse tune` writes the base it trained on into muse.json; that is what is checked."""
+    card = {"base": {"id": base.model_id, "path": "/elsewhere", "revision": base.revision}}
+    named = {
+        "same": card,
+        "other": {"base": {"id": "HuggingFaceTB/SmolLM2-360M-Instruct"}},
+        "revised": {"base": {**card["base"], "revision": "0" * 64}},
+    }
+    adapters = {}
+    for name, written in named.items():
+        adapters[name] = spoil(folders["x"], tmp_path / name, "base=/elsewhere")
+        (adapters[name] / "muse.json").write_text(json.dumps(written))
+    engine = serve(adapters=adapters)
+    await engine.wait_ready()
+    assert engine.models() == [base.model_id, "same"]
+    with pytest.raises(AdapterError, match="trained on 'HuggingFaceTB/SmolLM2-360M-Instruct'"):
+        await engine.add_adapter("other-again", adapters["other"])
+    if base.revision:
+        with pytest.raises(AdapterError, match="revision 0000"):
+            await engine.add_adapter("revised-again", adapters["revised"])
+
+
 async def test_a_model_not_served_fails_at_stream_and_names_what_is(serve, base, folders):
     engine = serve(adapters={"x": folders["x"]})
     with pytest.raises(UnknownModel, match="'nope'"):  # before or after the engine is ready
@@ -227,7 +303,7 @@ async def test_a_model_not_served_fails_at_stream_and_names_what_is(serve, base,
 
 
 def test_the_prefix_cache_offers_a_model_only_what_that_model_computed():
-    cache = PrefixCache(budget_bytes=10_000, min_tokens=3)
+    cache = PrefixCache(budget_bytes=10_000, min_tokens=3, min_rest=1)
     block = [(torch.zeros(1, 1, 10, 2), torch.zeros(1, 1, 10, 2))]
     cache.add(list(range(10)), block, model=1)
     assert cache.match(list(range(12))) == (None, 0)  # the base model

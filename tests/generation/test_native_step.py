@@ -7,14 +7,16 @@ along fp32's greedy text, in the engine, and the Python step wherever it cannot 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
 
-from generation import native_step, quantize
+from generation import native_build, native_step, quantize
 from generation.engine import Engine, EngineConfig
 from generation.kv_batch import SPARE_COLUMNS, BatchRunner
 from generation.models import LoadedModel, describe, load_model, with_weights
@@ -242,3 +244,112 @@ def test_a_lock_left_by_a_killed_build_is_cleared_and_a_live_one_kept(tmp_path):
     os.utime(lock, (old, old))
     assert native_step.clear_stale_lock(tmp_path) and not lock.exists()
     assert not native_step.clear_stale_lock(tmp_path)  # nothing there
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path) -> Iterator[list]:
+    """`native_step.build()` decided anew under `tmp_path` (as TORCH_EXTENSIONS_DIR), with the
+    child process that builds replaced by one recording the folders it was asked for; the
+    process's own build is decided anew afterwards."""
+    asked: list = []
+
+    def no_child(folder):
+        asked.append(folder)
+        return "no compiler in this test"
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    monkeypatch.setattr(native_build, "build_in_child", no_child)
+    native_step.build.cache_clear()
+    yield asked
+    native_step.build.cache_clear()
+
+
+def cpu_with(monkeypatch, tmp_path, flags: str) -> None:
+    cpuinfo = tmp_path / f"cpuinfo-{len(flags)}"
+    cpuinfo.write_text(
+        f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    )
+    monkeypatch.setattr(native_build, "CPUINFO", cpuinfo)
+
+
+def test_a_build_folder_made_on_another_cpu_is_not_loaded(monkeypatch, tmp_path, fresh_build):
+    """Compiled with -march=native: a folder copied from a CPU with other flags (a volume, an
+    NFS home) would die of SIGILL; this CPU builds in a folder of its own."""
+    cpu_with(monkeypatch, tmp_path, "fpu sse2 avx2 avx512f avx512_bf16 amx_tile")
+    theirs = native_build.build_folder(tmp_path / "extensions")
+    native_build.make_folder(theirs)
+    (theirs / f"{native_build.NAME}.so").write_bytes(b"built for a CPU with AMX")
+    (theirs / native_build.SMOKE_FILE).write_text("{}")
+    cpu_with(monkeypatch, tmp_path, "fpu sse2 avx2")
+    ours = native_build.build_folder(tmp_path / "extensions")
+    assert ours != theirs and ours.parent == theirs.parent
+    assert native_step.compiled() is None  # this test's child cannot build
+    assert fresh_build == [ours]  # asked to build its own; the other folder was never used
+    assert not native_build.passed(theirs)  # its record names another library and CPU
+
+
+@pytest.mark.parametrize("how", ["group-writable", "world-writable", "another-owner"])
+def test_a_build_folder_of_another_user_or_writable_by_others_is_not_loaded(
+    monkeypatch, tmp_path, fresh_build, caplog, how
+):
+    folder = native_build.build_folder(tmp_path / "extensions")
+    native_build.make_folder(folder)
+    if how == "another-owner":
+        uid = os.getuid()
+        monkeypatch.setattr(native_build.os, "getuid", lambda: uid + 1)
+        why = "belongs to another user"
+    else:
+        os.chmod(folder, 0o770 if how == "group-writable" else 0o777)
+        why = "writable by group or others"
+    caplog.set_level("WARNING", logger="muse.generation.native_step")
+    assert native_step.compiled() is None and native_step.compiled() is None
+    assert fresh_build == []  # nothing built, nothing loaded
+    assert why in native_step.build().reason
+    assert [r.getMessage() for r in caplog.records if why in r.getMessage()] != []
+    assert len(caplog.records) == 1  # said once
+
+
+def test_a_build_folder_that_cannot_be_created_leaves_the_python_step_with_one_line(
+    monkeypatch, tmp_path, fresh_build, caplog, quantised: LoadedModel
+):
+    """As under systemd's ProtectHome, where ~/.cache cannot be written."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocked / "extensions"))
+    caplog.set_level("WARNING", logger="muse.generation.native_step")
+    assert BatchRunner(quantised.model, quantised.tokenizer.pad_token_id)._decode.native is None
+    assert native_step.compiled() is None
+    assert len(caplog.records) == 1 and "cannot be created" in caplog.records[0].getMessage()
+    assert "TORCH_EXTENSIONS_DIR" in native_step.availability(quantised)
+
+
+@pytest.mark.parametrize("fault", ["sigill", "segv"])
+def test_a_build_whose_first_run_faults_leaves_the_python_step(
+    monkeypatch, tmp_path, quantised: LoadedModel, fault
+):
+    """The build runs first in a child process: one that dies (here by MUSE_TEST_NATIVE_FAULT,
+    as a build for another CPU would) is never loaded by the serving process."""
+    assert native_step.compiled() is not None  # built here: copy it, so nothing compiles again
+    root = tmp_path / "extensions"
+    folder = native_build.build_folder(root)
+    shutil.copytree(native_build.build_folder(real_root()), folder)
+    (folder / native_build.SMOKE_FILE).unlink()  # not run on this CPU yet
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(root))
+    monkeypatch.setenv(native_build.FAULT, fault)
+    native_step.build.cache_clear()
+    try:
+        assert native_step.compiled() is None
+        assert f"died of SIG{fault.removeprefix('sig').upper()}" in native_step.build().reason
+        runner = BatchRunner(quantised.model, quantised.tokenizer.pad_token_id)
+        assert runner._decode.native is None
+        assert "child process died of" in native_step.availability(quantised)
+    finally:
+        native_step.build.cache_clear()
+    monkeypatch.delenv(native_build.FAULT)
+    assert native_build.build_in_child(folder) is None and native_build.passed(folder)
+
+
+def real_root():
+    from torch.utils.cpp_extension import get_default_build_root
+
+    return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())

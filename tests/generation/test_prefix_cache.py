@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import uuid
+
+import aiohttp
+import pytest
 import torch
 
+from generation.engine import Engine, EngineConfig
 from generation.kv_batch import BatchRunner
+from generation.models import LoadedModel, with_weights
 from generation.prefix_cache import PrefixCache
 from generation.prompting import encode_messages
+from generation.sse import SSEDecoder
 from generation.types import GenerationRequest, Message
 from tests.generation.conftest import logit_tolerance
+from tests.generation.serving import servers
 
 SYSTEM = (
     "You are the narrator of a fantasy tavern game. Answer in two short lines of dialogue, "
@@ -23,7 +33,7 @@ def states(tokens: int, value: float = 0.0) -> list[tuple[torch.Tensor, torch.Te
 
 
 def test_the_longest_shared_beginning_is_found_and_never_the_whole_prompt():
-    cache = PrefixCache(budget_bytes=10_000, min_tokens=3)
+    cache = PrefixCache(budget_bytes=10_000, min_tokens=3, min_rest=1)
     cache.add(list(range(10)), states(10))
     cache.add([0, 1, 2, 3, 99], states(5))
     assert cache.match([0, 1, 2, 3, 4, 5, 7]) == (tuple(range(10)), 6)
@@ -33,7 +43,9 @@ def test_the_longest_shared_beginning_is_found_and_never_the_whole_prompt():
 
 
 def test_a_longer_prompt_replaces_the_one_it_extends_and_the_budget_evicts_the_oldest():
-    cache = PrefixCache(budget_bytes=32 * 25, min_tokens=2)  # 32 bytes a token: 25 tokens
+    cache = PrefixCache(
+        budget_bytes=32 * 25, min_tokens=2, min_rest=1
+    )  # 32 bytes a token: 25 tokens
     cache.add([1, 2, 3], states(3))
     cache.add([1, 2, 3, 4, 5], states(5))
     assert len(cache) == 1
@@ -46,7 +58,7 @@ def test_a_longer_prompt_replaces_the_one_it_extends_and_the_budget_evicts_the_o
 
 
 def test_states_are_the_first_columns_of_the_remembered_prompt():
-    cache = PrefixCache(budget_bytes=10_000, min_tokens=1)
+    cache = PrefixCache(budget_bytes=10_000, min_tokens=1, min_rest=1)
     layers = [(torch.arange(8.0).reshape(1, 1, 4, 2), torch.ones(1, 1, 4, 2))]
     cache.add([5, 6, 7, 8], layers)
     ((keys, values),) = cache.states((5, 6, 7, 8), 2)
@@ -73,7 +85,7 @@ def test_rows_prefilled_from_a_remembered_beginning_decode_as_if_computed_whole(
     runner = BatchRunner(loaded.model, loaded.tokenizer.pad_token_id)
     first = prompt(loaded, "The innkeeper greets a tired knight.")
     rest = [prompt(loaded, "A bard asks for a room."), prompt(loaded, "Two orcs argue loudly.")]
-    cache = PrefixCache(budget_bytes=2**30)
+    cache = PrefixCache(budget_bytes=2**30, min_rest=1)  # the middle-padded layout
     batch, _ = runner.prefill([first])
     cache.add(first, batch.row_states(0))
     key, shared = cache.match(rest[0])
@@ -120,4 +132,95 @@ async def test_the_engine_reuses_shared_beginnings_and_the_text_is_unchanged(mak
     with_reuse = [(await caching.generate(ask_in_character(t))).text for t in texts]
     assert with_reuse == without
     assert plain.prefixes.hits == 0
-    assert caching.prefixes.hits == 2 and caching.prefixes.tokens_reused > 80
+    # Short prompts: their last MIN_REST_TOKENS are computed whatever they share.
+    assert caching.prefixes.hits == 2 and caching.prefixes.tokens_reused > 60
+
+
+@pytest.fixture(scope="module", params=["auto", "int8"])
+def default_weights(request, loaded: LoadedModel) -> LoadedModel:
+    """The weights `MUSE_WEIGHTS=auto` serves the default model with (int4 on the CPU), and
+    those it serves other models with there (int8)."""
+    return with_weights(loaded, request.param, copy=True)
+
+
+async def test_a_seeded_request_gives_one_text_remembered_or_not_streamed_or_not(
+    default_weights: LoadedModel,
+):
+    """README: the same seed and prompt give the same text. On the default int4 (and int8)
+    weights a prompt computed whole and one whose beginning was remembered round alike, so the same
+    sampled request gives one text: first on an idle engine, plain, streamed and plain again
+    (each reusing the last one's columns), and after a sibling prompt left its system prompt."""
+    request = GenerationRequest(
+        messages=(Message("system", SYSTEM), Message("user", "A bard asks for a room.")),
+        temperature=1.0,
+        top_p=0.95,
+        seed=1234,
+        max_new_tokens=40,
+    )
+
+    def again() -> GenerationRequest:
+        return dataclasses.replace(request, request_id=uuid.uuid4().hex)
+
+    engines = []
+    try:
+        for _ in range(2):
+            engines.append(Engine(lambda: default_weights, EngineConfig(max_batch=4)).start())
+        first, sibling_first = engines
+        plain = (await first.generate(again())).text
+        streamed = [chunk async for chunk in first.stream(again())][-1].text
+        plain_again = (await first.generate(again())).text
+        assert first.prefixes.hits == 2
+        sibling = ask_in_character("Two orcs argue loudly.")
+        await sibling_first.generate(dataclasses.replace(sibling, max_new_tokens=4))
+        after_sibling = (await sibling_first.generate(again())).text
+        assert sibling_first.prefixes.hits == 1
+    finally:
+        for engine in engines:
+            await engine.aclose()
+    assert plain == streamed == plain_again == after_sibling
+    assert len(plain) > 40
+
+
+async def test_muse_serve_answers_a_seeded_request_with_one_text_plain_or_streamed(
+    default_weights: LoadedModel,
+):
+    """The issue's reproduction: the same seeded chat request to an idle `muse serve`, whole,
+    streamed, whole again."""
+    asked = {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "A bard asks for a room."},
+        ],
+        "seed": 77,
+        "temperature": 1.0,
+        "max_tokens": 40,
+    }
+    texts = []
+    engine = Engine(lambda: default_weights, EngineConfig()).start()
+    try:
+        async with (
+            servers(lambda: engine) as start,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http,
+        ):
+            url = f"{(await start()).base_url}/chat/completions"
+            for stream in (False, True, False):
+                async with http.post(url, json={**asked, "stream": stream}) as response:
+                    assert response.status == 200
+                    texts.append(await (streamed_text if stream else whole_text)(response))
+        assert engine.prefixes.hits == 2
+    finally:
+        await engine.aclose()
+    assert texts[0] == texts[1] == texts[2] and len(texts[0]) > 40
+
+
+async def whole_text(response: aiohttp.ClientResponse) -> str:
+    return (await response.json())["choices"][0]["message"]["content"]
+
+
+async def streamed_text(response: aiohttp.ClientResponse) -> str:
+    decoder, deltas = SSEDecoder(), []
+    async for raw in response.content.iter_any():
+        for data in decoder.feed(raw):
+            if data != "[DONE]":
+                deltas += [c["delta"].get("content") or "" for c in json.loads(data)["choices"]]
+    return "".join(deltas)

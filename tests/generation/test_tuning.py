@@ -42,7 +42,7 @@ from generation.tuning import (
     tune,
 )
 from generation.tuning.data import GROUP, WHO, examples, read_jsonl
-from generation.tuning.output import clean_leftovers
+from generation.tuning.output import clean_leftovers, make_tmp, publish
 from generation.tuning.plan import KTO_RATIO, kto_weights
 from tests.generation.tuning_data import (
     MARKER,
@@ -231,6 +231,36 @@ def test_leftovers_of_dead_runs_are_tidied(tmp_path: Path) -> None:
     assert (tmp_path / "lost" / "muse.json").is_file()  # died between renames: put back
 
 
+def modes(folder: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(folder)): p.stat().st_mode & 0o777 for p in [folder, *folder.rglob("*")]
+    }
+
+
+def private(folder: Path) -> bool:
+    """Folders 0700 and files 0600, as the database is: adapters memorise community text."""
+    found = modes(folder)
+    return all(
+        mode == (0o700 if (folder / name).is_dir() else 0o600) for name, mode in found.items()
+    )
+
+
+def test_an_adapter_folder_is_written_private_whatever_the_umask(tmp_path: Path) -> None:
+    adapters = tmp_path / "adapters"
+    before = os.umask(0o002)  # a permissive umask: the folder must not inherit it
+    try:
+        for force in (False, True):  # new, then replacing it
+            tmp = make_tmp(adapters, "house")
+            (tmp / "adapter_config.json").write_text("{}")
+            (tmp / "checkpoint").mkdir()
+            (tmp / "checkpoint" / "state.json").write_text("{}")
+            published = publish(tmp, adapters, "house", force=force)
+            assert private(published), modes(published)
+    finally:
+        os.umask(before)
+    assert adapters.stat().st_mode & 0o777 == 0o700  # created by the first run
+
+
 def test_load_adapter_card_refuses_a_broken_folder(
     tmp_path: Path, marker_adapter: TuneResult
 ) -> None:
@@ -399,3 +429,4 @@ def test_the_card_records_the_run(marker_adapter: TuneResult) -> None:
     assert rules["dropped"] == {"one_edit_per_editor": 0, "identical_texts": 0, "max_share": 0}
     assert card["data"]["contributors"] == len(marker_adapter.contributors) == 10
     assert time.strptime(card["created_utc"][:19], "%Y-%m-%dT%H:%M:%S")
+    assert private(marker_adapter.path), modes(marker_adapter.path)  # what `tune` wrote
