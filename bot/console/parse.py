@@ -187,6 +187,12 @@ COMMANDS: dict[str, Command] = {
         ),
         Command("forget", "delete all your data (asks y/N first)"),
         Command("stats", "the console's rating summary"),
+        Command(
+            "loop",
+            "the learning loop's status (`/loop status`; it runs where Muse runs in Discord)",
+            (_text("action", "status", required=False, high=20),),
+            "action",
+        ),
         Command("help", "this list"),
         Command("quit", "leave (Ctrl-D and Ctrl-C too)"),
     )

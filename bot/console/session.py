@@ -23,6 +23,7 @@ from bot.core.app import Muse
 from bot.core.conversation import chat_plan
 from bot.core.errors import report
 from bot.core.forgetting import forget
+from bot.core.loop.status import loop_status
 from generation.backend import ReadyModel
 from generation.models import ModelLoadError
 from generation.presets import PresetError
@@ -154,6 +155,14 @@ class Console(Context):
         self.conversation_id = None
         done = ", ".join(f"{n} {table}" for table, n in counts.items() if n)
         self.io.say(f"🗑️ Forgotten: {done or 'there was nothing to delete'}.")
+
+    async def cmd_loop(self, action: str = "status") -> None:
+        """`/loop status`: the console's loop (the console's server is id 0)."""
+        if action.strip().lower() != "status":
+            self.io.say("The console has /loop status only; the others are Discord's.")
+            return
+        shown = await loop_status(self.app.store, self.app.settings, CONSOLE_GUILD_ID)
+        self.io.say(shown.render())
 
     async def cmd_stats(self) -> None:
         """The console's rating summary (`muse stats` shows every guild)."""
