@@ -6,13 +6,51 @@ Writes are functions for the single writer; reads take the store's read connecti
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiosqlite
 
 from storage.models import LOOP_EVENTS, LOOP_STATES, LoopEvent, LoopState
 from storage.writes import encode_json
+
+
+class LoopRecords:
+    """The `Store`'s methods for the learning loop (the store supplies `_write`, `_reader`
+    and `_now`)."""
+
+    _reader: aiosqlite.Connection
+    _write: Callable[..., Awaitable[Any]]
+    _now: Callable[[], str]
+
+    async def get_loop(self, guild_id: int) -> LoopState:
+        """The guild's learning loop (off, with the host's defaults, if never set)."""
+        return await fetch_loop(self._reader, guild_id)
+
+    async def enabled_loops(self) -> list[LoopState]:
+        """Every guild whose loop is on."""
+        return await fetch_enabled(self._reader)
+
+    async def update_loop(self, guild_id: int, **changes: Any) -> LoopState:
+        """Change the guild's loop settings or state; returns the new state."""
+        values = loop_values(changes)  # validates in the caller's task
+        return await self._write(write_loop, guild_id, values, self._now())
+
+    async def add_loop_event(
+        self,
+        guild_id: int,
+        event: str,
+        model: str | None,
+        reason: str,
+        figures: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append to the guild's loop history (`LoopEvent`)."""
+        await self._write(append_event, guild_id, event, model, reason, figures or {}, self._now())
+
+    async def loop_history(self, guild_id: int, limit: int = 10) -> list[LoopEvent]:
+        """The guild's loop events, newest first."""
+        return await fetch_history(self._reader, guild_id, limit)
+
 
 #: The columns `update_loop` may change, and how each is stored.
 _COLUMNS = {
@@ -44,7 +82,7 @@ def loop_values(changes: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
-def update_loop(
+def write_loop(
     conn: sqlite3.Connection, guild_id: int, values: Mapping[str, Any], now: str
 ) -> LoopState:
     """Change some of a guild's loop columns (creating its row); returns the new state."""
@@ -66,7 +104,7 @@ def update_loop(
     return LoopState.from_row(row)
 
 
-def add_loop_event(
+def append_event(
     conn: sqlite3.Connection,
     guild_id: int,
     event: str,
@@ -84,19 +122,19 @@ def add_loop_event(
     )
 
 
-async def get_loop(conn: aiosqlite.Connection, guild_id: int) -> LoopState:
+async def fetch_loop(conn: aiosqlite.Connection, guild_id: int) -> LoopState:
     """The guild's loop; a guild that never set it has the defaults (off)."""
     async with conn.execute("SELECT * FROM loops WHERE guild_id = ?", (guild_id,)) as cur:
         row = await cur.fetchone()
     return LoopState(guild_id) if row is None else LoopState.from_row(row)
 
 
-async def enabled_loops(conn: aiosqlite.Connection) -> list[LoopState]:
+async def fetch_enabled(conn: aiosqlite.Connection) -> list[LoopState]:
     rows = await conn.execute_fetchall("SELECT * FROM loops WHERE enabled ORDER BY guild_id")
     return [LoopState.from_row(row) for row in rows]
 
 
-async def loop_history(conn: aiosqlite.Connection, guild_id: int, limit: int) -> list[LoopEvent]:
+async def fetch_history(conn: aiosqlite.Connection, guild_id: int, limit: int) -> list[LoopEvent]:
     """The guild's loop events, newest first."""
     rows = await conn.execute_fetchall(
         "SELECT * FROM loop_events WHERE guild_id = ? ORDER BY id DESC LIMIT ?", (guild_id, limit)

@@ -19,9 +19,10 @@ from typing import Any, TextIO
 
 import aiosqlite
 
-from storage import arena, loops, reads, registry, retention, writes
+from storage import arena, reads, registry, retention, writes
 from storage.db import Clock, format_utc, utc_now
 from storage.export import ExportFilters, export_jsonl
+from storage.loops import LoopRecords
 from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, Migration
 from storage.models import (
@@ -32,8 +33,6 @@ from storage.models import (
     FeedbackOutcome,
     Generation,
     GuildSettings,
-    LoopEvent,
-    LoopState,
     ModelRecord,
     Persona,
     Thumbs,
@@ -52,7 +51,7 @@ def approximate_tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
-class Store:
+class Store(LoopRecords):
     """Everything the bot stores. Open with `Store.open(path)`; all methods are coroutines."""
 
     def __init__(
@@ -408,38 +407,6 @@ class Store:
     async def pseudonym(self, user_id: int) -> str:
         """A member's pseudonym in exports and in `ModelRecord.contributors`."""
         return await self._write(retention.pseudonym, user_id)
-
-    # --- the learning loop ------------------------------------------------------------
-
-    async def get_loop(self, guild_id: int) -> LoopState:
-        """The guild's learning loop (off, with the host's defaults, if never set)."""
-        return await loops.get_loop(self._reader, guild_id)
-
-    async def enabled_loops(self) -> list[LoopState]:
-        """Every guild whose loop is on."""
-        return await loops.enabled_loops(self._reader)
-
-    async def update_loop(self, guild_id: int, **changes: Any) -> LoopState:
-        """Change the guild's loop settings or state; returns the new state."""
-        values = loops.loop_values(changes)  # validates in the caller's task
-        return await self._write(loops.update_loop, guild_id, values, self._now())
-
-    async def add_loop_event(
-        self,
-        guild_id: int,
-        event: str,
-        model: str | None,
-        reason: str,
-        figures: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Append to the guild's loop history (`LoopEvent`)."""
-        await self._write(
-            loops.add_loop_event, guild_id, event, model, reason, figures or {}, self._now()
-        )
-
-    async def loop_history(self, guild_id: int, limit: int = 10) -> list[LoopEvent]:
-        """The guild's loop events, newest first."""
-        return await loops.loop_history(self._reader, guild_id, limit)
 
     async def export(
         self,

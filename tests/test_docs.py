@@ -101,7 +101,10 @@ def test_every_slash_command_is_documented():
 
 def test_every_muse_subcommand_and_flag_is_documented():
     text = page("cli.md")
-    missing = sorted(name for name in subcommands() if f"muse {name}" not in text)
+    # a nested subcommand (`muse loop status`) counts under its group
+    missing = sorted(
+        name for name in subcommands() if not re.search(rf"muse (\w+ )?{name}\b", text)
+    )
     assert not missing, f"docs/cli.md does not describe {['muse ' + n for n in missing]}"
     flags = set(FLAG.findall(sources("bot")))
     assert "--format" in flags
