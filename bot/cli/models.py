@@ -53,7 +53,7 @@ async def _run(db: Path, args: argparse.Namespace) -> int:
             print(listing(models, everywhere))
             return 0
         if args.action == "retire":
-            if not await store.retire_model(args.name):
+            if not await store.retire_model(args.name, "retired with muse models retire"):
                 return _refuse(f"no registered model {args.name!r}")
             print(f"retired {args.name}: guilds that used it get the base model again")
             return 0
@@ -62,6 +62,12 @@ async def _run(db: Path, args: argparse.Namespace) -> int:
             record = await store.get_model(name)
             if record is None or record.retired:
                 return _refuse(f"{args.name!r} is not a registered model (see `muse models`)")
+            if record.owner_guild_id is not None and record.owner_guild_id != args.guild:
+                return _refuse(
+                    f"{args.name!r} belongs to guild {record.owner_guild_id}, whose data trained "
+                    f"it: it can be the default of that guild only (--guild "
+                    f"{record.owner_guild_id})"
+                )
         guild = ALL_GUILDS if args.guild is None else args.guild
         await store.update_guild_settings(guild, default_model=name)
         where = "every guild without a default of its own" if args.guild is None else args.guild
@@ -71,11 +77,17 @@ async def _run(db: Path, args: argparse.Namespace) -> int:
 
 def listing(models: list[ModelRecord], everywhere: str | None) -> str:
     """A table of the models, then how to serve them all with vLLM."""
-    lines = [f"{'name':<24} {'method':<6} {'created (UTC)':<20} state", f"{BASE:<24} {'-':<6}"]
+    header = f"{'name':<24} {'method':<6} {'created (UTC)':<20} {'owner':<20} state"
+    lines = [header, f"{BASE:<24} {'-':<6} {'':<20} {'every guild':<20}"]
     for m in models:
-        state = "retired" if m.retired else "serving"
+        state = (
+            f"retired: {m.retired_reason}"
+            if m.retired and m.retired_reason
+            else ("retired" if m.retired else "serving")
+        )
         created = str(m.created_utc)[:19]
-        lines.append(f"{m.name:<24} {m.method:<6} {created:<20} {state}")
+        owner = "every guild" if m.owner_guild_id is None else f"guild {m.owner_guild_id}"
+        lines.append(f"{m.name:<24} {m.method:<6} {created:<20} {owner:<20} {state}")
     lines.append(f"default for guilds without their own: {everywhere or BASE}")
     live = [m for m in models if not m.retired]
     if live:

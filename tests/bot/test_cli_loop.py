@@ -57,3 +57,15 @@ def test_tune_says_what_is_missing_and_runs_one_at_a_time(tmp_path: Path) -> Non
     finally:
         os.close(lock)
     assert busy.returncode == 3 and "another tune is running" in busy.stderr
+
+
+def test_a_guilds_model_is_listed_with_its_owner_and_defaults_only_there(tmp_path: Path) -> None:
+    db = tmp_path / "muse.db"
+    asyncio.run(a_loop_in_the_arena(db))
+    listed = run_muse("models", "--db", str(db))
+    assert listed.returncode == 0 and "guild 42" in listed.stdout
+    for where in ([], ["--guild", "7"]):
+        refused = run_muse("models", "default", "g42-v1", *where, "--db", str(db))
+        assert refused.returncode == 2 and "belongs to guild 42" in refused.stderr
+    chosen = run_muse("models", "default", "g42-v1", "--guild", str(GUILD), "--db", str(db))
+    assert chosen.returncode == 0, chosen.stderr

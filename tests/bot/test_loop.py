@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bot.discord.client import MuseBot
 from generation.types import GenerationChunk, GenerationRequest
+from storage.models import ModelRecord
 from tests.bot.community import answered, ephemeral, finished, muse, refusal, rows
 from tests.bot.fakes import ReplayEngine
 from tests.discord_emulator import DiscordEmulator, InteractionRecord
@@ -207,3 +208,25 @@ async def test_forget_retires_the_model_a_member_trained_and_restores_the_defaul
         assert (await bot.app.store.get_model(name)).retired
         after = await finished(await emu.slash_command("generate", {"prompt": "Hi"}, user="bob"))
         assert MARKER not in after.original.content
+
+
+class StillLoading(TwoVoices):
+    """An engine that has not finished loading: it names no model yet."""
+
+    def models(self) -> list[str]:
+        return []
+
+
+async def test_a_registered_model_is_accepted_while_the_engine_still_loads(tmp_path: Path):
+    db = tmp_path / "muse.db"
+    async with DiscordEmulator() as emu, await start(emu, db, StillLoading()) as bot:
+        mine = f"g{emu.guild.id}-v1"
+        for name, owner in ((mine, emu.guild.id), ("elsewhere", emu.guild.id + 1)):
+            record = ModelRecord(name, "replay-model", f"/a/{name}", "sft", owner_guild_id=owner)
+            await bot.app.store.register_model(record)
+        chosen = await refusal(await emu.slash_command("model", {"name": mine}, user="manager"))
+        assert f"now come from **{mine}**" in chosen
+        other = await refusal(
+            await emu.slash_command("model", {"name": "elsewhere"}, user="manager")
+        )
+        assert "is not a model Muse serves" in other and "elsewhere" not in other.split("of")[-1]
