@@ -94,6 +94,8 @@ class LoopRunner:
     async def tune_now(self, guild_id: int) -> str:
         """`/loop tune`: start a tune now if nothing runs and the data allows it (a dry run of
         the same command says what is missing)."""
+        if not (await self.app.store.get_loop(guild_id)).enabled:
+            return "The learning loop is off here: turn it on with `/loop set enabled:true`."
         if self._tune is not None:
             return "⏳ A tune is already running; `/loop status` shows its progress."
         dry = await run_tune([*self._command(guild_id), "--dry-run"], self._env(), _ignore)
