@@ -230,3 +230,19 @@ async def test_a_registered_model_is_accepted_while_the_engine_still_loads(tmp_p
             await emu.slash_command("model", {"name": "elsewhere"}, user="manager")
         )
         assert "is not a model Muse serves" in other and "elsewhere" not in other.split("of")[-1]
+
+
+async def test_loop_tune_says_what_is_missing_then_starts_a_tune_now(tmp_path: Path):
+    db = tmp_path / "muse.db"
+    async with DiscordEmulator() as emu, await start(emu, db, TwoVoices()):
+        off = await emu.slash_command("loop tune", user="manager")
+        assert "loop is off" in (await answered(off)).content
+        await ephemeral(await turn_on(emu, min_examples=100000))  # never by itself
+        early = await emu.slash_command("loop tune", user="manager")
+        assert "Not enough to tune on yet: would not train" in (await answered(early)).content
+        await collect(emu)
+        now = await emu.slash_command("loop tune", user="manager")
+        assert "Tuning started" in (await answered(now)).content
+        name = f"g{emu.guild.id}-v1"
+        assert await eventually(lambda: announced(emu, f"A new model, **{name}**"), timeout_s=60)
+        assert "Manage Server" in await refusal(await emu.slash_command("loop tune"))
