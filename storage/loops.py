@@ -11,6 +11,7 @@ from typing import Any
 
 import aiosqlite
 
+from storage.db import format_utc
 from storage.models import LOOP_EVENTS, LOOP_STATES, LoopEvent, LoopState
 from storage.writes import encode_json
 
@@ -63,7 +64,7 @@ _COLUMNS = {
     "challenger": lambda v: v,
     "previous_default": lambda v: v,
     "rows_at_last_tune": int,
-    "arena_since_utc": lambda v: v,
+    "arena_since_utc": format_utc,
     "progress": encode_json,
 }
 
@@ -82,6 +83,14 @@ def loop_values(changes: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+_UPDATE_LOOP = """UPDATE loops SET enabled = :enabled, channel_id = :channel_id,
+        min_examples = :min_examples, min_votes = :min_votes, confidence = :confidence,
+        state = :state, challenger = :challenger, previous_default = :previous_default,
+        rows_at_last_tune = :rows_at_last_tune, arena_since_utc = :arena_since_utc,
+        progress_json = :progress_json, updated_utc = :updated_utc
+    WHERE guild_id = :guild_id"""
+
+
 def write_loop(
     conn: sqlite3.Connection, guild_id: int, values: Mapping[str, Any], now: str
 ) -> LoopState:
@@ -90,15 +99,12 @@ def write_loop(
         "INSERT INTO loops (guild_id, updated_utc) VALUES (?, ?) ON CONFLICT DO NOTHING",
         (guild_id, now),
     )
-    if values:
-        assignments = ", ".join(f"{column} = :{column}" for column in values)
-        conn.execute(
-            f"UPDATE loops SET {assignments}, updated_utc = :now WHERE guild_id = :guild_id",
-            {**values, "now": now, "guild_id": guild_id},
-        )
     conn.row_factory = sqlite3.Row
     try:
-        row = conn.execute("SELECT * FROM loops WHERE guild_id = ?", (guild_id,)).fetchone()
+        row = dict(conn.execute("SELECT * FROM loops WHERE guild_id = ?", (guild_id,)).fetchone())
+        if values:
+            row.update(values, updated_utc=now)
+            conn.execute(_UPDATE_LOOP, row)
     finally:
         conn.row_factory = None
     return LoopState.from_row(row)
