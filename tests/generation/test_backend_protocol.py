@@ -57,6 +57,8 @@ def test_the_protocol_lists_what_every_backend_must_have():
         "abort",
         "queue_position",
         "models",
+        "add_adapter",
+        "remove_adapter",
         "wait_ready",
         "close",
         "aclose",
