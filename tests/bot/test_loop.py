@@ -168,6 +168,16 @@ async def test_a_challenger_the_voters_reject_is_retired(tmp_path: Path):
         assert (await bot.app.store.get_loop(emu.guild.id)).state == "collecting"
 
 
+async def test_the_loop_passes_its_step_cap_to_the_tune(tmp_path: Path):
+    db = tmp_path / "muse.db"
+    async with DiscordEmulator() as emu, await start(emu, db, TwoVoices(), loop_max_steps=3) as bot:
+        await collect(emu)
+        await ephemeral(await turn_on(emu))
+        name = f"g{emu.guild.id}-v1"
+        assert await eventually(lambda: announced(emu, f"A new model, **{name}**"), timeout_s=60)
+        assert (await bot.app.store.get_model(name)).data["max_steps"] == 3
+
+
 async def test_a_tune_whose_loss_got_worse_never_battles(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("FAKE_TUNE_LOSS", "worse")
     db = tmp_path / "muse.db"

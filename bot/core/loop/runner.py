@@ -104,7 +104,9 @@ class LoopRunner:
         return "🧪 Tuning started: it runs beside the bot; `/loop status` shows its progress."
 
     def _command(self, guild_id: int) -> list[str]:
-        return [*self.tune_command, "--guild", str(guild_id)]
+        steps = self.app.settings.loop_max_steps
+        return [*self.tune_command, "--guild", str(guild_id),
+                *(("--max-steps", str(steps)) if steps else ())]  # fmt: skip
 
     def _env(self) -> dict[str, str]:
         threads = max(1, (self.app.settings.threads or os.cpu_count() or 2) - 1)
