@@ -159,7 +159,7 @@ class LoopRunner:
         why = loss_verdict(record.metrics)
         if why is None:
             try:
-                await self.app.engine.add_adapter(record.name, record.adapter_path)
+                await self._serve(record.name, record.adapter_path)
                 why = await self._probe(record.name)
             except Exception as exc:  # noqa: BLE001 - any refusal retires it, with the reason
                 why = f"it could not be served: {exc}"
@@ -180,6 +180,14 @@ class LoopRunner:
             f"({_rows(trained)}), now challenges **{default}** in the arena. Try `/arena` and "
             "vote blind: the votes decide whether it becomes this server's default.",
         )
+
+    async def _serve(self, name: str, path: str) -> None:
+        """Load the adapter unless the engine serves it already: a bot restarted while its loop
+        was `checking` loads every registered adapter at start, the challenger among them, and
+        adding it again would be refused ("already served") and retire a good model."""
+        await self.app.engine.wait_ready()
+        if name not in self.app.engine.models():
+            await self.app.engine.add_adapter(name, path)
 
     async def _probe(self, name: str) -> str | None:
         """Why the adapter's texts on the probe prompts are degenerate, or None."""
