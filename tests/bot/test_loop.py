@@ -178,6 +178,7 @@ async def test_a_challenger_the_voters_reject_is_retired(tmp_path: Path):
         assert await eventually(lambda: announced(emu, f"🗄️ **{name}** was retired"), timeout_s=30)
         assert (await bot.app.store.get_guild_settings(emu.guild.id)).default_model is None
         assert (await bot.app.store.get_loop(emu.guild.id)).state == "collecting"
+        assert name not in bot.app.engine.models()  # no longer loaded
 
 
 async def test_the_loop_passes_its_step_cap_to_the_tune(tmp_path: Path):
@@ -249,5 +250,6 @@ async def test_forget_retires_the_model_a_member_trained_and_restores_the_defaul
         assert "tuned models retired" in ask.content
         assert await eventually(lambda: announced(emu, f"🗄️ **{name}** retired"), timeout_s=15)
         assert (await bot.app.store.get_model(name)).retired
+        assert name not in bot.app.engine.models()
         after = await finished(await emu.slash_command("generate", {"prompt": "Hi"}, user="bob"))
         assert MARKER not in after.original.content
