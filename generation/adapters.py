@@ -195,8 +195,16 @@ class RoutedLinear(nn.Module):
 
     def add(self, slot: int, part: LoraFactors) -> None:
         self.parts[slot] = part
+        self._join()
+
+    def remove(self, slot: int) -> None:
+        """Drop the slot's factors (the layer must still hold another adapter's)."""
+        del self.parts[slot]
+        self._join()
+
+    def _join(self) -> None:
         self.layout = tuple(self.parts)
-        device = part.a.device
+        device = next(iter(self.parts.values())).a.device
         self.a = torch.cat([p.a for p in self.parts.values()]).T.contiguous()
         self.b = torch.cat([p.b for p in self.parts.values()], dim=1).T.contiguous()
         self.columns = torch.tensor(
@@ -227,7 +235,9 @@ class Adapters:
         # What an adapter must have been trained on (not checked for an unnamed model).
         path = str(getattr(model, "name_or_path", "") or "")
         self.base = ServedBase(base_id, path, revision) if base_id else None
-        self.names: list[str] = []  # slot - 1 → name
+        # slot - 1 → name; "" for a slot removed. Slots are never reused: remembered beginnings
+        # (generation/prefix_cache.py) are keyed by slot, so a new adapter must not inherit them.
+        self._slots: list[str] = []
         self._layers: dict[str, RoutedLinear] = {}  # by the adapted layer's name
         self._router = Router()
         self._routes: OrderedDict[tuple[int, ...], Route] = OrderedDict()
@@ -237,10 +247,17 @@ class Adapters:
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def names(self) -> list[str]:
+        """The adapters served, in the order they were added."""
+        return [name for name in self._slots if name]
+
     def slot(self, name: str) -> int | None:
         """The slot serving `name`; None when no adapter has that name."""
+        if not name:
+            return None
         try:
-            return self.names.index(name) + 1
+            return self._slots.index(name) + 1
         except ValueError:
             return None
 
@@ -256,21 +273,39 @@ class Adapters:
             factors = read_factors(self.model, Path(path), self.base)
         finally:
             self._install()
-        slot = len(self.names) + 1
+        slot = len(self._slots) + 1
         for layer, part in factors.items():
             if layer not in self._layers:
                 self._layers[layer] = RoutedLinear(self.model.get_submodule(layer), self._router)
             self._layers[layer].add(slot, part)
-        self.names.append(name)
+        self._slots.append(name)
         self._routes.clear()  # the layouts changed
         self._install()
         return slot
+
+    def remove(self, name: str) -> None:
+        """Stop serving `name` (no row may be using it): its factors leave every layer, and a
+        layer left with none is the model's own again. Raises `AdapterError` if not served."""
+        slot = self.slot(name)
+        if slot is None:
+            raise AdapterError(f"{name!r} is not served")
+        self._uninstall()
+        for layer_name, layer in list(self._layers.items()):
+            if slot not in layer.parts:
+                continue
+            if len(layer.parts) == 1:
+                del self._layers[layer_name]
+            else:
+                layer.remove(slot)
+        self._slots[slot - 1] = ""
+        self._routes.clear()
+        self._install()
 
     def remove_all(self) -> None:
         """Give the model its own layers back (the engine stopped)."""
         self._uninstall()
         self._layers.clear()
-        self.names.clear()
+        self._slots.clear()
 
     @contextmanager
     def route(self, slots: Sequence[int]) -> Iterator[None]:

@@ -58,6 +58,10 @@ class Backend(Protocol):
         tuned one); raises an exception saying why when it cannot."""
         ...
 
+    async def remove_adapter(self, name: str) -> None:
+        """Stop serving the adapter `name`; raises an exception saying why when it cannot."""
+        ...
+
     async def wait_ready(self) -> ReadyModel:
         """Wait until the model can serve; raises `ModelLoadError` when it cannot."""
         ...

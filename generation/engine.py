@@ -136,6 +136,20 @@ class Engine:
             self._scheduler.lock.notify_all()
         await asyncio.wrap_future(told)
 
+    async def remove_adapter(self, name: str) -> None:
+        """Stop serving the adapter `name` from the next step on; raises `UnknownModel` when no
+        adapter has that name, `AdapterError` while a request waiting or running names it."""
+        served = self.models()
+        if name not in served[1:]:
+            raise UnknownModel(name, served)
+        told: Future[None] = Future()
+        with self._scheduler.lock:
+            if self._scheduler.dead or self._worker.load_error or self._scheduler.stopping:
+                raise EngineDead("the engine is not serving")
+            self._scheduler.new_adapters.append((name, None, told))
+            self._scheduler.lock.notify_all()
+        await asyncio.wrap_future(told)
+
     def stream(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Queue `request` now (raising `EngineBusy` at once when full, `UnknownModel` when it
         names a model not served) and return its chunks."""

@@ -141,21 +141,33 @@ class OpenAIEngine:
                 f"the model server loads adapters only at its start ({hint}); set "
                 "MUSE_OPENAI_RUNTIME_LORA=1 where it allows runtime LoRA updating"
             )
-        body = {"lora_name": name, "lora_path": str(path)}
+        await self._lora("load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        if name not in self._listed:
+            self._listed.append(name)
+
+    async def remove_adapter(self, name: str) -> None:
+        """Unload the adapter from the server (`POST /unload_lora_adapter`, vLLM's runtime-LoRA
+        API); raises `AdapterError` when runtime LoRA is off or the server refuses."""
+        if not self.config.runtime_lora:
+            raise AdapterError(
+                f"the model server unloads adapters only at a restart (without {name!r} among "
+                "its --lora-modules); MUSE_OPENAI_RUNTIME_LORA=1 unloads them at run time"
+            )
+        await self._lora("unload_lora_adapter", {"lora_name": name})
+        if name in self._listed:
+            self._listed.remove(name)
+
+    async def _lora(self, endpoint: str, body: dict[str, str]) -> None:
         headers = {k: v for k, v in self._headers.items() if k != "Accept"}
         try:
-            async with self._http().post(
-                self._url("load_lora_adapter"), json=body, headers=headers
-            ) as resp:
+            async with self._http().post(self._url(endpoint), json=body, headers=headers) as resp:
                 if resp.status != 200:
                     said = (await resp.text())[:300]
                     raise AdapterError(
-                        f"{self.server} refused the adapter: HTTP {resp.status} {said}"
+                        f"{self.server} refused {endpoint}: HTTP {resp.status} {said}"
                     )
         except aiohttp.ClientError as exc:
             raise AdapterError(f"{self.server} did not answer: {describe(exc)}") from exc
-        if name not in self._listed:
-            self._listed.append(name)
 
     # -- the engine's face -------------------------------------------------------------------
     async def wait_ready(self) -> RemoteModel:

@@ -37,8 +37,9 @@ class Scheduler:
         self.queue_size = queue_size
         self.stopping = False
         self.dead: str | None = None
-        # Adapters to serve from the next step on: (name, folder, told when it is served).
-        self.new_adapters: list[tuple[str, Path, Future[None]]] = []
+        # Adapters to serve, or (folder None) to stop serving, from the next step on:
+        # (name, folder, told when it is done).
+        self.new_adapters: list[tuple[str, Path | None, Future[None]]] = []
         self._seq = itertools.count()
         self._avg_job_s = 10.0
 
@@ -86,7 +87,7 @@ class Scheduler:
     def idle(self) -> bool:
         return not self.waiting and not self.rows
 
-    def take_new_adapters(self) -> list[tuple[str, Path, Future[None]]]:
+    def take_new_adapters(self) -> list[tuple[str, Path | None, Future[None]]]:
         taken, self.new_adapters = self.new_adapters, []
         return taken
 

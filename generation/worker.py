@@ -105,8 +105,13 @@ class Worker:
                 added = scheduler.take_new_adapters()
                 scheduler.sweep(model_id)
                 newcomers = scheduler.admit()
+                in_use = {job.request.model for job in [*scheduler.waiting, *scheduler.rows]}
+            in_use |= {job.request.model for job in newcomers}
             for name, folder, told in added:  # between steps: no forward is running
-                self._add_adapter(name, folder, told)
+                if folder is None:
+                    self._remove_adapter(name, told, in_use)
+                else:
+                    self._add_adapter(name, folder, told)
             try:
                 newcomers = self._resolve(newcomers)
                 if newcomers:
@@ -167,6 +172,24 @@ class Worker:
             return
         log.info("serving adapter %r from %s", name, folder)
         self.adapters = self._runner.adapters = adapters
+        told.set_result(None)
+
+    def _remove_adapter(self, name: str, told: Future[None], in_use: set[str | None]) -> None:
+        """Stop serving `name`, unless a request waiting or running names it: cutting a row
+        off its adapter mid-text would finish it with another model's words."""
+        if name in in_use:
+            told.set_exception(
+                AdapterError(f"{name!r} is answering requests; unload it when they have finished")
+            )
+            return
+        try:
+            if self.adapters is None:
+                raise AdapterError(f"{name!r} is not served")
+            self.adapters.remove(name)
+        except AdapterError as exc:
+            told.set_exception(exc)
+            return
+        log.info("no longer serving adapter %r", name)
         told.set_result(None)
 
     def _resolve(self, jobs: list[Job]) -> list[Job]:

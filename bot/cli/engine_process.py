@@ -161,6 +161,7 @@ class EngineProcess:
             queue_size=self.settings.queue_size,
             max_new_tokens=self.settings.max_tokens,
             prefill=True,  # `muse serve` continues a final assistant message (vLLM's way)
+            runtime_lora=True,  # the loop's new adapters: `muse serve` loads them at run time
         )
 
     async def start(self) -> EngineProcess:

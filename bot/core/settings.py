@@ -70,6 +70,7 @@ class Settings:
     loop_confidence: float = 0.95  # MUSE_LOOP_CONFIDENCE: p(better) that promotes (or retires)
     loop_max_days: float = 14.0  # MUSE_LOOP_MAX_DAYS: a challenger undecided by then is retired
     loop_check_s: float = 300.0  # MUSE_LOOP_CHECK_S: how often the loop looks at every guild
+    loop_max_steps: int = 0  # MUSE_LOOP_MAX_STEPS: a loop tune's optimizer steps (0: its epochs)
     openai_runtime_lora: bool = False  # MUSE_OPENAI_RUNTIME_LORA: load adapters into vLLM
 
     @classmethod
@@ -118,6 +119,7 @@ class Settings:
             loop_confidence=_float("MUSE_LOOP_CONFIDENCE", 0.95, low=0.5, high=0.9999),
             loop_max_days=_float("MUSE_LOOP_MAX_DAYS", 14.0, low=0.0, high=3650.0),
             loop_check_s=_float("MUSE_LOOP_CHECK_S", 300.0, low=0.05, high=86400.0),
+            loop_max_steps=_int("MUSE_LOOP_MAX_STEPS", 0, minimum=0),
             openai_runtime_lora=_flag("MUSE_OPENAI_RUNTIME_LORA"),
         )
 

@@ -1,4 +1,5 @@
-"""The aiohttp application: `/v1/chat/completions`, `/v1/models` and `/health` over a `Backend`.
+"""The aiohttp application: `/v1/chat/completions`, `/v1/models`, `/health` and vLLM's
+runtime-LoRA endpoints (generation/serve/lora.py) over a `Backend`.
 
 Middlewares, outermost first: one log line per request (method, path, status, ms, tokens; never a
 prompt, never a header), errors in OpenAI's shape, the Bearer key. A closed client connection
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from generation.backend import Backend
 from generation.errors import EngineBusy, EngineDead, GenerationFailed
+from generation.serve import lora
 from generation.serve import responses as api
 from generation.serve.errors import SERVER, ApiError, busy, error_body, from_http, unavailable
 from generation.serve.parse import ChatCall, parse_chat
@@ -99,6 +101,8 @@ def create_app(backend: Backend, config: ServeConfig | None = None) -> web.Appli
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/load_lora_adapter", load_lora_adapter)
+    app.router.add_post("/v1/unload_lora_adapter", unload_lora_adapter)
     app.on_startup.append(_start_watching)
     app.on_cleanup.append(_stop_watching)
     return app
@@ -143,20 +147,38 @@ async def models(request: web.Request) -> web.Response:
     return web.json_response(listed)
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+async def load_lora_adapter(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    lora.check_allowed(state.config.api_key)
     state.check_serving()
-    rid = uuid.uuid4().hex
-    config = state.config
+    return await lora.load(state.backend, await _body(request, state.config))
+
+
+async def unload_lora_adapter(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    lora.check_allowed(state.config.api_key)
+    state.check_serving()
+    return await lora.unload(state.backend, await _body(request, state.config))
+
+
+async def _body(request: web.Request, config: ServeConfig) -> bytes:
     try:
         async with asyncio.timeout(config.body_timeout_s):  # a body sent a byte at a time
-            raw = await request.read()
+            return await request.read()
     except TimeoutError:
         raise ApiError(
             408,
             f"The request body did not arrive within {config.body_timeout_s:g} s.",
             code="request_timeout",
         ) from None
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    state.check_serving()
+    rid = uuid.uuid4().hex
+    config = state.config
+    raw = await _body(request, config)
     call = parse_chat(
         raw,
         max_new_tokens=config.max_new_tokens,

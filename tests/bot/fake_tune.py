@@ -23,7 +23,7 @@ from storage.models import ModelRecord
 from storage.store import Store
 
 
-async def main(guild_id: int, dry_run: bool) -> int:
+async def main(guild_id: int, dry_run: bool, max_steps: int | None = None) -> int:
     db = Path(os.environ["MUSE_DB"])
     async with Store.open(db, mark_interrupted=False) as store:
         rows = await store.export("kto", io.StringIO(), ExportFilters(guild_id=guild_id))
@@ -44,7 +44,7 @@ async def main(guild_id: int, dry_run: bool) -> int:
             name, "replay-model", f"/adapters/{name}", "sft", owner_guild_id=guild_id,
             contributors=tuple([await store.pseudonym(m) for m in members]),
             metrics={"before": {"loss": 2.0}, "after": {"loss": 3.0 if worse else 1.0}},
-            data={"counts": {"train": {"rows": rows}}},
+            data={"counts": {"train": {"rows": rows}}, "max_steps": max_steps},
         )  # fmt: skip
         await store.register_model(record)
     await _hand_over(db, guild_id, name)
@@ -62,5 +62,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--guild", type=int, required=True)
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--max-steps", type=int)
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.guild, args.dry_run)))
+    sys.exit(asyncio.run(main(args.guild, args.dry_run, args.max_steps)))

@@ -38,6 +38,9 @@ class ReplayEngine:
     async def add_adapter(self, name: str, path: object) -> None:
         self.adapters.append(name)
 
+    async def remove_adapter(self, name: str) -> None:
+        self.adapters.remove(name)
+
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         return await drain(self.stream(request))
 

@@ -8,8 +8,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
+from bot.cli import main as cli
 from storage.models import ModelRecord
 from storage.store import Store
+from tests.bot.test_cli_tune import community
 from tests.cli_process import run_muse
 
 GUILD = 42
@@ -69,3 +73,15 @@ def test_a_guilds_model_is_listed_with_its_owner_and_defaults_only_there(tmp_pat
         assert refused.returncode == 2 and "belongs to guild 42" in refused.stderr
     chosen = run_muse("models", "default", "g42-v1", "--guild", str(GUILD), "--db", str(db))
     assert chosen.returncode == 0, chosen.stderr
+
+
+def test_the_loop_learns_edits_by_sft_unless_told_otherwise(tmp_path: Path, capsys):
+    db = tmp_path / "muse.db"
+    asyncio.run(community(db, 12))  # twelve edits: twelve preference pairs too
+    dry = ["loop", "tune", "--guild", "1", "--dry-run", "--db", str(db)]
+    assert cli.main(dry) == 0
+    assert "would train: requested; 12 SFT rows" in capsys.readouterr().out
+    assert cli.main([*dry, "--method", "auto"]) == 0
+    assert "would train: 12 preference pairs (DPO needs 8): DPO" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main([*dry, "--method", "ppo"])

@@ -128,6 +128,7 @@ def test_the_child_gets_the_engine_settings_and_the_key_but_no_other_secret(monk
     child = EngineProcess(settings)
     assert child.key not in repr(child) and child.key not in repr(child.remote_config())
     assert child.remote_config().base_url == f"http://127.0.0.1:{child.port}/v1"
+    assert child.remote_config().runtime_lora  # the loop's new adapters go in at run time
 
 
 async def test_the_child_serves_comes_back_after_a_kill_and_stops_with_its_parent():

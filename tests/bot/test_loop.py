@@ -11,8 +11,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bot.discord.client import MuseBot
+from generation.adapters import AdapterError
 from generation.types import GenerationChunk, GenerationRequest
 from storage.models import ModelRecord
+from storage.store import Store
 from tests.bot.community import answered, ephemeral, finished, muse, refusal, rows
 from tests.bot.fakes import ReplayEngine
 from tests.discord_emulator import DiscordEmulator, InteractionRecord
@@ -32,6 +34,15 @@ class TwoVoices(ReplayEngine):
         else:
             self.texts = [f"A plain voice speaks of {len(self.requests)} things."]
         return super().stream(request)
+
+
+class Strict(TwoVoices):
+    """Refuses a name it serves already, as both engines do."""
+
+    async def add_adapter(self, name: str, path: object) -> None:
+        if name in self.adapters:
+            raise AdapterError(f"the name {name!r} is already served")
+        await super().add_adapter(name, path)
 
 
 COMMUNITY = 8  # members asking and rating in turn: none supplies over a quarter of the rows
@@ -167,6 +178,39 @@ async def test_a_challenger_the_voters_reject_is_retired(tmp_path: Path):
         assert await eventually(lambda: announced(emu, f"🗄️ **{name}** was retired"), timeout_s=30)
         assert (await bot.app.store.get_guild_settings(emu.guild.id)).default_model is None
         assert (await bot.app.store.get_loop(emu.guild.id)).state == "collecting"
+        assert name not in bot.app.engine.models()  # no longer loaded
+
+
+async def test_the_loop_passes_its_step_cap_to_the_tune(tmp_path: Path):
+    db = tmp_path / "muse.db"
+    async with DiscordEmulator() as emu, await start(emu, db, TwoVoices(), loop_max_steps=3) as bot:
+        await collect(emu)
+        await ephemeral(await turn_on(emu))
+        name = f"g{emu.guild.id}-v1"
+        assert await eventually(lambda: announced(emu, f"A new model, **{name}**"), timeout_s=60)
+        assert (await bot.app.store.get_model(name)).data["max_steps"] == 3
+
+
+async def test_a_bot_restarted_while_checking_keeps_the_challenger_it_serves_already(
+    tmp_path: Path,
+):
+    db = tmp_path / "muse.db"
+    engine = Strict()
+    async with DiscordEmulator() as emu:
+        name = f"g{emu.guild.id}-v1"
+        engine.adapters.append(name)  # at start the engine loads every registered adapter
+        async with Store.open(db) as store:
+            metrics = {"before": {"loss": 2.0}, "after": {"loss": 1.0}}
+            record = ModelRecord(name, "replay-model", f"/adapters/{name}", "sft",
+                                 metrics=metrics, owner_guild_id=emu.guild.id)  # fmt: skip
+            await store.register_model(record)
+            await store.update_loop(emu.guild.id, enabled=True, channel_id=emu.channel.id,
+                                    state="checking", challenger=name)  # fmt: skip
+        async with await start(emu, db, engine) as bot:
+            assert await eventually(
+                lambda: announced(emu, f"A new model, **{name}**"), timeout_s=30
+            )
+            assert not (await bot.app.store.get_model(name)).retired
 
 
 async def test_a_tune_whose_loss_got_worse_never_battles(tmp_path: Path, monkeypatch):
@@ -206,6 +250,7 @@ async def test_forget_retires_the_model_a_member_trained_and_restores_the_defaul
         assert "tuned models retired" in ask.content
         assert await eventually(lambda: announced(emu, f"🗄️ **{name}** retired"), timeout_s=15)
         assert (await bot.app.store.get_model(name)).retired
+        assert name not in bot.app.engine.models()
         after = await finished(await emu.slash_command("generate", {"prompt": "Hi"}, user="bob"))
         assert MARKER not in after.original.content
 

@@ -58,6 +58,7 @@ def test_the_protocol_lists_what_every_backend_must_have():
         "queue_position",
         "models",
         "add_adapter",
+        "remove_adapter",
         "wait_ready",
         "close",
         "aclose",

@@ -106,7 +106,9 @@ class LoopRunner:
         return "🧪 Tuning started: it runs beside the bot; `/loop status` shows its progress."
 
     def _command(self, guild_id: int) -> list[str]:
-        return [*self.tune_command, "--guild", str(guild_id)]
+        steps = self.app.settings.loop_max_steps
+        return [*self.tune_command, "--guild", str(guild_id),
+                *(("--max-steps", str(steps)) if steps else ())]  # fmt: skip
 
     def _env(self) -> dict[str, str]:
         threads = max(1, (self.app.settings.threads or os.cpu_count() or 2) - 1)
@@ -159,7 +161,7 @@ class LoopRunner:
         why = loss_verdict(record.metrics)
         if why is None:
             try:
-                await self.app.engine.add_adapter(record.name, record.adapter_path)
+                await self._serve(record.name, record.adapter_path)
                 why = await self._probe(record.name)
             except Exception as exc:  # noqa: BLE001 - any refusal retires it, with the reason
                 why = f"it could not be served: {exc}"
@@ -180,6 +182,14 @@ class LoopRunner:
             f"({_rows(trained)}), now challenges **{default}** in the arena. Try `/arena` and "
             "vote blind: the votes decide whether it becomes this server's default.",
         )
+
+    async def _serve(self, name: str, path: str) -> None:
+        """Load the adapter unless the engine serves it already: a bot restarted while its loop
+        was `checking` loads every registered adapter at start, the challenger among them, and
+        adding it again would be refused ("already served") and retire a good model."""
+        await self.app.engine.wait_ready()
+        if name not in self.app.engine.models():
+            await self.app.engine.add_adapter(name, path)
 
     async def _probe(self, name: str) -> str | None:
         """Why the adapter's texts on the probe prompts are degenerate, or None."""
@@ -245,6 +255,7 @@ class LoopRunner:
 
     async def _retire(self, guild_id: int, name: str, why: str, figures: dict[str, Any]) -> None:
         await self.app.store.retire_model(name, why)
+        await self._unserve(name)
         await self.app.store.update_loop(guild_id, state="collecting", challenger=None, progress={})
         await self.app.store.add_loop_event(guild_id, "retired", name, why, figures)
         default = await default_name(self.app.store, guild_id)
@@ -269,6 +280,7 @@ class LoopRunner:
                 if record is None or record.retired:
                     back, previous = None, BASE
             await store.retire_model(current, "rolled back by a manager")
+            await self._unserve(current)
             await store.update_guild_settings(guild_id, default_model=back)
             await store.update_loop(guild_id, previous_default=None)
             await store.add_loop_event(
@@ -280,10 +292,12 @@ class LoopRunner:
         return text
 
     async def models_retired(self, names: Sequence[str], reason: str) -> None:
-        """Models that stopped serving elsewhere (`/forget`): each guild that used one as its
-        default gets its previous default (or the base) back, a challenger among them leaves
-        the arena, and the loop retrains without the forgotten rows."""
+        """Models retired elsewhere (`/forget`): they leave the engine, each guild that used one
+        as its default gets its previous default (or the base) back, a challenger among them
+        leaves the arena, and the loop retrains without the forgotten rows."""
         gone = set(names)
+        for name in names:
+            await self._unserve(name)
         store = self.app.store
         for loop in await store.enabled_loops():
             guild_id = loop.guild_id
@@ -309,6 +323,16 @@ class LoopRunner:
                 f"🗄️ {', '.join(f'**{n}**' for n in touched)} retired: {reason}. This server's "
                 f"texts come from **{default}**; the loop will tune again without those rows.",
             )
+
+    async def _unserve(self, name: str) -> None:
+        """A retired model leaves the engine: every loaded adapter adds work to each adapter
+        row's step. One still answering a request stays loaded until the next start."""
+        if name not in self.app.engine.models():
+            return
+        try:
+            await self.app.engine.remove_adapter(name)
+        except Exception as exc:  # noqa: BLE001 - in use, or a server that cannot unload
+            log.info("the retired %r stays loaded until the next start: %s", name, exc)
 
     async def _say(self, guild_id: int, text: str) -> None:
         loop = await self.app.store.get_loop(guild_id)
