@@ -348,7 +348,7 @@ def test_run_without_a_token_serves_the_console(tmp_path: Path) -> None:
     """`muse run` with no DISCORD_TOKEN (and no .env): the instructions, then console mode."""
     result = subprocess.run(
         [str(MUSE), "run"],
-        input="/help\n/forget\nn\n/quit\n",
+        input="/help\n/loop status\n/loop tune\n/forget\nn\n/quit\n",
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -361,6 +361,8 @@ def test_run_without_a_token_serves_the_console(tmp_path: Path) -> None:
     assert "Starting console mode instead" in result.stderr
     assert "Muse console" in result.stdout
     assert all(f"/{name}" in result.stdout for name in COMMANDS)
+    assert "**Learning loop**: off" in result.stdout and "0 of 50 needed" in result.stdout
+    assert "The console has /loop status only" in result.stdout
     assert "Nothing was deleted." in result.stdout
 
 
