@@ -33,10 +33,10 @@ from benchmarks.throughput import (  # noqa: E402
     padded,
     prompt,
 )
-from generation.engine import Engine, EngineConfig  # noqa: E402
-from generation.kv_batch import BatchRunner  # noqa: E402
-from generation.models import LoadedModel  # noqa: E402
-from generation.prompting import encode_messages  # noqa: E402
+from generation.engine.local_engine import Engine, EngineConfig  # noqa: E402
+from generation.model.batch_runner import BatchRunner  # noqa: E402
+from generation.model.loading import LoadedModel  # noqa: E402
+from generation.model.prompting import encode_messages  # noqa: E402
 from generation.types import GenerationRequest, Message  # noqa: E402
 from tests.generation.random_model import parameters, random_model  # noqa: E402
 

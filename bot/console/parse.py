@@ -17,7 +17,7 @@ from typing import Literal
 
 from bot.core.actions import parse_stars
 from bot.core.policy import check_range
-from generation.presets import PresetError
+from generation.tasks.presets import PresetError
 
 TEXT_LIMIT = 1000  # Discord's Range[str, 1, 1000] on the main text options
 COMMENT_LIMIT = 1000  # the ⭐ modal's comment box

@@ -29,7 +29,7 @@ class Secret(str):
         return str.__str__(self)
 
 
-# generation.models.WEIGHTS, without importing torch
+# generation.model.loading.WEIGHTS, without importing torch
 WEIGHTS = ("auto", "fp32", "bf16", "int8", "int4")
 
 

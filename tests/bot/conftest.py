@@ -19,8 +19,8 @@ from bot.cli.wiring import presets_from
 from bot.core.settings import Settings
 from bot.discord.client import MuseBot
 from generation.backend import Backend
-from generation.engine import Engine, EngineConfig
-from generation.models import LoadedModel, load_model
+from generation.engine.local_engine import Engine, EngineConfig
+from generation.model.loading import LoadedModel, load_model
 from storage.store import Store
 from tests.discord_emulator import DiscordEmulator, run_bot
 

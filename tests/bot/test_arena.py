@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from peft import LoraConfig, get_peft_model
 
-from generation.engine import Engine, EngineConfig
-from generation.models import LoadedModel
+from generation.engine.local_engine import Engine, EngineConfig
+from generation.model.loading import LoadedModel
 from storage.models import ModelRecord
 from storage.store import Store
 from tests.bot.community import ephemeral, finished, muse, refusal, rows

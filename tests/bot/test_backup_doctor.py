@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main as cli
-from generation import native_build, native_step
+from generation.model import native_build, native_step
 from storage.migrations import MIGRATIONS
 from storage.store import Store
 from tests.bot.fake_openai import MODEL, FakeOpenAI

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from bot.discord.compare_reply import EMBED_LIMIT, take_embed
 from bot.discord.rendering import in_progress, show_links
 from bot.discord.splitting import split_message
-from generation.engine import Engine
+from generation.engine.local_engine import Engine
 from storage.store import approximate_tokens
 from tests.bot.bad_input import (
     MASKED_LINK,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from generation.engine import Engine
+from generation.engine.local_engine import Engine
 from tests.bot import script_grammar_ink as ink
 from tests.bot import script_grammar_yarn as yarn
 from tests.bot.conftest import BotFactory

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from generation.engine import Engine
+from generation.engine.local_engine import Engine
 from tests.bot.community import answered, ephemeral, finished, muse, refusal, rows
 from tests.bot.fakes import ReplayEngine
 from tests.discord_emulator import DiscordEmulator

@@ -28,9 +28,9 @@ from bot.cli.engine_process import (
     wants_engine_process,
 )
 from bot.core.settings import Secret, Settings
-from generation.engine import Engine
+from generation.engine.local_engine import Engine
 from generation.errors import GenerationFailed
-from generation.openai_backend import OpenAIEngine
+from generation.remote.backend import OpenAIBackend
 from generation.types import GenerationRequest, Message
 from storage.store import Store
 from tests.polling import eventually
@@ -134,7 +134,7 @@ async def test_the_child_serves_comes_back_after_a_kill_and_stops_with_its_paren
     child = await EngineProcess(
         make_settings(), env=ENV, command=SERVE, ready_timeout_s=READY_S
     ).start()
-    remote = OpenAIEngine(child.remote_config(), endpoint=child.endpoint)
+    remote = OpenAIBackend(child.remote_config(), endpoint=child.endpoint)
     process = child._process
     try:
         assert (await remote.wait_ready()).model_id

@@ -19,8 +19,8 @@ import torch
 from bot.cli.fault_injection import make_hook
 from bot.cli.wiring import EXIT_ENGINE_DEAD, presets_from
 from bot.discord.client import MuseBot
-from generation.engine import Engine, EngineConfig
-from generation.models import LoadedModel
+from generation.engine.local_engine import Engine, EngineConfig
+from generation.model.loading import LoadedModel
 from generation.types import GenerationRequest
 from storage.store import Store
 from tests.bot.bot_process import muse_run

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from generation.engine import Engine, EngineConfig
-from generation.models import LoadedModel, describe, load_model, with_weights
+from generation.engine.local_engine import Engine, EngineConfig
+from generation.model.loading import LoadedModel, describe, load_model, with_weights
 from generation.types import GenerationRequest, Message
 from tests.generation.random_model import random_model
 

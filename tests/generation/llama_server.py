@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from generation.models import default_model_path
+from generation.model.loading import default_model_path
 
 # `python -m llama_cpp.server`, with the model's weights kept out of ggml's "extra" CPU buffers
 # (AMX and repacked layouts): llama-cpp-python 0.3.36 built natively on a CPU with AMX (this

@@ -17,12 +17,12 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
-from generation.adapters import AdapterError, RoutedLinear
-from generation.engine import Engine, EngineConfig
-from generation.errors import UnknownModel
-from generation.models import LoadedModel
-from generation.prefix_cache import PrefixCache
-from generation.prompting import encode_messages
+from generation.engine.local_engine import Engine, EngineConfig
+from generation.errors import AdapterError, UnknownModel
+from generation.model.adapters import RoutedLinear
+from generation.model.loading import LoadedModel
+from generation.model.prefix_cache import PrefixCache
+from generation.model.prompting import encode_messages
 from generation.types import GenerationChunk, GenerationRequest, Message
 
 TOKENS = 16

@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from generation.engine.sampling import BatchSampler
 from generation.errors import GenerationFailed
-from generation.kv_batch import SPARE_COLUMNS, BatchRunner, GrowingLayer, KVBatch
-from generation.prompting import encode_messages
-from generation.sampling import BatchSampler
+from generation.model.batch_runner import SPARE_COLUMNS, BatchRunner, GrowingLayer, KVBatch
+from generation.model.prompting import encode_messages
 from generation.types import GenerationChunk
 from tests.generation.conftest import ask, logit_tolerance
 

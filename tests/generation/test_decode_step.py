@@ -1,4 +1,4 @@
-"""The written-out decoding step (generation/decode_step.py) against transformers' own forward:
+"""The written-out decoding step (generation/model/llama_step.py) against transformers' own forward:
 the same numbers, bit for bit, on the real default model with each kind of weights, for batches
 with and without padding, and for rows routed through an adapter. (The C++ step of a few rows
 of an int model: tests/generation/test_native_step.py.)"""
@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generation import quantize
-from generation.adapters import Adapters
-from generation.decode_step import LlamaStep
-from generation.kv_batch import BatchRunner, KVBatch
-from generation.models import LoadedModel, load_model, with_weights
-from generation.prompting import encode_messages
+from generation.model import quantize
+from generation.model.adapters import Adapters
+from generation.model.batch_runner import BatchRunner, KVBatch
+from generation.model.llama_step import LlamaStep
+from generation.model.loading import LoadedModel, load_model, with_weights
+from generation.model.prompting import encode_messages
 from tests.generation.conftest import ask
 
 PROMPTS = ["Write a poem about the sea.", "List three fruits.", "Describe a lighthouse."]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from generation.dialogue import normalise_dialogue, parse_characters
+from generation.tasks.dialogue import normalise_dialogue, parse_characters
 
 
 def test_parse_characters_trims_and_deduplicates():

@@ -176,8 +176,8 @@ async def test_a_hung_step_trips_the_watchdog(make_engine):
 
 
 async def test_model_load_failure_reaches_every_waiting_request(loaded):
-    from generation.engine import Engine
-    from generation.models import ModelLoadError
+    from generation.engine.local_engine import Engine
+    from generation.errors import ModelLoadError
 
     def broken():
         raise ModelLoadError("Could not load the model 'nope': missing. Set MUSE_MODEL …")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from generation.forms import next_form_line, normalise_form
-from generation.presets import load_presets
-from generation.requests import build_request, finish_text
+from generation.tasks.forms import next_form_line, normalise_form
+from generation.tasks.presets import load_presets
+from generation.tasks.task_rules import build_request, finish_text
 
 CHARACTER = ("Name", "Look", "Voice", "Motive", "Secret")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from generation.models import ModelLoadError, default_model_path, load_model
+from generation.errors import ModelLoadError
+from generation.model.loading import default_model_path, load_model
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The C++ decoding step of a few rows (generation/native_step.py, generation/native/
+"""The C++ decoding step of a few rows (generation/model/native_step.py, generation/model/native/
 few_rows_step.cpp) on the real default model with int8 and int4 weights: against the Python
 step to rounding, for one row over more steps than the cache has spare room and for padded
 rows joining and leaving, with a hole in the mask, held to the quantised weights' quality guard
@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from generation import native_build, native_step, quantize
-from generation.engine import Engine, EngineConfig
-from generation.kv_batch import SPARE_COLUMNS, BatchRunner
-from generation.models import LoadedModel, describe, load_model, with_weights
-from generation.prompting import encode_messages
+from generation.engine.local_engine import Engine, EngineConfig
+from generation.model import native_build, native_step, quantize
+from generation.model.batch_runner import SPARE_COLUMNS, BatchRunner
+from generation.model.loading import LoadedModel, describe, load_model, with_weights
+from generation.model.prompting import encode_messages
 from tests.generation.conftest import ask, logit_tolerance
 from tests.generation.test_quantised import GUARDS, PROMPTS, along_greedy
 

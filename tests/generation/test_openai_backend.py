@@ -13,11 +13,10 @@ import pytest
 
 from bot.cli.wiring import build_engine
 from bot.core.settings import Settings
-from generation.errors import EngineBusy, GenerationFailed
-from generation.models import ModelLoadError
-from generation.openai_backend import OpenAIEngine, RemoteConfig
-from generation.presets import load_presets
-from generation.requests import build_request, finish_text
+from generation.errors import EngineBusy, GenerationFailed, ModelLoadError
+from generation.remote.backend import OpenAIBackend, RemoteConfig
+from generation.tasks.presets import load_presets
+from generation.tasks.task_rules import build_request, finish_text
 from tests.generation.conftest import ask
 from tests.generation.fault_proxy import Fault, FaultProxy
 from tests.generation.llama_server import LlamaServer, free_port
@@ -40,15 +39,15 @@ async def proxy(llama_server: LlamaServer) -> AsyncIterator[FaultProxy]:
 
 
 @pytest.fixture
-async def make_remote(proxy: FaultProxy) -> AsyncIterator[Callable[..., OpenAIEngine]]:
+async def make_remote(proxy: FaultProxy) -> AsyncIterator[Callable[..., OpenAIBackend]]:
     proxy.reset()
-    engines: list[OpenAIEngine] = []
+    engines: list[OpenAIBackend] = []
 
-    def make(**kwargs) -> OpenAIEngine:
+    def make(**kwargs) -> OpenAIBackend:
         kwargs.setdefault("base_url", proxy.base_url)
         kwargs.setdefault("api_key", KEY)
         kwargs.setdefault("backoff_s", 0.05)
-        engine = OpenAIEngine(RemoteConfig(**kwargs))
+        engine = OpenAIBackend(RemoteConfig(**kwargs))
         engines.append(engine)
         return engine
 
@@ -286,7 +285,7 @@ async def test_build_engine_makes_the_remote_engine(monkeypatch, proxy):
     monkeypatch.setenv("MUSE_QUEUE_SIZE", "3")
     engine = build_engine(Settings.load(env_file=None))
     try:
-        assert isinstance(engine, OpenAIEngine)
+        assert isinstance(engine, OpenAIBackend)
         assert engine.config.queue_size == 3 and engine.config.api_key == KEY
         assert engine.model_id == "served-model"
         assert KEY not in repr(engine.config)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
-from generation.openai_http import retry_after_s as _retry_after
-from generation.openai_job import RemoteJob
+from generation.remote.http import retry_after_s as _retry_after
+from generation.remote.job import RemoteJob
 from tests.generation.conftest import ask
 
 

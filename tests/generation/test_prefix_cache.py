@@ -10,12 +10,12 @@ import aiohttp
 import pytest
 import torch
 
-from generation.engine import Engine, EngineConfig
-from generation.kv_batch import BatchRunner
-from generation.models import LoadedModel, with_weights
-from generation.prefix_cache import PrefixCache
-from generation.prompting import encode_messages
-from generation.sse import SSEDecoder
+from generation.engine.local_engine import Engine, EngineConfig
+from generation.model.batch_runner import BatchRunner
+from generation.model.loading import LoadedModel, with_weights
+from generation.model.prefix_cache import PrefixCache
+from generation.model.prompting import encode_messages
+from generation.remote.sse import SSEDecoder
 from generation.types import GenerationRequest, Message
 from tests.generation.conftest import logit_tolerance
 from tests.generation.serving import servers

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from generation.presets import TASKS, PresetError, load_presets, parse_presets
-from generation.requests import build_request, finish_text
+from generation.tasks.presets import TASKS, PresetError, load_presets, parse_presets
+from generation.tasks.task_rules import build_request, finish_text
 
 
 def test_builtin_presets_cover_every_task_with_a_repetition_penalty():

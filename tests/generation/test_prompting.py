@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from generation.errors import EngineDead, GenerationFailed
-from generation.models import LoadedModel
-from generation.prompting import _render, encode_messages
+from generation.model.loading import LoadedModel
+from generation.model.prompting import _render, encode_messages
 from generation.types import Message
 from tests.generation.conftest import ask
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generation import quantize
-from generation.adapters import Adapters
-from generation.kv_batch import BatchRunner
-from generation.models import (
+from generation.model import quantize
+from generation.model.adapters import Adapters
+from generation.model.batch_runner import BatchRunner
+from generation.model.loading import (
     LoadedModel,
     ModelLoadError,
     default_model_path,
@@ -27,8 +27,8 @@ from generation.models import (
     weights_for,
     with_weights,
 )
-from generation.prompting import encode_messages
-from generation.quantize import (
+from generation.model.prompting import encode_messages
+from generation.model.quantize import (
     GROUP,
     Int4Linear,
     Int8Linear,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
-from generation import sampling
-from generation.sampling import BatchSampler, row_generator
+from generation.engine import sampling
+from generation.engine.sampling import BatchSampler, row_generator
 from generation.types import GenerationRequest, Message
 
 VOCAB = 40

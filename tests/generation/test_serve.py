@@ -1,6 +1,6 @@
 """`muse serve`'s API with the real engine and the real default model, over loopback HTTP:
 the answers' shape, aborting on a closed connection, batching, a full queue, and Muse's own
-remote backend (`OpenAIEngine`) as the client, so client and server test each other."""
+remote backend (`OpenAIBackend`) as the client, so client and server test each other."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from generation.engine import Engine
+from generation.engine.local_engine import Engine
 from generation.errors import EngineBusy, GenerationFailed
-from generation.openai_backend import OpenAIEngine, RemoteConfig
-from generation.sse import SSEDecoder
+from generation.remote.backend import OpenAIBackend, RemoteConfig
+from generation.remote.sse import SSEDecoder
 from tests.generation.conftest import ask
 from tests.generation.serving import Start, servers
 from tests.polling import eventually
@@ -316,13 +316,13 @@ async def test_35000_messages_are_refused_at_once_while_another_users_stream_flo
 # -- Muse's own client against the server ------------------------------------------------------
 @pytest.fixture
 async def client(make_engine, serve) -> AsyncIterator[Callable[..., Any]]:
-    clients: list[OpenAIEngine] = []
+    clients: list[OpenAIBackend] = []
 
-    async def make(engine: Engine | None = None, **config: Any) -> tuple[OpenAIEngine, Engine]:
+    async def make(engine: Engine | None = None, **config: Any) -> tuple[OpenAIBackend, Engine]:
         engine = engine or make_engine()
         server = await serve(engine, api_key=KEY)
         config = {"base_url": server.base_url, "api_key": KEY, "prefill": True, **config}
-        remote = OpenAIEngine(RemoteConfig(**config))
+        remote = OpenAIBackend(RemoteConfig(**config))
         clients.append(remote)
         ready = await remote.wait_ready()
         assert ready.model_id == engine.model_id
@@ -382,7 +382,7 @@ async def test_busy_on_either_side(client, make_engine):
     with pytest.raises(EngineBusy):  # the client's own bound, at once
         remote.stream(ask("Hi"))
     # A client with room left meets the server's full queue: 429, retried until its timeout.
-    other = OpenAIEngine(RemoteConfig(remote.config.base_url, api_key=KEY, backoff_s=0.05))
+    other = OpenAIBackend(RemoteConfig(remote.config.base_url, api_key=KEY, backoff_s=0.05))
     try:
         with pytest.raises(GenerationFailed, match="429"):
             await other.generate(ask("Hi", timeout_s=1.0))

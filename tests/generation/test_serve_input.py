@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from generation.models import ModelLoadError
+from generation.errors import ModelLoadError
 from generation.serve import ServeConfig, ServeConfigError, Server, check_bind, is_loopback
 from generation.serve.parse import parse_chat
 from tests.bot.fakes import ReplayEngine

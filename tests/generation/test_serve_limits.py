@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from generation.models import ModelLoadError
+from generation.errors import ModelLoadError
 from generation.serve import ServeConfig, ServeConfigError, check_bind
 from generation.serve.parse import MAX_MESSAGES
 from generation.serve.proof import CHALLENGE_HEADER, health_proof, proves

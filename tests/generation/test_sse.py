@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from generation.sse import SSEDecoder
+from generation.remote.sse import SSEDecoder
 
 STREAM = (
     ": keep-alive comment\r\n\r\n"

@@ -26,7 +26,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generation.models import load_model
+from generation.model.loading import load_model
 from generation.tuning import (
     DataCounts,
     ProgressEvent,

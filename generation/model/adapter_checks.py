@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from generation.errors import AdapterError
+
 CONFIG_FILE = "adapter_config.json"
 CARD_FILE = "muse.json"  # written by `muse tune` (generation/tuning/card.py)
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -28,15 +30,13 @@ WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 FACTOR = re.compile(r"base_model\.model\.[\w.]+\.lora_[AB]\.weight")
 
 
-class AdapterError(Exception):
-    """An adapter that cannot be served; the message says why."""
-
-
 @dataclass(frozen=True, slots=True)
 class ServedBase:
     """The model adapters are loaded onto, by the names an adapter may know it by."""
 
-    model_id: str  # what `generation.models.load_model` calls it (a GGUF's file name, an HF id)
+    model_id: (
+        str  # what `generation.model.loading.load_model` calls it (a GGUF's file name, an HF id)
+    )
     path: str = ""  # the folder its weights came from (the model's `name_or_path`)
     revision: str = ""  # a GGUF file's sha256, a Hub commit
 

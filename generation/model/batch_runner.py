@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from generation.adapters import BASE_SLOT, Adapters
-from generation.decode_step import LlamaStep
-from generation.prefix_cache import LayerStates, PrefixCache
-from generation.quantize import prefilling
+from generation.model.adapters import BASE_SLOT, Adapters
+from generation.model.llama_step import LlamaStep
+from generation.model.prefix_cache import LayerStates, PrefixCache
+from generation.model.quantize import prefilling
 
 # Room for this many more tokens per layer before its buffers are reallocated.
 SPARE_COLUMNS = 64
@@ -107,7 +107,7 @@ def _with_room(states: torch.Tensor) -> torch.Tensor:
 
 class KVBatch:
     """Rows' key/value cache, attention mask, lengths (real tokens cached per row) and the
-    adapter slot each row is decoded with (generation/adapters.py; 0: the base model)."""
+    adapter slot each row is decoded with (generation/model/adapters.py; 0: the base model)."""
 
     def __init__(
         self,

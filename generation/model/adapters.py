@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from generation.adapter_checks import (
+from generation.errors import AdapterError
+from generation.model.adapter_checks import (
     CONFIG_FILE,
     WEIGHT_FILES,
-    AdapterError,
     ServedBase,
     check_base,
     read_config,
@@ -68,7 +68,7 @@ def read_factors(
 ) -> dict[str, LoraFactors]:
     """The LoRA factors of the adapter in `path`, by the name of the layer of `model` they adapt,
     in the model's dtype and on its device. Its config, tensor names and (with `base`) the model
-    it was trained on are checked before PEFT reads anything (`generation/adapter_checks.py`);
+    it was trained on are checked before PEFT reads anything (`generation/model/adapter_checks.py`);
     then PEFT loads it onto `model` and its layers are taken out again before this returns
     (also when it fails)."""
     from peft import LoraConfig, PeftConfig, PeftModel
@@ -112,7 +112,7 @@ def _factors(peft_model: Any, keys: set[str], activations: torch.dtype) -> dict[
             raise AdapterError(f"its weights miss the layer {name.removeprefix(prefix)}")
         weight = module.get_base_layer().weight
         # The factors meet the layer's input: in the weights' dtype, or the model's for int8 /
-        # int4 weights (`generation/quantize.py` keeps the model's dtype around its layers).
+        # int4 weights (`generation/model/quantize.py` keeps the model's dtype around its layers).
         dtype = weight.dtype if weight.dtype.is_floating_point else activations
         a = module.lora_A[LOADING].weight.detach()
         b = module.lora_B[LOADING].weight.detach() * module.scaling[LOADING]

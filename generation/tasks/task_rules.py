@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from generation.dialogue import dialogue_request, normalise_dialogue, parse_characters
-from generation.forms import normalise_form
-from generation.presets import Preset
+from generation.tasks.dialogue import dialogue_request, normalise_dialogue, parse_characters
+from generation.tasks.forms import normalise_form
+from generation.tasks.presets import Preset
 from generation.types import GenerationRequest
 
 

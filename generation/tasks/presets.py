@@ -1,7 +1,7 @@
 """Presets are data: a system prompt, a user template with named fields, default sampling.
 
-They live in `generation/presets.toml`; a community adds or overrides presets with its own file
-(`MUSE_PRESETS`). A field may offer choices; each choice brings a hint (`{field_hint}` in the
+They live in `generation/tasks/presets.toml`; a community adds or overrides presets with its own
+file (`MUSE_PRESETS`). A field may offer choices; each choice brings a hint (`{field_hint}` in the
 template) and may change sampling (a long story gets more tokens).
 """
 
@@ -52,7 +52,7 @@ class Preset:
     # model follows a shown format far better than a described one.
     examples: tuple[Message, ...] = ()
     # A labelled form ("Name: …", "Look: …"): the answer starts with the first label, and the
-    # finished text keeps one line per label, in order (`generation.forms`).
+    # finished text keeps one line per label, in order (`generation.tasks.forms`).
     labels: tuple[str, ...] = ()
 
     @property

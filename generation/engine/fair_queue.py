@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from generation.jobs import Job
+from generation.engine.jobs import Job
 
 
 class FairQueue:

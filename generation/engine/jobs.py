@@ -6,8 +6,8 @@ import asyncio
 import time
 from typing import Any
 
-from generation.mailbox import Mailbox
-from generation.sampling import row_generator
+from generation.engine.mailbox import Mailbox
+from generation.engine.sampling import row_generator
 from generation.types import (
     FinishReason,
     GenerationChunk,
@@ -46,7 +46,9 @@ class Job:
         self.text = request.response_prefix
         self.sent = 0  # characters of `text` already streamed
         self.first_token_at: float | None = None
-        self.slot = 0  # the adapter that decodes it (generation/adapters.py; 0: the base model)
+        self.slot = (
+            0  # the adapter that decodes it (generation/model/adapters.py; 0: the base model)
+        )
 
     @property
     def user_key(self) -> str:

@@ -12,12 +12,13 @@ without the bookkeeping:
 - When no row of the step uses an adapter, the layers' weights are called directly (no module
   calls), the batch held as [rows, features], and with int8 or int4 weights the query/key/value
   projections, and the gate/up projections, run as one kernel call each over weights fused once
-  (`generation.quantize.fuse`; the layers' own weights become views into them, no memory added).
+  (`generation.model.quantize.fuse`; the layers' own weights become views into them, no memory
+  added).
 - When some row uses an adapter, the step calls the model's modules (an adapter wraps them,
-  `generation/adapters.py`), still without transformers' forward around them.
+  `generation/model/adapters.py`), still without transformers' forward around them.
 
 - Rows of an int4 model with no adapter, and fewer than `quantize.WIDE_ROWS` of an int8 one,
-  take the C++ step (`generation/native_step.py`) where it could be built: the same
+  take the C++ step (`generation/model/native_step.py`) where it could be built: the same
   arithmetic as loops, equal to this step's to bf16 rounding.
 
 Only for models whose layers are transformers' Llama layers (`LlamaStep.supports`) with growing
@@ -33,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generation.native_step import NativeFewRows
-from generation.quantize import (
+from generation.model.native_step import NativeFewRows
+from generation.model.quantize import (
     Int4Linear,
     Int8Linear,
     bf16_matmul,

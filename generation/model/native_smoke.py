@@ -1,6 +1,6 @@
 """The child process that builds the C++ step and runs it once before the serving process loads
-it (`generation/native_build.py`): `python -m generation.native_smoke FOLDER`. A build for
-another CPU dies here (SIGILL) instead of in the server; a wrong one fails the comparison."""
+it (`generation/model/native_build.py`): `python -m generation.model.native_smoke FOLDER`. A build
+for another CPU dies here (SIGILL) instead of in the server; a wrong one fails the comparison."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from types import ModuleType
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from generation.kv_batch import BatchRunner
-from generation.native_build import (
+from generation.model.batch_runner import BatchRunner
+from generation.model.native_build import (
     FAULT,
     SMOKE_FILE,
     load_extension,
     make_folder,
     smoke_record,
 )
-from generation.native_step import NativeFewRows
-from generation.quantize import quantise
+from generation.model.native_step import NativeFewRows
+from generation.model.quantize import quantise
 
 
 def smoke(extension: ModuleType) -> None:

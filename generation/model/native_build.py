@@ -1,5 +1,5 @@
-"""Where the C++ step (`generation/native_step.py`) is built, whether a build may be loaded, and
-its first run in a child process.
+"""Where the C++ step (`generation/model/native_step.py`) is built, whether a build may be loaded,
+and its first run in a child process.
 
 It is compiled with `-march=native`: a build made on another CPU (a copied volume, an NFS home
 shared by several machines) can die of SIGILL at its first step, and a shared library is code
@@ -7,7 +7,7 @@ that runs in the serving process. So:
 - its folder is keyed by the Python and torch versions and by this CPU's feature flags;
 - a folder not owned by this user, or writable by group or others, is not used;
 - a new build is compiled and run once on a tiny random model in a child process (`python -m
-  generation.native_smoke FOLDER`); only when the child passed does the serving process load
+  generation.model.native_smoke FOLDER`); only when the child passed does the serving process load
   it, and the pass is written down (`SMOKE_FILE`: the library's, the source's and the CPU's
   hashes) so later starts skip the child. A child that faults or fails leaves the Python step
   serving.
@@ -30,7 +30,7 @@ import torch
 
 NAME = "muse_few_rows_step"
 SOURCE = Path(__file__).with_name("native") / "few_rows_step.cpp"
-ROOT = Path(__file__).resolve().parents[1]  # where the child imports `generation` from
+ROOT = Path(__file__).resolve().parents[2]  # where the child imports `generation` from
 SMOKE_FILE = "smoke.json"
 CPUINFO = Path("/proc/cpuinfo")
 # Tests only: make the child fault (`sigill`, `segv`) after its build, as a build for another
@@ -111,7 +111,7 @@ def passed(folder: Path) -> bool:
 
 def build_in_child(folder: Path) -> str | None:
     """Build and run the step in a child process; None when it passed, else why not."""
-    command = [sys.executable, "-m", "generation.native_smoke", str(folder)]
+    command = [sys.executable, "-m", "generation.model.native_smoke", str(folder)]
     try:
         # Off in the child: its model's step must not start a build of its own.
         env = {**os.environ, "MUSE_NATIVE_STEP": "0"}

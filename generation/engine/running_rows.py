@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import torch
 
-from generation.jobs import Job
-from generation.kv_batch import KVBatch
-from generation.sampling import BatchSampler
+from generation.engine.jobs import Job
+from generation.engine.sampling import BatchSampler
+from generation.model.batch_runner import KVBatch
 
 
 class RunningRows:

@@ -2,10 +2,11 @@
 
 The event loop only enqueues requests and receives chunks (one `call_soon_threadsafe` per step,
 through `Mailbox`); tokenising, prefill, decoding and detokenising all happen on the worker
-(generation/worker.py). Who waits and who runs is the scheduler's (generation/scheduler.py); the
-running rows keep their cache and sampler in step (generation/running_rows.py); running out of
-memory halves the batch (generation/oom.py). The base model and every registered LoRA adapter
-are served at once, rows of different adapters decoded in one batch (generation/adapters.py).
+(generation/engine/worker.py). Who waits and who runs is the scheduler's
+(generation/engine/scheduler.py); the running rows keep their cache and sampler in step
+(generation/engine/running_rows.py); running out of memory halves the batch
+(generation/engine/oom.py). The base model and every registered LoRA adapter are served at once,
+rows of different adapters decoded in one batch (generation/model/adapters.py).
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from generation.engine.mailbox import Mailbox
+from generation.engine.scheduler import Scheduler
+from generation.engine.watchdog import StepWatchdog
+from generation.engine.worker import FaultHook, Worker
 from generation.errors import EngineBusy, EngineDead, GenerationFailed, UnknownModel
-from generation.mailbox import Mailbox
-from generation.models import LoadedModel
+from generation.model.loading import LoadedModel
+from generation.model.prefix_cache import PrefixCache
 from generation.outbox import consume
-from generation.prefix_cache import PrefixCache
-from generation.scheduler import Scheduler
 from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
-from generation.watchdog import StepWatchdog
-from generation.worker import FaultHook, Worker
 
 log = logging.getLogger("muse.generation.engine")
 

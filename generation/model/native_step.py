@@ -1,4 +1,4 @@
-"""The decoding step of a few rows in C++ (`generation/native/few_rows_step.cpp`), for int8 /
+"""The decoding step of a few rows in C++ (`generation/model/native/few_rows_step.cpp`), for int8 /
 int4 Llama models on the CPU.
 
 A request decoding alone spends ~40 % of each step of the default model in the small operations
@@ -12,8 +12,8 @@ multiplies with its bf16 weights, and the C++ step does too (oneDNN's product, a
 It is compiled on first use with torch's extension builder (a C++ compiler and ninja; ~30 s
 here, then kept per machine and CPU in a folder of torch's extension folder, rebuilt when the
 source changes; a lock that a killed build left is cleared), and run first in a child process
-(`generation/native_build.py`: the folder's key, owner and mode, the child). Where it cannot be
-built or used, or the model or the step does not fit (`NativeFewRows.of`), `LlamaStep` keeps its
+(`generation/model/native_build.py`: the folder's key, owner and mode, the child). Where it cannot
+be built or used, or the model or the step does not fit (`NativeFewRows.of`), `LlamaStep` keeps its
 Python way; the two agree to float rounding (`tests/generation/test_native_step.py`), not bit
 for bit: the loops sum in another order.
 """
@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from generation import native_build
-from generation.quantize import wide_rows
+from generation.model import native_build
+from generation.model.quantize import wide_rows
 
 log = logging.getLogger("muse.generation.native_step")
 
@@ -55,7 +55,7 @@ class Build:
 @functools.cache
 def build() -> Build:
     """The extension, built once per machine and CPU and run first in a child process
-    (`generation/native_build.py`); where it cannot be used, why, logged once."""
+    (`generation/model/native_build.py`); where it cannot be used, why, logged once."""
     try:
         from torch.utils.cpp_extension import get_default_build_root
 
@@ -116,7 +116,7 @@ def wanted() -> bool:
 def availability(loaded: Any) -> str:
     """Which step decodes a few requests of `loaded` (a `LoadedModel`), for `muse doctor`;
     builds the C++ step if it serves this model and is not built yet."""
-    from generation.models import describe
+    from generation.model.loading import describe
 
     quantised = describe(loaded).startswith(("int8", "int4"))
     if loaded.device.type != "cpu" or not quantised:
@@ -143,7 +143,7 @@ class NativeFewRows:
 
     @staticmethod
     def of(step: Any, extension: ModuleType | None = None) -> NativeFewRows | None:
-        """The C++ step for the model of `step` (a `generation.decode_step.LlamaStep`, which
+        """The C++ step for the model of `step` (a `generation.model.llama_step.LlamaStep`, which
         imports this module), or None: it takes fp32 models on the CPU whose projections are
         all int8 or int4, with queries/keys/values and gate/up fused. `extension`: the built
         module to use (default: this process's, `compiled()`)."""

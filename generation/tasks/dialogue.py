@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from difflib import SequenceMatcher
 from typing import Any
 
-from generation.presets import Preset
+from generation.tasks.presets import Preset
 from generation.types import GenerationRequest
 
 TOKENS_PER_LINE = 32

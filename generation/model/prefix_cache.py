@@ -6,7 +6,7 @@ prompt copies those columns of the cache instead of recomputing them, which cuts
 first token and the stall every running row takes while it is prefilled. Entries are whole
 prompts (their longest common prefix with a newcomer is what gets used), kept most recently used
 first within a byte budget. Keys and values depend on the adapter that computed them, so each
-entry belongs to one model (an adapter slot, generation/adapters.py; 0: the base model) and is
+entry belongs to one model (an adapter slot, generation/model/adapters.py; 0: the base model) and is
 only ever offered to rows of that model.
 """
 

@@ -27,13 +27,11 @@ from typing import Any
 import aiohttp
 import yarl
 
-from generation.adapters import AdapterError
-from generation.errors import EngineBusy, GenerationFailed
-from generation.models import ModelLoadError
-from generation.openai_http import describe, first_model, refusal, retry_after_s
-from generation.openai_job import RemoteJob
+from generation.errors import AdapterError, EngineBusy, GenerationFailed, ModelLoadError
 from generation.outbox import consume
-from generation.sse import SSEDecoder
+from generation.remote.http import describe, first_model, refusal, retry_after_s
+from generation.remote.job import RemoteJob
+from generation.remote.sse import SSEDecoder
 from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
 
 log = logging.getLogger("muse.generation.openai_backend")
@@ -75,7 +73,7 @@ class StreamBroke(Exception):
     """The event stream ended before the server said why it finished."""
 
 
-class OpenAIEngine:
+class OpenAIBackend:
     """`stream` / `generate` / `abort` against an OpenAI-compatible server. Use it from one
     event loop (the bot's); the HTTP session is made on first use. With an `endpoint`, every
     request first asks it where the server is and which key it takes (and waits while it
@@ -113,7 +111,7 @@ class OpenAIEngine:
             if base_url != str(self._base) or key != self._key:
                 self._aim(base_url, key)
 
-    def start(self) -> OpenAIEngine:
+    def start(self) -> OpenAIBackend:
         return self  # nothing to start: the server is already running (or will be)
 
     @property
