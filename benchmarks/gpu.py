@@ -71,7 +71,7 @@ async def throughput(loaded: LoadedModel, tokens: int, naive16: bool) -> dict[st
 def join_drift(loaded: LoadedModel, steps: int = 16) -> tuple[float, float]:
     """A row decoded alone, and again with a longer row joining after 3 steps (teacher-forced
     on its own tokens): the largest logit difference and the share of steps whose best token
-    agrees. fp32 keeps both within 1e-3 (tests/generation/test_batching.py); bf16 cannot."""
+    agrees. fp32 keeps both within 1e-3 (tests/generation/engine/test_batching.py); bf16 cannot."""
     tok, runner = loaded.tokenizer, BatchRunner(loaded.model, loaded.tokenizer.pad_token_id or 0)
     mine = encode_messages(tok, (Message("user", "Describe a quiet harbour town."),), 4096)
     other = encode_messages(tok, (Message("user", "A much longer prompt. " * 20),), 4096)

@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.peers import big_model  # noqa: E402
 from benchmarks.throughput import prompt  # noqa: E402
+from generation.model.agreement import python_step  # noqa: E402
 from generation.model.batch_runner import BatchRunner, KVBatch  # noqa: E402
 from generation.model.loading import default_cache_dir, load_model  # noqa: E402
 from generation.model.prompting import encode_messages  # noqa: E402
-from tests.generation.test_native_step import python_step  # noqa: E402
 
 STEPS = 20
 

@@ -6,7 +6,7 @@ weights), so the Python around them decides its speed: transformers' forward bui
 passes keyword arguments through five levels of modules per layer and calls each projection on
 its own, and every tensor operation here costs a few microseconds whatever its size. This step
 does what transformers' Llama layers do, in the same order and with the same operations (so each
-row's numbers are those of `model(...)`, bit for bit: `tests/generation/test_decode_step.py`),
+row's numbers are those of `model(...)`, bit for bit: `tests/generation/model/test_llama_step.py`),
 without the bookkeeping:
 
 - When no row of the step uses an adapter, the layers' weights are called directly (no module
@@ -75,7 +75,7 @@ class _Projection:
         """`x` times the weights, in `x`'s dtype; `raw`: in the kernel's own (bf16 for int8 /
         int4), for a caller whose next operation widens it anyway (adding it to an fp32
         tensor gives the same numbers as widening first, one call fewer). The numbers of the
-        layers' own `product` (`tests/generation/test_decode_step.py`)."""
+        layers' own `product` (`tests/generation/model/test_llama_step.py`)."""
         if self.wide and wide_rows(x.shape[0]):
             if len(self.wide) == 1:
                 return bf16_matmul(x, self.wide[0], cast=not raw)

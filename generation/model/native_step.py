@@ -14,7 +14,7 @@ here, then kept per machine and CPU in a folder of torch's extension folder, reb
 source changes; a lock that a killed build left is cleared), and run first in a child process
 (`generation/model/native_build.py`: the folder's key, owner and mode, the child). Where it cannot
 be built or used, or the model or the step does not fit (`NativeFewRows.of`), `LlamaStep` keeps its
-Python way; the two agree to float rounding (`tests/generation/test_native_step.py`), not bit
+Python way; the two agree to float rounding (`tests/generation/model/test_native_step.py`), not bit
 for bit: the loops sum in another order.
 """
 

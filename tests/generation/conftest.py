@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from generation.engine.local_engine import Engine, EngineConfig
-from generation.model.loading import LoadedModel, describe, load_model, with_weights
-from generation.types import GenerationRequest, Message
+from generation.model.loading import LoadedModel, load_model, with_weights
 from tests.generation.random_model import random_model
 
 
@@ -40,16 +39,6 @@ def loaded(model_cache_dir: Path) -> LoadedModel:
     return load_model(None, "cpu", model_cache_dir, weights)
 
 
-def logit_tolerance(loaded: LoadedModel) -> float:
-    """How far a row's logits may move when other rows share its batch or its beginning was
-    remembered: fp32 only reorders sums (1e-3); with bf16 arithmetic (int8 and int4 weights
-    compute in it) each layer's input is rounded to bf16's 8 bits, and the logits come out in
-    bf16 (0.06 apart near 12): measured up to 0.47 with int8, so 0.75."""
-    if describe(loaded).startswith(("int8", "int4")):
-        return 0.75
-    return 1e-3 if loaded.dtype == torch.float32 else 0.75
-
-
 @pytest.fixture
 async def make_engine(loaded: LoadedModel) -> AsyncIterator[Callable[..., Engine]]:
     engines: list[Engine] = []
@@ -66,8 +55,3 @@ async def make_engine(loaded: LoadedModel) -> AsyncIterator[Callable[..., Engine
     yield make
     for engine in engines:
         await engine.aclose()
-
-
-def ask(text: str, **kwargs) -> GenerationRequest:
-    kwargs.setdefault("max_new_tokens", 12)
-    return GenerationRequest(messages=(Message("user", text),), **kwargs)
