@@ -3,7 +3,7 @@
     /dialogue scene="a tavern" characters="Innkeeper, Stranger" lines=4
     /story a dragon                     (bare text fills the command's main option)
 
-Options are validated with the bot's rules (ARCHITECTURE.md's command table): the same ranges,
+Options are validated with the bot's rules (docs/commands.md's table): the same ranges,
 choices and lengths, so a line the console accepts is one Discord would accept.
 """
 

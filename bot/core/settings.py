@@ -1,6 +1,6 @@
 """Muse's settings: the environment, or a `.env` file (python-dotenv); the environment wins.
 
-Names and defaults are those of ARCHITECTURE.md. The token is held in a field that never prints.
+Names and defaults are those of docs/settings.md. The token is held in a field that never prints.
 """
 
 from __future__ import annotations
