@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from generation.engine.local_engine import Engine, EngineConfig
+from generation.model.agreement import greedy_text
 from generation.model.loading import LoadedModel, load_model, with_weights
 from tests.generation.random_model import random_model
 
@@ -18,6 +19,22 @@ from tests.generation.random_model import random_model
 def model_cache_dir() -> Path:
     """The user's cache (CI: a fresh one), so the GGUF is converted at most once per machine."""
     return Path(os.environ.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse")
+
+
+@pytest.fixture(scope="session")
+def fp32(model_cache_dir: Path) -> Iterator[LoadedModel]:
+    """The exact weights, whatever MUSE_TEST_WEIGHTS gives the session's model: loaded once for
+    every test that compares against fp32 (the written-out step, the quantised layers, the C++
+    step)."""
+    yield load_model(None, "cpu", model_cache_dir, "fp32")
+    greedy_text.cache_clear()  # it holds the fp32 model
+
+
+@pytest.fixture(scope="session", params=["int8", "int4"])
+def quantised(request: pytest.FixtureRequest, fp32: LoadedModel) -> LoadedModel:
+    """One quantised copy of `fp32` at a time, shared by every module that tests int weights
+    (pytest runs all of one kind's tests, then the other's)."""
+    return with_weights(fp32, request.param, copy=True)
 
 
 @pytest.fixture(scope="session")

@@ -15,16 +15,11 @@ from generation.model import quantize
 from generation.model.adapters import Adapters
 from generation.model.batch_runner import BatchRunner, KVBatch
 from generation.model.llama_step import LlamaStep
-from generation.model.loading import LoadedModel, load_model, with_weights
+from generation.model.loading import LoadedModel, with_weights
 from generation.model.prompting import encode_messages
 from tests.generation.helpers import ask
 
 PROMPTS = ["Write a poem about the sea.", "List three fruits.", "Describe a lighthouse."]
-
-
-@pytest.fixture(scope="module")
-def fp32(model_cache_dir) -> LoadedModel:
-    return load_model(None, "cpu", model_cache_dir, "fp32")
 
 
 def transformers_step(runner: BatchRunner, batch: KVBatch, tokens: list[int]) -> torch.Tensor:

@@ -18,22 +18,12 @@ from generation.engine.local_engine import Engine, EngineConfig
 from generation.model import native_build, native_step, quantize
 from generation.model.agreement import along_greedy, python_step, stepped_logits
 from generation.model.batch_runner import SPARE_COLUMNS, BatchRunner
-from generation.model.loading import LoadedModel, describe, load_model, with_weights
+from generation.model.loading import LoadedModel, describe
 from generation.model.prompting import encode_messages
 from tests.generation.helpers import ask, logit_tolerance
 from tests.generation.model.guards import GUARDS, PROMPTS
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
-
-
-@pytest.fixture(scope="module")
-def fp32(model_cache_dir) -> LoadedModel:
-    return load_model(None, "cpu", model_cache_dir, "fp32")
-
-
-@pytest.fixture(scope="module", params=["int8", "int4"])
-def quantised(request, fp32: LoadedModel) -> LoadedModel:
-    return with_weights(fp32, request.param, copy=True)
 
 
 @pytest.fixture(scope="module")

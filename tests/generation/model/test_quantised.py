@@ -15,7 +15,7 @@ from torch import nn
 
 from generation.model import quantize
 from generation.model.adapters import Adapters
-from generation.model.agreement import greedy_text, teacher_forced
+from generation.model.agreement import teacher_forced
 from generation.model.batch_runner import BatchRunner
 from generation.model.loading import (
     LoadedModel,
@@ -23,7 +23,6 @@ from generation.model.loading import (
     default_model_path,
     describe,
     gguf_weight_bits,
-    load_model,
     weights_for,
     with_weights,
 )
@@ -41,23 +40,6 @@ from tests.generation.helpers import ask, logit_tolerance
 from tests.generation.model.guards import GUARDS, PROMPTS
 
 LAYERS = {"int8": Int8Linear, "int4": Int4Linear}
-
-
-@pytest.fixture(scope="module")
-def fp32(model_cache_dir) -> LoadedModel:
-    """The exact weights, whatever MUSE_TEST_WEIGHTS gives the session's model."""
-    return load_model(None, "cpu", model_cache_dir, "fp32")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _forget_greedy_texts():
-    yield
-    greedy_text.cache_clear()  # it holds the fp32 model
-
-
-@pytest.fixture(scope="module", params=["int8", "int4"])
-def quantised(request, fp32: LoadedModel) -> LoadedModel:
-    return with_weights(fp32, request.param, copy=True)
 
 
 @pytest.mark.parametrize("kind", ["int8", "int4"])

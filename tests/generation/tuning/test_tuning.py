@@ -44,6 +44,7 @@ from generation.tuning import (
 from generation.tuning.data import GROUP, WHO, examples, read_jsonl
 from generation.tuning.output import clean_leftovers, make_tmp, publish
 from generation.tuning.plan import KTO_RATIO, kto_weights
+from tests.generation.tuning.tiny_base import save_tiny_base
 from tests.generation.tuning.tuning_data import (
     MARKER,
     dpo_rows,
@@ -78,6 +79,13 @@ def config(tmp: Path, cache: Path, **kwargs: Any) -> TuneConfig:
 
 def leftovers(adapters: Path) -> list[str]:
     return sorted(p.name for p in adapters.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, model_cache_dir: Path) -> str:
+    """A tiny random base (tests/generation/tuning/tiny_base.py) for the runs that check
+    plumbing; what a run learns is checked on the real base (the marker)."""
+    return str(save_tiny_base(tmp_path_factory.mktemp("tiny") / "base", model_cache_dir))
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +138,19 @@ def test_default_sft_teaches_the_marker(marker_adapter: TuneResult, model_cache_
     ],
 )
 def test_auto_picks_preferences_and_reports_metrics(
-    tmp_path: Path, model_cache_dir: Path, files: tuple[str, ...], method: str, expected: tuple
+    tmp_path: Path,
+    model_cache_dir: Path,
+    tiny: str,
+    files: tuple[str, ...],
+    method: str,
+    expected: tuple,
 ) -> None:
     rows = {"dpo": dpo_rows(16), "kto": kto_rows(16), "sft": marker_rows()}
     paths = {f: write_jsonl(tmp_path / f"{f}.jsonl", rows[f]) for f in files}
     events: list[ProgressEvent] = []
-    run = config(tmp_path, model_cache_dir, name=method, files=paths, max_steps=2, eval_share=0.25)
+    run = config(
+        tmp_path, model_cache_dir, name=method, files=paths, max_steps=2, eval_share=0.25, base=tiny
+    )
     result = tune(run, progress=events.append)
     assert result.method == method and result.reason.endswith(f": {method.upper()}")
     for metrics in (result.metrics_before, result.metrics_after):
@@ -152,13 +167,13 @@ def test_auto_picks_preferences_and_reports_metrics(
 
 
 def test_an_existing_name_is_refused_unless_forced(
-    tmp_path: Path, model_cache_dir: Path, marker_adapter: TuneResult
+    tmp_path: Path, model_cache_dir: Path, marker_adapter: TuneResult, tiny: str
 ) -> None:
     adapters = tmp_path / "adapters"
     adapters.mkdir()
     shutil.copytree(marker_adapter.path, adapters / "mine")
     sft = write_jsonl(tmp_path / "sft.jsonl", marker_rows()[:8])
-    run = config(tmp_path, model_cache_dir, name="mine", files={"sft": sft}, max_steps=1)
+    run = config(tmp_path, model_cache_dir, name="mine", files={"sft": sft}, max_steps=1, base=tiny)
     with pytest.raises(TuningError, match="already exists"):
         tune(run)
     assert load_adapter_card(adapters / "mine")["data"]["counts"]["train"]["rows"] == 27
@@ -171,7 +186,7 @@ def test_an_existing_name_is_refused_unless_forced(
     assert sorted(p.name for p in adapters.iterdir()) == ["mine"]
 
 
-def test_a_stopped_run_leaves_nothing(tmp_path: Path, model_cache_dir: Path) -> None:
+def test_a_stopped_run_leaves_nothing(tmp_path: Path, model_cache_dir: Path, tiny: str) -> None:
     sft = write_jsonl(tmp_path / "sft.jsonl", marker_rows())
     stop = threading.Event()
     steps: list[int] = []
@@ -181,19 +196,21 @@ def test_a_stopped_run_leaves_nothing(tmp_path: Path, model_cache_dir: Path) -> 
             steps.append(event.step)
             stop.set()
 
-    run = config(tmp_path, model_cache_dir, name="halted", files={"sft": sft}, eval_share=0)
+    run = config(
+        tmp_path, model_cache_dir, name="halted", files={"sft": sft}, eval_share=0, base=tiny
+    )
     with pytest.raises(TuningStopped, match="stopped at step 1/"):
         tune(run, progress=progress, stop=stop)
     assert steps == [1]
     assert list((tmp_path / "adapters").iterdir()) == []
 
 
-def test_a_killed_run_leaves_no_adapter(tmp_path: Path, model_cache_dir: Path) -> None:
+def test_a_killed_run_leaves_no_adapter(tmp_path: Path, model_cache_dir: Path, tiny: str) -> None:
     adapters = tmp_path / "adapters"
     sft = write_jsonl(tmp_path / "sft.jsonl", marker_rows())
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.generation.tuning.tuning_child"]
-        + [str(sft), str(adapters), "killed", str(model_cache_dir)],
+        + [str(sft), str(adapters), "killed", str(model_cache_dir), tiny],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -301,14 +318,15 @@ def test_names_and_too_little_data_fail_before_any_folder(
     assert not (tmp_path / "adapters").exists() or not any((tmp_path / "adapters").iterdir())
 
 
-def test_ctrl_c_becomes_tuning_stopped(tmp_path: Path, model_cache_dir: Path) -> None:
+def test_ctrl_c_becomes_tuning_stopped(tmp_path: Path, model_cache_dir: Path, tiny: str) -> None:
     sft = write_jsonl(tmp_path / "sft.jsonl", marker_rows())
 
     def interrupt(event: ProgressEvent) -> None:
         raise KeyboardInterrupt  # as if Ctrl-C arrived while the run had its tmp folder
 
     with pytest.raises(TuningStopped, match="interrupted"):
-        tune(config(tmp_path, model_cache_dir, name="ctrl-c", files={"sft": sft}), interrupt)
+        run = config(tmp_path, model_cache_dir, name="ctrl-c", files={"sft": sft}, base=tiny)
+        tune(run, interrupt)
     assert list((tmp_path / "adapters").iterdir()) == []
 
 

@@ -1,6 +1,6 @@
 """A tuning run in its own process, for the test that SIGKILLs one mid-training.
 
-    python -m tests.generation.tuning.tuning_child SFT_FILE ADAPTERS_DIR NAME [CACHE_DIR]
+    python -m tests.generation.tuning.tuning_child SFT_FILE ADAPTERS_DIR NAME [CACHE_DIR [BASE]]
 
 Prints `step N` (flushed) after each training step.
 """
@@ -19,7 +19,8 @@ def report(event: ProgressEvent) -> None:
 
 
 def main(argv: list[str]) -> None:
-    sft, adapters, name, *cache = argv
+    sft, adapters, name, *rest = argv
+    cache, base = (rest + [None, None])[:2]
     config = TuneConfig(
         name=name,
         files={"sft": Path(sft)},
@@ -28,7 +29,8 @@ def main(argv: list[str]) -> None:
         max_steps=200,  # far more than the test waits for
         eval_share=0,
         device="cpu",
-        cache_dir=Path(cache[0]) if cache else None,
+        cache_dir=Path(cache) if cache else None,
+        base=base,
     )
     tune(config, progress=report)
 
