@@ -2,7 +2,9 @@
 
 They live in `generation/tasks/presets.toml`; a community adds or overrides presets with its own
 file (`MUSE_PRESETS`). A field may offer choices; each choice brings a hint (`{field_hint}` in the
-template) and may change sampling (a long story gets more tokens).
+template) and may change sampling (a long story gets more tokens). A preset's `kind` says which
+rules shape its request and its text (`generation.tasks.task_rules`): a community file can add a
+task of an existing kind (a screenplay of kind `dialogue`) without code.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ TASKS = ("story", "poem", "dialogue", "describe", "character", "quest", "generat
 SAMPLING_KEYS = ("temperature", "top_p", "repetition_penalty", "max_new_tokens")
 HINT = "_hint"
 CHOICE_TEXTS = frozenset({"hint", "examples", "system", "template", "labels"})  # not sampling
+# "text": the template's answer as written (or a labelled form's lines); "dialogue": a cast's
+# `Name: line` lines (`generation.tasks.dialogue`).
+KINDS = ("text", "dialogue")
 
 
 class PresetError(ValueError):
@@ -54,6 +59,7 @@ class Preset:
     # A labelled form ("Name: …", "Look: …"): the answer starts with the first label, and the
     # finished text keeps one line per label, in order (`generation.tasks.forms`).
     labels: tuple[str, ...] = ()
+    kind: str = "text"  # one of KINDS: which task rules shape the request and the text
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -173,10 +179,13 @@ def _preset(path: Path, name: str, table: Any) -> Preset:
             stop=tuple(table.get("stop", ())),
             examples=_examples(table.get("examples", [])),
             labels=tuple(str(label) for label in table.get("labels", ())),
+            kind=str(table.get("kind", "text")),
         )
         fields = preset.fields
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise PresetError(f"{where} is not valid: {exc}") from exc
+    if preset.kind not in KINDS:
+        raise PresetError(f"{where} kind must be one of {', '.join(KINDS)}, not {preset.kind!r}.")
     if preset.main_field not in fields:
         raise PresetError(f"{where} main_field must name one of its fields {fields}.")
     settings = [preset.sampling, *(c.sampling for o in choices.values() for c in o.values())]

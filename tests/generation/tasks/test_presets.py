@@ -92,3 +92,26 @@ def test_invalid_preset_files_are_refused_clearly(tmp_path: Path, text, message)
     path.write_text(text)
     with pytest.raises(PresetError, match=message):
         parse_presets(path)
+
+
+def test_a_community_task_of_the_dialogue_kind_gets_the_dialogue_rules(tmp_path: Path):
+    extra = tmp_path / "mine.toml"
+    extra.write_text(
+        '[screenplay]\nkind = "dialogue"\n'
+        'template = "Scene: {scene}\\nCast: {characters}\\nWrite {lines} lines."\n'
+        'main_field = "scene"\n[screenplay.defaults]\nlines = "4"\n'
+    )
+    presets = load_presets(extra)
+    screenplay = presets["screenplay"]
+    assert screenplay.kind == "dialogue" and presets["story"].kind == "text"
+    fields = {"scene": "a tavern", "characters": "Innkeeper, Stranger"}
+    assert build_request(screenplay, fields).response_prefix == "Innkeeper:"
+    raw = "Innkeeper: Welcome.\nNarrator walks in.\nStranger: Ale."
+    assert finish_text(screenplay, fields, raw) == "Innkeeper: Welcome.\nStranger: Ale."
+
+
+def test_an_unknown_kind_is_refused(tmp_path: Path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[x]\ntemplate = '{a}'\nmain_field = 'a'\nkind = 'song'\n")
+    with pytest.raises(PresetError, match="kind must be one of text, dialogue"):
+        parse_presets(path)
