@@ -58,11 +58,18 @@ def cpu_key(features: str | None = None) -> str:
     return hashlib.sha256((features or cpu_features()).encode()).hexdigest()[:12]
 
 
+def source_key() -> str:
+    """A short hash of where the C++ source lives. torch's builder writes the source's path into
+    the folder's build.ninja, so two checkouts sharing one folder would rebuild it in turn (and a
+    build killed meanwhile leaves a lock that stalls the other): each checkout gets its own."""
+    return hashlib.sha256(str(SOURCE.resolve()).encode()).hexdigest()[:8]
+
+
 def build_folder(root: Path, features: str | None = None) -> Path:
-    """The build folder under `root` for this Python, torch and CPU (`features`)."""
+    """The build folder under `root` for this Python, torch, CPU (`features`) and checkout."""
     python = f"py{sys.version_info[0]}{sys.version_info[1]}"
     version = torch.__version__.replace("+", "_")
-    return root / f"{NAME}_{python}_torch{version}_flags{cpu_key(features)}"
+    return root / f"{NAME}_{python}_torch{version}_flags{cpu_key(features)}_src{source_key()}"
 
 
 def unsafe(path: Path) -> str | None:

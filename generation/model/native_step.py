@@ -10,12 +10,12 @@ multiplies with its bf16 weights, and the C++ step does too (oneDNN's product, a
 `quantize.bf16_matmul`); an int8 model has none, so the Python step serves it there.
 
 It is compiled on first use with torch's extension builder (a C++ compiler and ninja; ~30 s
-here, then kept per machine and CPU in a folder of torch's extension folder, rebuilt when the
-source changes; a lock that a killed build left is cleared), and run first in a child process
-(`generation/model/native_build.py`: the folder's key, owner and mode, the child). Where it cannot
-be built or used, or the model or the step does not fit (`NativeFewRows.of`), `LlamaStep` keeps its
-Python way; the two agree to float rounding (`tests/generation/model/test_native_step.py`), not bit
-for bit: the loops sum in another order.
+here, then kept per machine, CPU and checkout in a folder of torch's extension folder, rebuilt
+when the source changes; a lock that a killed build left is cleared), and run first in a child
+process (`generation/model/native_build.py`: the folder's key, owner and mode, the child). Where it
+cannot be built or used, or the model or the step does not fit (`NativeFewRows.of`), `LlamaStep`
+keeps its Python way; the two agree to float rounding
+(`tests/generation/model/test_native_step.py`), not bit for bit: the loops sum in another order.
 """
 
 from __future__ import annotations
