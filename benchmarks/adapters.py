@@ -7,7 +7,8 @@ first), in tokens/s of decoding:
   - base only, no adapters (the model exactly as loaded: nothing installed);
   - base only, with 2 adapters loaded (their routed layers installed, every row the base's);
   - 16 rows mixed across the base and 2 adapters (a third each), design (a): one batch, each
-    row through its own adapter (generation/adapters.py's routed layers, what the engine does);
+    row through its own adapter (generation/model/adapters.py's routed layers, what the engine
+    does);
   - the same rows, design (b): one batch per adapter, the groups stepped in turn;
   - the same rows as (a) through PEFT's own mixed-batch forward (`adapter_names=[...]` per row),
     for comparison.
@@ -34,10 +35,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generation.adapters import load_adapters  # noqa: E402
-from generation.kv_batch import BatchRunner, KVBatch  # noqa: E402
-from generation.models import load_model  # noqa: E402
-from generation.prompting import encode_messages  # noqa: E402
+from generation.model.adapters import load_adapters  # noqa: E402
+from generation.model.batch_runner import BatchRunner, KVBatch  # noqa: E402
+from generation.model.loading import load_model  # noqa: E402
+from generation.model.prompting import encode_messages  # noqa: E402
 from generation.types import Message  # noqa: E402
 
 ROLES = ["blacksmith", "wizard", "thief", "king", "bard", "elf", "dwarf", "orc"]

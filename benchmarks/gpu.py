@@ -33,10 +33,10 @@ from benchmarks.throughput import (  # noqa: E402
     padded,
     prompt,
 )
-from generation.engine import Engine, EngineConfig  # noqa: E402
-from generation.kv_batch import BatchRunner  # noqa: E402
-from generation.models import LoadedModel  # noqa: E402
-from generation.prompting import encode_messages  # noqa: E402
+from generation.engine.local_engine import Engine, EngineConfig  # noqa: E402
+from generation.model.batch_runner import BatchRunner  # noqa: E402
+from generation.model.loading import LoadedModel  # noqa: E402
+from generation.model.prompting import encode_messages  # noqa: E402
 from generation.types import GenerationRequest, Message  # noqa: E402
 from tests.generation.random_model import parameters, random_model  # noqa: E402
 
@@ -71,7 +71,7 @@ async def throughput(loaded: LoadedModel, tokens: int, naive16: bool) -> dict[st
 def join_drift(loaded: LoadedModel, steps: int = 16) -> tuple[float, float]:
     """A row decoded alone, and again with a longer row joining after 3 steps (teacher-forced
     on its own tokens): the largest logit difference and the share of steps whose best token
-    agrees. fp32 keeps both within 1e-3 (tests/generation/test_batching.py); bf16 cannot."""
+    agrees. fp32 keeps both within 1e-3 (tests/generation/engine/test_batching.py); bf16 cannot."""
     tok, runner = loaded.tokenizer, BatchRunner(loaded.model, loaded.tokenizer.pad_token_id or 0)
     mine = encode_messages(tok, (Message("user", "Describe a quiet harbour town."),), 4096)
     other = encode_messages(tok, (Message("user", "A much longer prompt. " * 20),), 4096)

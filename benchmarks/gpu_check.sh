@@ -19,8 +19,8 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 transformers.__version__, torch.cuda.get_device_name(0))"
 MUSE_TEST_MODEL=random:smollm2-135m MUSE_TEST_DEVICE=cuda MUSE_TEST_TOKENIZER=$TOKENIZER \
 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout 200 python3 -m pytest -q -p pytest_asyncio.plugin \
-    -p pytest_timeout -p no:cacheprovider tests/generation/test_batching.py \
-    tests/generation/test_sampling.py 2>&1 | tee "$OUT/pytest.log" | tail -25
+    -p pytest_timeout -p no:cacheprovider tests/generation/engine/test_batching.py \
+    tests/generation/engine/test_sampling.py 2>&1 | tee "$OUT/pytest.log" | tail -25
 timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/gpu.py --tokenizer "$TOKENIZER" "$@" 2>&1 \
     | tee "$OUT/gpu.log"
 timeout "${SERVE_TIMEOUT:-300}" python3 benchmarks/gpu_serve.py --tokenizer "$TOKENIZER" 2>&1 \

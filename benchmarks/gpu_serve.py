@@ -36,7 +36,7 @@ from benchmarks.throughput import (  # noqa: E402
 )
 from bot.cli.engine_process import engine_process  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
-from generation.prompting import encode_messages  # noqa: E402
+from generation.model.prompting import encode_messages  # noqa: E402
 from tests.generation.random_model import random_model  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def saved_model(shape: str, tokenizer_dir: str, device: str, folder: Path) -> li
 
 def bound(folder: Path, device: str, ids: list[list[int]], tokens: int) -> float:
     """The padded `generate` bound for `ids`, in this process, the model freed afterwards."""
-    from generation.models import load_model
+    from generation.model.loading import load_model
 
     loaded = load_model(str(folder), device, weights="auto")  # what `muse serve` runs
     padded(loaded, ids[:2], 4)  # warm up kernels

@@ -6,8 +6,8 @@ fp32 `linear`.
 
 Prints milliseconds per call for a few weight shapes (SmolLM2-135M's and -1.7B's layers and the
 output head) at 1, 4 and 16 rows, on a thread of its own (never torch on the main thread, see
-benchmarks/throughput.py). What `generation/quantize.py`'s choices rest on. Each call reuses one
-weight, which may stay in the CPU's caches: a whole decoding step reads every layer's weights
+benchmarks/throughput.py). What `generation/model/quantize.py`'s choices rest on. Each call reuses
+one weight, which may stay in the CPU's caches: a whole decoding step reads every layer's weights
 once, so these are a kernel's best case, not its share of a step: the second table (every layer
 of the default model with weights of its own) is.
 """
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generation.quantize import GROUP, Int4Linear, Int8Linear  # noqa: E402
+from generation.model.quantize import GROUP, Int4Linear, Int8Linear  # noqa: E402
 
 SHAPES = [(49152, 576), (1536, 576), (576, 1536), (2048, 2048), (8192, 2048), (2048, 8192)]
 ROWS = (1, 4, 16)

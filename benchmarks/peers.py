@@ -49,20 +49,19 @@ from benchmarks.throughput import (  # noqa: E402
     prompt,
     raw_server,
 )
-from generation import quantize  # noqa: E402
-from generation.engine import Engine, EngineConfig  # noqa: E402
-from generation.kv_batch import BatchRunner  # noqa: E402
-from generation.models import (  # noqa: E402
+from generation.engine.local_engine import Engine, EngineConfig  # noqa: E402
+from generation.model import quantize  # noqa: E402
+from generation.model.agreement import along_greedy, stepped_logits, teacher_forced  # noqa: E402
+from generation.model.batch_runner import BatchRunner  # noqa: E402
+from generation.model.loading import (  # noqa: E402
     LoadedModel,
     default_cache_dir,
     default_model_path,
     load_model,
     with_weights,
 )
-from generation.prompting import encode_messages  # noqa: E402
-from tests.generation.llama_server import free_port  # noqa: E402
-from tests.generation.test_native_step import stepped_logits  # noqa: E402
-from tests.generation.test_quantised import along_greedy, teacher_forced  # noqa: E402
+from generation.model.prompting import encode_messages  # noqa: E402
+from tests.generation.remote.llama_server import free_port  # noqa: E402
 
 SLOTS = 16
 OVERLAPPING_S = 0.1  # the staggered row whose arrivals overlap: 16 within 1.5 s

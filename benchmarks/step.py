@@ -1,7 +1,7 @@
 """One decoding step of the default model: through transformers' forward, the written-out step
-(`generation/decode_step.py`) and the step as `BatchRunner.step` serves it (int4 weights, and
-fewer than 10 rows of int8: the C++ step, `generation/native_step.py`), and a prefill, for each
-kind of weights (CPU).
+(`generation/model/llama_step.py`) and the step as `BatchRunner.step` serves it (int4 weights, and
+fewer than 10 rows of int8: the C++ step, `generation/model/native_step.py`), and a prefill, for
+each kind of weights (CPU).
 
     .venv/bin/python benchmarks/step.py [--weights int4 int8 fp32] [--rows 1 16] [--rounds 8]
                                         [--big]
@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.peers import big_model  # noqa: E402
 from benchmarks.throughput import prompt  # noqa: E402
-from generation.kv_batch import BatchRunner, KVBatch  # noqa: E402
-from generation.models import default_cache_dir, load_model  # noqa: E402
-from generation.prompting import encode_messages  # noqa: E402
-from tests.generation.test_native_step import python_step  # noqa: E402
+from generation.model.agreement import python_step  # noqa: E402
+from generation.model.batch_runner import BatchRunner, KVBatch  # noqa: E402
+from generation.model.loading import default_cache_dir, load_model  # noqa: E402
+from generation.model.prompting import encode_messages  # noqa: E402
 
 STEPS = 20
 
@@ -54,7 +54,7 @@ def through_transformers(runner: BatchRunner) -> Callable[[KVBatch, list[int]], 
 
 
 def in_python(runner: BatchRunner) -> Callable[[KVBatch, list[int]], torch.Tensor]:
-    """`runner.step` with the C++ step set aside (generation/native_step.py)."""
+    """`runner.step` with the C++ step set aside (generation/model/native_step.py)."""
 
     def step(batch: KVBatch, tokens: list[int]) -> torch.Tensor:
         with python_step(runner):

@@ -20,7 +20,7 @@ from benchmarks.throughput import engine_concurrency, engine_run  # noqa: E402
 from bot.cli.wiring import build_engine  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
 from bot.core.shutdown import close_engine  # noqa: E402
-from generation.models import default_cache_dir  # noqa: E402
+from generation.model.loading import default_cache_dir  # noqa: E402
 
 
 async def measure(threads: int) -> tuple[float, float]:

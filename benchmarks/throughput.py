@@ -31,12 +31,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generation.engine import Engine, EngineConfig  # noqa: E402
-from generation.models import LoadedModel, default_cache_dir, load_model  # noqa: E402
-from generation.openai_backend import OpenAIEngine, RemoteConfig  # noqa: E402
-from generation.prompting import encode_messages  # noqa: E402
+from generation.engine.local_engine import Engine, EngineConfig  # noqa: E402
+from generation.model.loading import LoadedModel, default_cache_dir, load_model  # noqa: E402
+from generation.model.prompting import encode_messages  # noqa: E402
+from generation.remote.backend import OpenAIBackend, RemoteConfig  # noqa: E402
 from generation.types import GenerationRequest, Message  # noqa: E402
-from tests.generation.llama_server import LlamaServer  # noqa: E402
+from tests.generation.remote.llama_server import LlamaServer  # noqa: E402
 
 T = TypeVar("T")
 STAGGER_S = 0.5  # the staggered row: one request every half second
@@ -117,7 +117,7 @@ async def engine_run(engine: Engine, n: int, tokens: int, stagger_s: float = 0.0
 
 
 async def engine_concurrency(
-    engine: Engine | OpenAIEngine, n: int, concurrency: int, tokens: int
+    engine: Engine | OpenAIBackend, n: int, concurrency: int, tokens: int
 ) -> float:
     gate = asyncio.Semaphore(concurrency)
 
@@ -205,7 +205,7 @@ async def remote_figures(tokens: int, figures: dict[str, float]) -> list[tuple[s
     started = time.perf_counter()
     with LlamaServer() as server:
         load_s = time.perf_counter() - started
-        engine = OpenAIEngine(RemoteConfig(base_url=server.base_url, queue_size=64))
+        engine = OpenAIBackend(RemoteConfig(base_url=server.base_url, queue_size=64))
         await engine.wait_ready()
         await raw_server(server.base_url, 1, 1, 4)  # warm up
         for c in (1, 4, 16):

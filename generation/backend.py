@@ -20,7 +20,7 @@ class ReadyModel(Protocol):
 
 @runtime_checkable
 class Backend(Protocol):
-    """`stream` / `generate` / `abort` over one model (and, later, its adapters)."""
+    """`stream` / `generate` / `abort` over one base model and its adapters (`models`)."""
 
     @property
     def model_id(self) -> str:

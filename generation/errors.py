@@ -27,3 +27,11 @@ class UnknownModel(Exception):
         self.served = served
         listed = ", ".join(repr(name) for name in served) or "nothing yet"
         super().__init__(f"The model {model!r} is not served here; served: {listed}.")
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message names it and says what to do."""
+
+
+class AdapterError(Exception):
+    """An adapter that cannot be served; the message says why."""

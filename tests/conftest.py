@@ -24,7 +24,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     torn down ("terminate called without an active exception": a native thread of torch's is
     still alive when Python finalises). The report is complete by then, so exit with pytest's
     own status rather than let the teardown turn a green run red. Finding that thread is open
-    work (see the stop note)."""
+    work."""
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

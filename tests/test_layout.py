@@ -244,6 +244,83 @@ def test_bot_discord_imports_no_console_or_cli() -> None:
     assert_layer("bot.discord", ["bot.console", "bot.cli"], transitive=False)
 
 
+# generation/ by job: `tasks` (what to ask the model, and how its text is shaped), `engine`
+# (scheduling and stepping requests), `model` (weights, kernels, adapters), `remote` (the
+# OpenAI-compatible client), `serve` (the HTTP server), `tuning`; `types`, `errors`, `backend`
+# and `outbox` at the top are shared by all of them and import none of the rooms.
+GENERATION_ROOMS = ("tasks", "engine", "model", "remote", "serve", "tuning")
+GENERATION_TOP = (
+    "generation.types",
+    "generation.errors",
+    "generation.backend",
+    "generation.outbox",
+)
+
+
+def rooms(*names: str) -> list[str]:
+    return [f"generation.{name}" for name in names]
+
+
+def test_generation_rooms_exist() -> None:
+    missing = [
+        name
+        for name in GENERATION_ROOMS
+        if not (ROOT / "generation" / name / "__init__.py").is_file()
+    ]
+    assert not missing, f"generation/ lacks the packages {missing}"
+
+
+def test_generation_top_imports_no_room() -> None:
+    for module in GENERATION_TOP:
+        assert_layer(module, rooms(*GENERATION_ROOMS), transitive=False)
+
+
+def test_generation_tasks_reach_no_engine_model_or_remote() -> None:
+    """A task's rules are text in, text out: no torch, no scheduler, no HTTP."""
+    assert_layer(
+        "generation.tasks", rooms("engine", "model", "remote", "serve", "tuning"), transitive=True
+    )
+
+
+def test_generation_model_reaches_no_engine() -> None:
+    """The model's code steps a batch it is given; who is in the batch is the engine's."""
+    forbidden = rooms("engine", "tasks", "remote", "serve", "tuning")
+    assert_layer("generation.model", forbidden, transitive=True)
+
+
+def test_generation_remote_reaches_no_engine_or_model() -> None:
+    """The OpenAI-compatible client needs no torch: a new backend copies `remote/`."""
+    forbidden = rooms("engine", "model", "tasks", "serve", "tuning")
+    assert_layer("generation.remote", forbidden, transitive=True)
+
+
+def test_generation_serve_reaches_only_the_backend_face() -> None:
+    """`muse serve` serves any `Backend`: it sees the protocol, its request and chunk types and
+    the errors the protocol raises (`generation.errors`), never an engine or a model."""
+    forbidden = rooms("engine", "model", "tasks", "remote", "tuning")
+    assert_layer("generation.serve", forbidden, transitive=True)
+
+
+# Exceptions to "the engine schedules and steps, the tasks shape text", each with its reason.
+ENGINE_MAY_IMPORT_OF_TASKS = {
+    # The worker stops a labelled form (`/character`, `/quest`) at its last label while decoding,
+    # which needs the form's rule for the next label; the rule itself stays with the task.
+    "generation.tasks.forms",
+}
+
+
+def test_generation_engine_imports_of_tasks_are_named() -> None:
+    found = breaches(project_graph(), "generation.engine", rooms("tasks"), transitive=False)
+    unnamed = [line for line in found if line.split()[-1] not in ENGINE_MAY_IMPORT_OF_TASKS]
+    assert not unnamed, "generation.engine imports tasks (name it, with its reason):\n" + "\n".join(
+        unnamed
+    )
+
+
+def test_generation_engine_reaches_no_remote_or_serve() -> None:
+    assert_layer("generation.engine", rooms("remote", "serve", "tuning"), transitive=True)
+
+
 def test_bot_core_package_exists() -> None:
     assert (ROOT / "bot" / "core" / "__init__.py").is_file(), "bot/core/__init__.py is missing"
 

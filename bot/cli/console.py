@@ -18,8 +18,8 @@ from bot.console.session import Console
 from bot.console.terminal import Terminal
 from bot.core.app import Muse
 from bot.core.settings import Settings
-from generation.models import ModelLoadError
-from generation.presets import PresetError
+from generation.errors import ModelLoadError
+from generation.tasks.presets import PresetError
 from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli.console")

@@ -1,4 +1,4 @@
-"""`muse export` and `muse stats`: the data subcommands, wired into `bot/cli.py` by
+"""`muse export` and `muse stats`: the data subcommands, wired into `bot/cli/main.py` by
 `add_subcommands`. Each handler runs its own event loop and returns an exit code."""
 
 from __future__ import annotations

@@ -106,7 +106,8 @@ def check_token(token: str) -> Check:
 
 
 def check_model(settings: Settings, *, load: bool = False) -> Check:
-    from generation.models import ModelLoadError, resolve_device
+    from generation.errors import ModelLoadError
+    from generation.model.loading import resolve_device
 
     try:
         device = resolve_device(settings.device)
@@ -116,8 +117,8 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
     if not found.ok or not load:
         return found
     from bot.cli.wiring import engine_model
-    from generation.models import describe
-    from generation.native_step import availability
+    from generation.model.loading import describe
+    from generation.model.native_step import availability
 
     try:
         loaded = engine_model(settings)  # as the engine would: MUSE_WEIGHTS and all
@@ -136,7 +137,7 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
 
 def _find_model(settings: Settings) -> Check:
     """Whether the model can be found without loading it."""
-    from generation.models import default_model_path, gguf_cache_folder
+    from generation.model.loading import default_model_path, gguf_cache_folder
 
     spec = settings.model or str(default_model_path())
     path = Path(spec).expanduser()
@@ -178,8 +179,8 @@ def _hub_model(repo_id: str) -> Check:
 
 def check_server(settings: Settings) -> Check:
     """`MUSE_BACKEND=openai`: the server answers `GET /models` (and lists the model)."""
-    from generation.models import ModelLoadError
-    from generation.openai_backend import OpenAIEngine, RemoteConfig
+    from generation.errors import ModelLoadError
+    from generation.remote.backend import OpenAIBackend, RemoteConfig
 
     hint = "MUSE_OPENAI_BASE_URL is the server's API base, e.g. http://127.0.0.1:8000/v1"
     config = RemoteConfig(
@@ -190,7 +191,7 @@ def check_server(settings: Settings) -> Check:
     )
 
     async def ask() -> str:
-        engine = OpenAIEngine(config)
+        engine = OpenAIBackend(config)
         try:
             return (await engine.wait_ready()).model_id
         finally:

@@ -39,8 +39,9 @@ from bot.cli.wiring import build_engine, registered_adapters
 from bot.core.settings import Settings
 from bot.core.shutdown import close_engine
 from generation.backend import Backend
-from generation.models import ModelLoadError
-from generation.openai_backend import OpenAIEngine, RemoteConfig
+from generation.errors import ModelLoadError
+from generation.remote.backend import OpenAIBackend as OpenAIEngine
+from generation.remote.backend import RemoteConfig
 from generation.serve import ServeConfig
 from generation.serve.proof import CHALLENGE_HEADER, proves
 from storage.store import Store

@@ -1,5 +1,5 @@
 """TEST ONLY: `MUSE_TEST_FAULT` makes the local engine fail on purpose, so that the fault
-tests (`tests/bot/test_faults.py`) can drive a `muse run` subprocess into a hung or failing
+tests (`tests/bot/cli/test_faults.py`) can drive a `muse run` subprocess into a hung or failing
 model. Never set it in production; Muse logs a warning when it is set.
 
     MUSE_TEST_FAULT=<kind>:<phase>[:<after>]

@@ -7,10 +7,9 @@ import asyncio
 import sys
 
 from bot.cli.wiring import build_engine, presets_from, setup_logging
-from generation.errors import EngineBusy, EngineDead, GenerationFailed
-from generation.models import ModelLoadError
-from generation.presets import TASKS, PresetError
-from generation.requests import build_request, finish_text
+from generation.errors import EngineBusy, EngineDead, GenerationFailed, ModelLoadError
+from generation.tasks.presets import TASKS, PresetError
+from generation.tasks.task_rules import build_request, finish_text
 
 
 def add_subcommand(commands: argparse._SubParsersAction) -> None:

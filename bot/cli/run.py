@@ -21,7 +21,7 @@ from bot.core.shutdown import close_engine, drain
 from bot.discord.client import create_bot
 from bot.discord.sharding import plan_shards
 from generation.backend import Backend
-from generation.presets import Preset
+from generation.tasks.presets import Preset
 from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli.run")

@@ -14,10 +14,10 @@ import torch
 from bot.cli.fault_injection import fault_hook_from_env
 from bot.core.settings import Settings
 from generation.backend import Backend
-from generation.engine import Engine, EngineConfig
-from generation.models import LoadedModel, load_model
-from generation.openai_backend import OpenAIEngine, RemoteConfig
-from generation.presets import Preset, load_presets
+from generation.engine.local_engine import Engine, EngineConfig
+from generation.model.loading import LoadedModel, load_model
+from generation.remote.backend import OpenAIBackend, RemoteConfig
+from generation.tasks.presets import Preset, load_presets
 from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli.wiring")
@@ -77,7 +77,7 @@ def build_engine(
             queue_size=settings.queue_size,
             max_new_tokens=settings.max_tokens,
         )
-        return OpenAIEngine(remote).start()
+        return OpenAIBackend(remote).start()
     config = EngineConfig(
         max_batch=settings.max_batch,
         queue_size=settings.queue_size,

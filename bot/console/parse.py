@@ -3,7 +3,7 @@
     /dialogue scene="a tavern" characters="Innkeeper, Stranger" lines=4
     /story a dragon                     (bare text fills the command's main option)
 
-Options are validated with the bot's rules (ARCHITECTURE.md's command table): the same ranges,
+Options are validated with the bot's rules (docs/commands.md's table): the same ranges,
 choices and lengths, so a line the console accepts is one Discord would accept.
 """
 
@@ -17,7 +17,7 @@ from typing import Literal
 
 from bot.core.actions import parse_stars
 from bot.core.policy import check_range
-from generation.presets import PresetError
+from generation.tasks.presets import PresetError
 
 TEXT_LIMIT = 1000  # Discord's Range[str, 1, 1000] on the main text options
 COMMENT_LIMIT = 1000  # the ⭐ modal's comment box

@@ -25,8 +25,8 @@ from bot.core.errors import report
 from bot.core.forgetting import forget
 from bot.core.loop.status import loop_status
 from generation.backend import ReadyModel
-from generation.models import ModelLoadError
-from generation.presets import PresetError
+from generation.errors import ModelLoadError
+from generation.tasks.presets import PresetError
 from storage.stats import format_table
 
 log = logging.getLogger("muse.bot.console.session")

@@ -10,7 +10,7 @@ from typing import Protocol
 from bot.core.limits import Limits
 from bot.core.settings import Settings
 from generation.backend import Backend
-from generation.presets import Preset
+from generation.tasks.presets import Preset
 from storage.store import Store
 
 EDIT_INTERVAL_S = 1.2  # progress edits of a reply: at most one per interval

@@ -1,4 +1,4 @@
-"""/compare (and, later, /arena): two takes of one prompt, decoded together, then a vote."""
+"""/compare and /arena: two takes of one prompt, decoded together, then a vote."""
 
 from __future__ import annotations
 

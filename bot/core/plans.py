@@ -10,7 +10,7 @@ from bot.core import scenes
 from bot.core.app import Muse
 from bot.core.personas import with_persona
 from bot.core.policy import Admission
-from generation.requests import build_request
+from generation.tasks.task_rules import build_request
 from generation.types import GenerationRequest, Message
 from storage.models import Generation, GuildSettings, Persona
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from bot.core.app import Muse
 from bot.core.limits import Slot
 from bot.core.models import default_model
-from generation.presets import TASKS, PresetError
+from generation.tasks.presets import TASKS, PresetError
 from storage.models import GuildSettings, Persona
 
 log = logging.getLogger("muse.bot.core.policy")

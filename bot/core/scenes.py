@@ -7,8 +7,8 @@ from typing import Any, Literal, Protocol
 
 from bot.core import scripts
 from bot.core.scripts import Scene
-from generation.dialogue import parse_characters
-from generation.presets import Preset
+from generation.tasks.dialogue import parse_characters
+from generation.tasks.presets import Preset
 from generation.types import Message
 from storage.models import Generation
 

@@ -1,6 +1,6 @@
 """Muse's settings: the environment, or a `.env` file (python-dotenv); the environment wins.
 
-Names and defaults are those of ARCHITECTURE.md. The token is held in a field that never prints.
+Names and defaults are those of docs/settings.md. The token is held in a field that never prints.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Secret(str):
         return str.__str__(self)
 
 
-# generation.models.WEIGHTS, without importing torch
+# generation.model.loading.WEIGHTS, without importing torch
 WEIGHTS = ("auto", "fp32", "bf16", "int8", "int4")
 
 

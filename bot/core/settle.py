@@ -10,7 +10,7 @@ from bot.core.app import Muse
 from bot.core.errors import storage_problem
 from bot.core.plans import Plan
 from bot.core.policy import blocked_by
-from generation.requests import finish_text
+from generation.tasks.task_rules import finish_text
 from generation.types import GenerationChunk
 
 log = logging.getLogger("muse.bot.core.settle")

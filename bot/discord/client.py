@@ -17,7 +17,7 @@ from bot.discord.buttons import DYNAMIC_ITEMS, VIEWS
 from bot.discord.recovery import start_recovery
 from bot.discord.sharding import ShardPlan, plan_shards
 from generation.backend import Backend
-from generation.presets import Preset
+from generation.tasks.presets import Preset
 from storage.store import Store
 
 log = logging.getLogger("muse.bot.discord.client")

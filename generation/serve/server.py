@@ -7,7 +7,7 @@ import ipaddress
 from aiohttp import web
 
 from generation.backend import Backend
-from generation.models import ModelLoadError
+from generation.errors import ModelLoadError
 from generation.serve.app import STATE, ServeConfig, create_app
 from generation.serve.connections import CappedSite
 

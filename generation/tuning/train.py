@@ -177,7 +177,8 @@ class _Run:
 
 def _load_base(config: TuneConfig) -> tuple[Any, dict[str, str]]:
     """The base model (None: the bundled default, from its converted safetensors folder)."""
-    from generation.models import ModelLoadError, load_model
+    from generation.errors import ModelLoadError
+    from generation.model.loading import load_model
 
     try:
         base = load_model(config.base, config.device, config.cache_dir)
@@ -190,7 +191,7 @@ def _load_base(config: TuneConfig) -> tuple[Any, dict[str, str]]:
 def default_base_path(cache_dir: Path | None = None) -> Path:
     """Where the bundled default model's converted safetensors folder lives: what a PEFT
     adapter trained on the default base names in its `adapter_config.json`. `tune` and
-    `generation.models.load_model` create it on first use."""
-    from generation.models import default_cache_dir, default_model_path, gguf_cache_folder
+    `generation.model.loading.load_model` create it on first use."""
+    from generation.model.loading import default_cache_dir, default_model_path, gguf_cache_folder
 
     return gguf_cache_folder(default_model_path(), Path(cache_dir or default_cache_dir()))

@@ -11,7 +11,7 @@ from typing import Any
 from bot.cli.wiring import presets_from
 from bot.discord.client import MuseBot
 from storage.store import Store
-from tests.bot.conftest import make_settings
+from tests.bot.helpers import make_settings
 from tests.discord_emulator import DiscordEmulator, InteractionRecord, MessageRecord, run_bot
 
 
@@ -71,3 +71,11 @@ async def answered(record: InteractionRecord) -> MessageRecord:
     await record.wait_until(lambda i: i.original is not None and not i.original.loading, 30)
     assert record.original is not None
     return record.original
+
+
+async def bot_reply_in(emu: DiscordEmulator, thread, count: int = 1):
+    """The bot's `count`-th finished message in a thread."""
+    done = lambda: [  # noqa: E731
+        m for m in emu.bot_messages(thread) if any("muse:rate:" in c for c in m.custom_ids())
+    ]
+    return (await emu.wait_for(lambda: len(done()) >= count and done(), timeout=30))[count - 1]

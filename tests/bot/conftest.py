@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +19,16 @@ from bot.cli.wiring import presets_from
 from bot.core.settings import Settings
 from bot.discord.client import MuseBot
 from generation.backend import Backend
-from generation.engine import Engine, EngineConfig
-from generation.models import LoadedModel, load_model
+from generation.engine.local_engine import Engine, EngineConfig
+from generation.model.loading import LoadedModel, load_model
 from storage.store import Store
+from tests.bot.helpers import MAX_TOKENS, BotFactory, cache_dir, make_settings
 from tests.discord_emulator import DiscordEmulator, run_bot
-
-MAX_TOKENS = 24
 
 
 @pytest.fixture(scope="session")
 def loaded_model() -> LoadedModel:
-    return load_model(None, "cpu", _cache_dir())
+    return load_model(None, "cpu", cache_dir())
 
 
 IN_CHILD = os.environ.get("MUSE_TEST_ENGINE_PROCESS") == "1"
@@ -40,7 +39,7 @@ async def engine(loaded_model: LoadedModel) -> AsyncIterator[Backend]:
     """One real engine shared by the bot tests (small token cap): in this process, or in a
     `muse serve` child with MUSE_TEST_ENGINE_PROCESS=1."""
     if IN_CHILD:
-        settings = Settings(device="cpu", cache_dir=_cache_dir(), max_tokens=MAX_TOKENS)
+        settings = Settings(device="cpu", cache_dir=cache_dir(), max_tokens=MAX_TOKENS)
         async with engine_process(settings) as remote:
             yield remote
         return
@@ -50,27 +49,10 @@ async def engine(loaded_model: LoadedModel) -> AsyncIterator[Backend]:
     await real.aclose()
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse")
-
-
 @pytest.fixture
 async def emu() -> AsyncIterator[DiscordEmulator]:
     async with DiscordEmulator() as emulator:
         yield emulator
-
-
-def make_settings(emu: DiscordEmulator, db_path: Path, **changes: Any) -> Settings:
-    values: dict[str, Any] = {
-        "guild_ids": (emu.guild.id,),
-        "db_path": db_path,
-        "max_tokens": MAX_TOKENS,
-        "timeout_s": 60.0,
-    }
-    return Settings(**(values | changes))
-
-
-BotFactory = Callable[..., contextlib.AbstractAsyncContextManager[MuseBot]]
 
 
 @pytest.fixture

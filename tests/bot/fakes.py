@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 from generation.backend import ReadyModel
 from generation.errors import EngineBusy
-from generation.openai_backend import RemoteModel
+from generation.remote.backend import RemoteModel
 from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from generation.engine import Engine, EngineConfig
-from generation.models import LoadedModel, describe, load_model, with_weights
-from generation.types import GenerationRequest, Message
+from generation.engine.local_engine import Engine, EngineConfig
+from generation.model.agreement import greedy_text
+from generation.model.loading import LoadedModel, load_model, with_weights
 from tests.generation.random_model import random_model
 
 
@@ -19,6 +19,22 @@ from tests.generation.random_model import random_model
 def model_cache_dir() -> Path:
     """The user's cache (CI: a fresh one), so the GGUF is converted at most once per machine."""
     return Path(os.environ.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse")
+
+
+@pytest.fixture(scope="session")
+def fp32(model_cache_dir: Path) -> Iterator[LoadedModel]:
+    """The exact weights, whatever MUSE_TEST_WEIGHTS gives the session's model: loaded once for
+    every test that compares against fp32 (the written-out step, the quantised layers, the C++
+    step)."""
+    yield load_model(None, "cpu", model_cache_dir, "fp32")
+    greedy_text.cache_clear()  # it holds the fp32 model
+
+
+@pytest.fixture(scope="session", params=["int8", "int4"])
+def quantised(request: pytest.FixtureRequest, fp32: LoadedModel) -> LoadedModel:
+    """One quantised copy of `fp32` at a time, shared by every module that tests int weights
+    (pytest runs all of one kind's tests, then the other's)."""
+    return with_weights(fp32, request.param, copy=True)
 
 
 @pytest.fixture(scope="session")
@@ -40,16 +56,6 @@ def loaded(model_cache_dir: Path) -> LoadedModel:
     return load_model(None, "cpu", model_cache_dir, weights)
 
 
-def logit_tolerance(loaded: LoadedModel) -> float:
-    """How far a row's logits may move when other rows share its batch or its beginning was
-    remembered: fp32 only reorders sums (1e-3); with bf16 arithmetic (int8 and int4 weights
-    compute in it) each layer's input is rounded to bf16's 8 bits, and the logits come out in
-    bf16 (0.06 apart near 12): measured up to 0.47 with int8, so 0.75."""
-    if describe(loaded).startswith(("int8", "int4")):
-        return 0.75
-    return 1e-3 if loaded.dtype == torch.float32 else 0.75
-
-
 @pytest.fixture
 async def make_engine(loaded: LoadedModel) -> AsyncIterator[Callable[..., Engine]]:
     engines: list[Engine] = []
@@ -66,8 +72,3 @@ async def make_engine(loaded: LoadedModel) -> AsyncIterator[Callable[..., Engine
     yield make
     for engine in engines:
         await engine.aclose()
-
-
-def ask(text: str, **kwargs) -> GenerationRequest:
-    kwargs.setdefault("max_new_tokens", 12)
-    return GenerationRequest(messages=(Message("user", text),), **kwargs)

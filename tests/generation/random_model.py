@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from generation.models import LoadedModel
+from generation.model.loading import LoadedModel
 
 SMOLLM2_VOCAB = 49152
 SHAPES: dict[str, dict[str, Any]] = {

@@ -7,9 +7,9 @@ import inspect
 import pytest
 
 from generation.backend import Backend, ReadyModel
-from generation.engine import Engine
-from generation.models import LoadedModel
-from generation.openai_backend import OpenAIEngine, RemoteConfig, RemoteModel
+from generation.engine.local_engine import Engine
+from generation.model.loading import LoadedModel
+from generation.remote.backend import OpenAIBackend, RemoteConfig, RemoteModel
 
 NOWHERE = "http://127.0.0.1:9/v1"  # the discard port: the structural checks never connect
 
@@ -65,7 +65,7 @@ def test_the_protocol_lists_what_every_backend_must_have():
     }
 
 
-@pytest.mark.parametrize("cls", [Engine, OpenAIEngine])
+@pytest.mark.parametrize("cls", [Engine, OpenAIBackend])
 def test_each_engine_has_every_member_with_the_protocols_signature(cls):
     assert mismatches(cls) == []
 
@@ -107,9 +107,9 @@ def test_an_engine_not_yet_loaded_knows_no_model_and_no_context(loaded: LoadedMo
 
 
 def test_the_remote_engine_is_a_backend_without_a_server():
-    engine = OpenAIEngine(RemoteConfig(base_url=NOWHERE))
+    engine = OpenAIBackend(RemoteConfig(base_url=NOWHERE))
     assert isinstance(engine, Backend)
     assert engine.models() == [] and engine.context_tokens is None
-    named = OpenAIEngine(RemoteConfig(base_url=NOWHERE, model="served-model"))
+    named = OpenAIBackend(RemoteConfig(base_url=NOWHERE, model="served-model"))
     assert named.models() == ["served-model"] and named.model_id == "served-model"
     assert isinstance(RemoteModel("served-model", NOWHERE), ReadyModel)

@@ -10,77 +10,23 @@ do to the user `muse` runs as. Each setup first checks that it really stops writ
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from storage.errors import DatabaseReadOnly, StorageError
 from storage.store import Store
+from tests.storage.readonly import assert_unwritable, immutable, make_database, read_only_mount
 
 REPO = Path(__file__).resolve().parents[2]
 DROP_DAC = "-dac_override,-dac_read_search"
 
 
-def make_database(path: Path, *, wal: bool = True) -> None:
-    """A migrated database holding a row; left in rollback-journal mode when `wal` is false."""
-
-    async def create() -> None:
-        async with Store.open(path) as store:
-            await store.record_generation(
-                user_id=1,
-                task="story",
-                messages=[{"role": "user", "content": "a story"}],
-                model_id="test-model",
-                params={},
-            )
-
-    asyncio.run(create())
-    if not wal:
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            conn.execute("PRAGMA journal_mode = DELETE")
-
-
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {entry.name: entry.read_bytes() for entry in sorted(folder.iterdir())}
-
-
-def run(*command: str) -> None:
-    subprocess.run(command, check=True, capture_output=True, text=True)
-
-
-def assert_unwritable(path: Path) -> None:
-    """The simulation works: this process cannot write `path` (a file or a folder)."""
-    with pytest.raises(OSError):
-        if path.is_dir():
-            (path / "probe").touch()
-        else:
-            path.open("r+b").close()
-
-
-@contextlib.contextmanager
-def read_only_mount(folder: Path) -> Iterator[Callable[[], None]]:
-    """Mount a tmpfs at `folder`; the yielded function remounts it read-only."""
-    folder.mkdir()
-    run("mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(folder))
-    try:
-        yield lambda: run("mount", "-o", "remount,ro", str(folder))
-    finally:
-        run("umount", str(folder))
-
-
-@contextlib.contextmanager
-def immutable(path: Path) -> Iterator[None]:
-    run("chattr", "+i", str(path))
-    try:
-        yield
-    finally:
-        run("chattr", "-i", str(path))
 
 
 def open_store(path: Path) -> DatabaseReadOnly:

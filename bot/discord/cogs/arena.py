@@ -19,7 +19,7 @@ from bot.discord.buttons import VIEWS
 from bot.discord.cogs.generation import TwoTakeTask, two_take_task
 from bot.discord.compare_reply import CompareReply
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of, where_of
-from generation.presets import PresetError
+from generation.tasks.presets import PresetError
 from storage.leaderboard import Leaderboard, leaderboard_chart_png
 
 log = logging.getLogger("muse.bot.discord.cogs.arena")

@@ -21,7 +21,7 @@ from bot.discord.admission import admitted
 from bot.discord.buttons import VIEWS
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of
 from bot.discord.replies import Progress, final_pieces, progress_text, run_in_reply
-from generation.presets import PresetError
+from generation.tasks.presets import PresetError
 from generation.types import GenerationChunk
 
 log = logging.getLogger("muse.bot.discord.cogs.chat")

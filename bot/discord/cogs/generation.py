@@ -17,7 +17,7 @@ from bot.discord.buttons import VIEWS
 from bot.discord.compare_reply import CompareReply
 from bot.discord.context import answer_ephemeral, app_of, where_of
 from bot.discord.replies import run_in_reply
-from generation.presets import PresetError
+from generation.tasks.presets import PresetError
 
 log = logging.getLogger("muse.bot.discord.cogs.generation")
 

@@ -1,0 +1,77 @@
+"""The child process that builds the C++ step and runs it once before the serving process loads
+it (`generation/model/native_build.py`): `python -m generation.model.native_smoke FOLDER`. A build
+for another CPU dies here (SIGILL) instead of in the server; a wrong one fails the comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from generation.model.batch_runner import BatchRunner
+from generation.model.native_build import (
+    FAULT,
+    SMOKE_FILE,
+    load_extension,
+    make_folder,
+    smoke_record,
+)
+from generation.model.native_step import NativeFewRows
+from generation.model.quantize import quantise
+
+
+def smoke(extension: ModuleType) -> None:
+    """One prefill and two decoding steps of a tiny random int4 Llama through `extension`,
+    checked against the Python step (a wrong build gives nonsense, a build for another CPU
+    faults)."""
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    model = LlamaForCausalLM(config).eval()
+    quantise(model, 4)
+    runner = BatchRunner(model, 0)
+    step = runner._decode
+    if step is None:
+        raise RuntimeError("the smoke model has no written-out step")
+    step.native = NativeFewRows.of(step, extension)
+    if step.native is None:
+        raise RuntimeError("the built step does not serve the smoke model")
+    prompt = [1, 5, 9, 13, 17]
+    ours, theirs = runner.prefill([prompt])[0], runner.prefill([prompt])[0]
+    native = step.native
+    for token in (3, 7):
+        got = runner.step(ours, [token])
+        step.native = None  # the Python step, for comparison
+        want = runner.step(theirs, [token])
+        step.native = native
+        if not bool(torch.isfinite(got).all()) or float((got - want).abs().max()) > 1.0:
+            raise RuntimeError("the built step does not compute what the Python step does")
+
+
+def main(folder: Path) -> int:
+    """The child: build in `folder`, run the step once, write down that it passed."""
+    make_folder(folder)
+    extension = load_extension(folder)
+    fault = os.environ.get(FAULT, "")
+    if fault:
+        os.kill(os.getpid(), {"sigill": signal.SIGILL, "segv": signal.SIGSEGV}[fault])
+    smoke(extension)
+    (folder / SMOKE_FILE).write_text(json.dumps(smoke_record(folder)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))

@@ -1,0 +1,219 @@
+"""The decoding step of a few rows in C++ (`generation/model/native/few_rows_step.cpp`), for int8 /
+int4 Llama models on the CPU.
+
+A request decoding alone spends ~40 % of each step of the default model in the small operations
+around the weight kernels (norms, rotation, attention, casts), a few microseconds of dispatch
+each, and so do a few requests together; the C++ step does them as plain loops over the rows
+and calls torch's weight kernels once per projection (one request: 11.9 ms a step in Python,
+7.5 in C++; figures in `benchmarks/README.md`). From `quantize.WIDE_ROWS` rows on an int4 model
+multiplies with its bf16 weights, and the C++ step does too (oneDNN's product, as
+`quantize.bf16_matmul`); an int8 model has none, so the Python step serves it there.
+
+It is compiled on first use with torch's extension builder (a C++ compiler and ninja; ~30 s
+here, then kept per machine, CPU and checkout in a folder of torch's extension folder, rebuilt
+when the source changes; a lock that a killed build left is cleared), and run first in a child
+process (`generation/model/native_build.py`: the folder's key, owner and mode, the child). Where it
+cannot be built or used, or the model or the step does not fit (`NativeFewRows.of`), `LlamaStep`
+keeps its Python way; the two agree to float rounding
+(`tests/generation/model/test_native_step.py`), not bit for bit: the loops sum in another order.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from generation.model import native_build
+from generation.model.quantize import wide_rows
+
+log = logging.getLogger("muse.generation.native_step")
+
+# Set to "0" to keep every step in Python (the tests compare the two ways).
+SWITCH = "MUSE_NATIVE_STEP"
+
+
+# A build takes ~30 s here; a lock file older than this was left by a build that was killed.
+STALE_LOCK_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    """The C++ step for this process: the extension, or None and why the Python step serves."""
+
+    extension: ModuleType | None
+    reason: str = ""
+
+
+@functools.cache
+def build() -> Build:
+    """The extension, built once per machine and CPU and run first in a child process
+    (`generation/model/native_build.py`); where it cannot be used, why, logged once."""
+    try:
+        from torch.utils.cpp_extension import get_default_build_root
+
+        root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+        folder = native_build.build_folder(root)
+        try:
+            native_build.make_folder(folder)
+        except OSError as exc:  # e.g. a home that systemd's ProtectHome hides
+            return _python_step(
+                f"its build folder {folder} cannot be created ({exc}): set "
+                "TORCH_EXTENSIONS_DIR to a folder this user can write"
+            )
+        unsafe = native_build.unsafe(folder)
+        if unsafe is not None:
+            return _python_step(f"it is not loaded from there: {unsafe}")
+        clear_stale_lock(folder)
+        if not native_build.passed(folder):
+            failed = native_build.build_in_child(folder)
+            if failed is not None:
+                return _python_step(failed)
+        built = native_build.library(folder)
+        unsafe = native_build.unsafe(built) if built.exists() else None
+        if unsafe is not None:
+            return _python_step(f"it is not loaded from there: {unsafe}")
+        return Build(native_build.load_extension(folder))
+    except Exception as exc:  # no compiler, no ninja, a failed build: the Python step serves
+        return _python_step(f"it could not be built ({exc})")
+
+
+def _python_step(reason: str) -> Build:
+    log.warning("the C++ decoding step is not used, %s; using the Python one", reason)
+    return Build(None, reason)
+
+
+def compiled() -> ModuleType | None:
+    """The compiled extension; None (logged once) where it cannot be used."""
+    return build().extension
+
+
+def clear_stale_lock(folder: Path) -> bool:
+    """Remove a build lock in `folder` that a killed build left behind (torch's builder would
+    wait on it for ever); whether there was one."""
+    lock = folder / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime < STALE_LOCK_S:
+            return False
+        lock.unlink()
+    except FileNotFoundError:
+        return False
+    log.warning("removed %s, left by a build of the C++ step that did not finish", lock)
+    return True
+
+
+def wanted() -> bool:
+    return os.environ.get(SWITCH, "1") != "0"
+
+
+def availability(loaded: Any) -> str:
+    """Which step decodes a few requests of `loaded` (a `LoadedModel`), for `muse doctor`;
+    builds the C++ step if it serves this model and is not built yet."""
+    from generation.model.loading import describe
+
+    quantised = describe(loaded).startswith(("int8", "int4"))
+    if loaded.device.type != "cpu" or not quantised:
+        return "the Python step"
+    if not wanted():
+        return f"the Python step ({SWITCH}=0)"
+    built = build()
+    if built.extension is None:
+        return f"the Python step (the C++ step is not used: {built.reason})"
+    return "the C++ step (built and run first in a child process on this CPU)"
+
+
+class NativeFewRows:
+    """`LlamaStep`'s step through the C++ extension: any number of rows of an int4 model (which
+    holds bf16 weights for many rows), fewer than `WIDE_ROWS` of an int8 one."""
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+
+    def serves(self, rows: int) -> bool:
+        """Whether a step of `rows` rows (no adapter's) is this one's: an int4 model's bf16
+        weights are in the kernel too (`has_wide`), so it takes its steps of many rows as well."""
+        return self.kernel.has_wide or not wide_rows(rows)
+
+    @staticmethod
+    def of(step: Any, extension: ModuleType | None = None) -> NativeFewRows | None:
+        """The C++ step for the model of `step` (a `generation.model.llama_step.LlamaStep`, which
+        imports this module), or None: it takes fp32 models on the CPU whose projections are
+        all int8 or int4, with queries/keys/values and gate/up fused. `extension`: the built
+        module to use (default: this process's, `compiled()`)."""
+        model = step.model
+        first = next(model.parameters())
+        if first.device.type != "cpu" or first.dtype != torch.float32:
+            return None
+        if extension is None and not wanted():
+            return None
+        layers = step.layers
+        if any(len(layer.qkv) != 1 or len(layer.gate_up) != 1 for layer in layers):
+            return None
+        projections = [
+            p for layer in layers for p in (layer.qkv[0], layer.out, layer.gate_up[0], layer.down)
+        ] + [step.head]
+        if any(p.bits not in (4, 8) for p in projections):
+            return None
+        head_dim = step.inner.layers[0].self_attn.head_dim
+        if head_dim % 2 or step.heads % step.kv_heads:
+            return None
+        norms = [n.contiguous() for layer in layers for n in (layer.attention_norm, layer.mlp_norm)]
+        if any(norm.dtype != torch.float32 for norm in [*norms, step.final_norm]):
+            return None
+        extension = extension or compiled()
+        if extension is None:
+            return None
+        kernel = extension.FewRowsStep(
+            step.heads,
+            step.kv_heads,
+            head_dim,
+            step.intermediate,
+            step.eps,
+            [layer.scaling for layer in layers],
+            norms,
+            [p.bits for p in projections],
+            [p.weight for p in projections],
+            [p.scales for p in projections],
+            [list(p.wide) for p in projections],
+            step.final_norm.contiguous(),
+        )
+        return NativeFewRows(kernel)
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        signed_sin: torch.Tensor,
+        mask: torch.Tensor,
+        cache: Any,
+    ) -> torch.Tensor:
+        """The rows' step: `x` [rows, 1, hidden] their tokens' embeddings, `cos` / `signed_sin`
+        [rows, 1, dim] (`LlamaStep`'s), `mask` [rows, columns + 1]; the logits [rows, vocab]
+        (fp32), the cache's layers holding the new column."""
+        rows = x.shape[0]
+        layers = cache.layers
+        rooms = [layer.rooms_for(1) for layer in layers]
+        allowed = _NOTHING if bool(mask.all()) else mask.to(torch.uint8).contiguous()
+        logits = self.kernel.step(
+            x.reshape(rows, -1).contiguous(),
+            cos.reshape(rows, -1).contiguous(),
+            signed_sin.reshape(rows, -1).contiguous(),
+            allowed,
+            [keys for keys, _ in rooms],
+            [values for _, values in rooms],
+            layers[0].keys.shape[-2],
+            wide_rows(rows),
+        )
+        for layer in layers:
+            layer.grow(1)
+        return logits
+
+
+_NOTHING = torch.empty(0, dtype=torch.uint8)
