@@ -1,5 +1,5 @@
 """The engine in a child process: `muse run` starts `muse serve` on a free loopback port and
-talks to it through the remote backend (`OpenAIEngine`), as to any OpenAI-compatible server.
+talks to it through the remote backend (`OpenAIBackend`), as to any OpenAI-compatible server.
 
 On an accelerator the engine's worker is bound by launching kernels from Python, and shares the
 GIL with the bot's event loop when both live in one process; apart, neither slows the other.
@@ -40,8 +40,7 @@ from bot.core.settings import Settings
 from bot.core.shutdown import close_engine
 from generation.backend import Backend
 from generation.errors import ModelLoadError
-from generation.remote.backend import OpenAIBackend as OpenAIEngine
-from generation.remote.backend import RemoteConfig
+from generation.remote.backend import OpenAIBackend, RemoteConfig
 from generation.serve import ServeConfig
 from generation.serve.proof import CHALLENGE_HEADER, proves
 from storage.store import Store
@@ -350,7 +349,7 @@ class EngineProcess:
 async def engine_process(settings: Settings, **kwargs) -> AsyncIterator[Backend]:
     """The child started and ready, and a remote backend talking to it; both closed at exit."""
     child = await EngineProcess(settings, **kwargs).start()
-    backend = OpenAIEngine(child.remote_config(), endpoint=child.endpoint)
+    backend = OpenAIBackend(child.remote_config(), endpoint=child.endpoint)
     try:
         await backend.wait_ready()
         yield backend

@@ -16,9 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from generation.adapters import AdapterError
 from generation.backend import Backend
-from generation.errors import EngineDead, UnknownModel
+from generation.errors import AdapterError, EngineDead, UnknownModel
 from generation.serve.errors import ApiError, bad_request, unavailable
 
 log = logging.getLogger("muse.generation.serve.lora")

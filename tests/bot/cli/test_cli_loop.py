@@ -13,7 +13,7 @@ import pytest
 from bot.cli import main as cli
 from storage.models import ModelRecord
 from storage.store import Store
-from tests.bot.test_cli_tune import community
+from tests.bot.edits_data import community
 from tests.cli_process import run_muse
 
 GUILD = 42

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bot.discord.client import MuseBot
-from generation.adapters import AdapterError
+from generation.errors import AdapterError
 from generation.types import GenerationChunk, GenerationRequest
 from storage.models import ModelRecord
 from storage.store import Store

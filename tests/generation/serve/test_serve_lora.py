@@ -16,14 +16,15 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from generation.adapters import AdapterError, RoutedLinear
-from generation.engine import Engine
-from generation.models import LoadedModel
-from generation.openai_backend import OpenAIEngine, RemoteConfig
+from generation.engine.local_engine import Engine
+from generation.errors import AdapterError
+from generation.model.adapters import RoutedLinear
+from generation.model.loading import LoadedModel
+from generation.remote.backend import OpenAIBackend, RemoteConfig
 from generation.serve import Server
 from tests.bot.fakes import ReplayEngine
-from tests.generation.conftest import ask
-from tests.generation.serving import Start, assert_openai_error, post, servers
+from tests.generation.helpers import ask
+from tests.generation.serve.serving import Start, assert_openai_error, post, servers
 
 KEY = "lora-test-key-4b1e9a"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -184,7 +185,7 @@ async def test_a_malformed_load_is_a_400(http, body):
 async def test_the_remote_backend_loads_and_unloads_through_muse_serve(serve, folder):
     server = await serve(api_key=KEY)
     config = RemoteConfig(base_url=server.base_url, api_key=KEY, runtime_lora=True)
-    remote = OpenAIEngine(config)
+    remote = OpenAIBackend(config)
     try:
         await remote.wait_ready()
         await remote.add_adapter("x", folder)
