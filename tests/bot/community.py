@@ -79,3 +79,21 @@ async def bot_reply_in(emu: DiscordEmulator, thread, count: int = 1):
         m for m in emu.bot_messages(thread) if any("muse:rate:" in c for c in m.custom_ids())
     ]
     return (await emu.wait_for(lambda: len(done()) >= count and done(), timeout=30))[count - 1]
+
+
+async def arena_reply(battle: InteractionRecord, timeout_s: float = 120) -> MessageRecord:
+    """The arena's reply once its vote buttons are on and the handler is done."""
+    try:
+        await battle.wait_until(
+            lambda i: (
+                i.original is not None
+                and any(c.startswith("muse:arena:") for c in i.original.custom_ids())
+            ),
+            timeout=timeout_s,
+        )
+    except TimeoutError as exc:
+        shown = [(m.content[:200], m.ephemeral) for m in battle.messages]
+        raise AssertionError(f"the arena never showed its votes; it showed {shown}") from exc
+    await battle.wait_finished(timeout=timeout_s)
+    assert battle.original is not None
+    return battle.original

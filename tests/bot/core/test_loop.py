@@ -15,7 +15,7 @@ from generation.errors import AdapterError
 from generation.types import GenerationChunk, GenerationRequest
 from storage.models import ModelRecord
 from storage.store import Store
-from tests.bot.community import answered, ephemeral, finished, muse, refusal, rows
+from tests.bot.community import answered, arena_reply, ephemeral, finished, muse, refusal, rows
 from tests.bot.fakes import ReplayEngine
 from tests.discord_emulator import DiscordEmulator, InteractionRecord
 from tests.polling import eventually
@@ -69,16 +69,9 @@ async def collect(emu: DiscordEmulator, n: int = 2 * COMMUNITY) -> None:
 
 async def battle(emu: DiscordEmulator, prefer_tuned: bool) -> None:
     """One /arena; each voter picks the tuned side (or the other)."""
-    shown = await emu.slash_command("arena", {"prompt": "A line about rain."})
-    await shown.wait_until(
-        lambda i: (
-            i.original is not None
-            and any(c.startswith("muse:arena:") for c in i.original.custom_ids())
-        ),
-        timeout=30,
+    reply = await arena_reply(
+        await emu.slash_command("arena", {"prompt": "A line about rain."}), timeout_s=30
     )
-    await shown.wait_finished(timeout=30)
-    reply = shown.original
     tuned_side = "A" if MARKER in reply.embeds[0]["description"] else "B"
     side = tuned_side if prefer_tuned else ("B" if tuned_side == "A" else "A")
     custom = next(c for c in reply.custom_ids() if c.endswith(f":{side}"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.bot.bot_process import BotProcess, muse_run
-from tests.bot.community import ephemeral, rows
+from tests.bot.community import arena_reply, ephemeral, rows
 from tests.discord_emulator import DiscordEmulator, InteractionRecord
 from tests.polling import eventually
 
@@ -108,16 +108,8 @@ def announced(emu: DiscordEmulator, text: str) -> bool:
 async def battle(emu: DiscordEmulator) -> None:
     """One /arena; every voter picks the side that wrote the marker (the only way a member can
     tell the tuned model: the battle is blind), and a second press changes nothing."""
-    shown: InteractionRecord = await emu.slash_command("arena", {"prompt": "Tell me about owls."})
-    await shown.wait_until(
-        lambda i: (
-            i.original is not None
-            and any(c.startswith("muse:arena:") for c in i.original.custom_ids())
-        ),
-        timeout=180,
-    )
-    await shown.wait_finished(timeout=180)
-    reply = shown.original
+    shown = await emu.slash_command("arena", {"prompt": "Tell me about owls."})
+    reply = await arena_reply(shown, timeout_s=180)
     texts = [embed.get("description", "") for embed in reply.embeds]
     marked = [side for side, text in zip("AB", texts, strict=False) if MARKER in text]
     assert len(marked) == 1, texts

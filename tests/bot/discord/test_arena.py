@@ -18,9 +18,9 @@ from generation.engine.local_engine import Engine, EngineConfig
 from generation.model.loading import LoadedModel
 from storage.models import ModelRecord
 from storage.store import Store
-from tests.bot.community import ephemeral, finished, muse, refusal, rows
+from tests.bot.community import arena_reply, ephemeral, finished, muse, refusal, rows
 from tests.cli_process import run_muse
-from tests.discord_emulator import DiscordEmulator, InteractionRecord
+from tests.discord_emulator import DiscordEmulator
 
 ADAPTER = "house-style"
 VOTERS = ("alice", "bob", "manager")
@@ -103,23 +103,6 @@ async def test_model_then_arena_then_leaderboard(
     assert board[0]["lower"] <= board[0]["score"] <= board[0]["upper"]
     early, late = widths
     assert all(late[m] < early[m] for m in late)  # more votes, narrower intervals
-
-
-async def arena_reply(battle: InteractionRecord):
-    """The arena's reply once its vote buttons are on and the handler is done."""
-    try:
-        await battle.wait_until(
-            lambda i: (
-                i.original is not None
-                and any(c.startswith("muse:arena:") for c in i.original.custom_ids())
-            ),
-            timeout=120,
-        )
-    except TimeoutError as exc:
-        shown = [(m.content[:200], m.ephemeral) for m in battle.messages]
-        raise AssertionError(f"the arena never showed its votes; it showed {shown}") from exc
-    await battle.wait_finished(timeout=30)
-    return battle.original
 
 
 async def leaderboard_json(db: Path) -> str:
