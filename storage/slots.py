@@ -81,7 +81,18 @@ def take_slot(
 
 def release_slot(conn: sqlite3.Connection, slot_id: int) -> None:
     """Free a slot (idempotent: a slot freed already, or taken from a gone owner, is none)."""
-    row = conn.execute("DELETE FROM slots WHERE id = ? RETURNING guild_id", (slot_id,)).fetchone()
+    _free(conn, conn.execute("DELETE FROM slots WHERE id = ? RETURNING guild_id", (slot_id,)))
+
+
+def forget_user_limits(conn: sqlite3.Connection, user_id: int) -> None:
+    """/forget: the user's running slot and their starts of the last minute go too."""
+    conn.execute("DELETE FROM starts WHERE user_id = ?", (user_id,))
+    _free(conn, conn.execute("DELETE FROM slots WHERE user_id = ? RETURNING guild_id", (user_id,)))
+
+
+def _free(conn: sqlite3.Connection, deleted: sqlite3.Cursor) -> None:
+    """Count down the guild of the slot `deleted` returned (if a slot was deleted)."""
+    row = deleted.fetchone()
     if row is not None and row[0] is not None:
         conn.execute(
             "UPDATE guild_slots SET running = running - 1 WHERE guild_id = ? AND running > 0",

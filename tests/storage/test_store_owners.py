@@ -152,3 +152,10 @@ async def test_a_guild_cap_counts_running_slots(store: Store) -> None:
     await store.take_slot(6, 20, per_minute=0, guild_cap=2, now_s=1.0)
     with pytest.raises(SlotRefused):
         await store.take_slot(7, 20, per_minute=0, guild_cap=2, now_s=1.0)
+
+
+async def test_forget_removes_the_users_slot_and_starts(store: Store, db_path: Path) -> None:
+    await store.take_slot(8, 30, per_minute=5, guild_cap=1, now_s=time.time())
+    await store.forget_user(8)
+    assert execute(db_path, "SELECT * FROM slots") == execute(db_path, "SELECT * FROM starts") == []
+    await store.take_slot(9, 30, per_minute=5, guild_cap=1, now_s=time.time())  # guild freed
