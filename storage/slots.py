@@ -119,7 +119,16 @@ class Slots:
         same clock in every process); its id. Raises `SlotRefused` for a limit reached: one
         running per user, `per_minute` starts a minute, `guild_cap` running in the guild."""
         values = (user_id, guild_id, per_minute, guild_cap, int(now_s * 1000))
-        return await self._write(take_slot, self.instance.id, *values)
+        taking = asyncio.ensure_future(self._write(take_slot, self.instance.id, *values))
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:  # the write goes on: free the slot if it was taken
+            taking.add_done_callback(self._free_if_taken)
+            raise
+
+    def _free_if_taken(self, taking: asyncio.Future[int]) -> None:
+        if not taking.cancelled() and taking.exception() is None:
+            self.release_slot_soon(taking.result())
 
     def release_slot_soon(self, slot_id: int) -> None:
         """Free a slot without waiting for the write (it commits with the next group); a slot

@@ -159,3 +159,15 @@ async def test_forget_removes_the_users_slot_and_starts(store: Store, db_path: P
     await store.forget_user(8)
     assert execute(db_path, "SELECT * FROM slots") == execute(db_path, "SELECT * FROM starts") == []
     await store.take_slot(9, 30, per_minute=5, guild_cap=1, now_s=time.time())  # guild freed
+
+
+async def test_a_take_cancelled_while_it_is_written_holds_no_slot(store: Store, db_path) -> None:
+    taking = asyncio.create_task(store.take_slot(11, 40, per_minute=0, guild_cap=1, now_s=1.0))
+    await asyncio.sleep(0)  # submitted to the writer, not yet committed
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    await store.mark_notice_shown(1)  # a later write: the writer has run the take by then
+    await store.mark_notice_shown(2)  # and the release the take's end queued
+    assert execute(db_path, "SELECT * FROM slots") == []
+    await store.take_slot(11, 40, per_minute=0, guild_cap=1, now_s=2.0)
