@@ -6,9 +6,14 @@ by the database every shard process shares (`storage.slots`), after this process
 
 from __future__ import annotations
 
+import logging
+
 from bot.core.app import Muse
+from bot.core.errors import storage_problem
 from bot.core.limits import ALREADY_RUNNING, Limited, Slot, guild_busy, too_many_starts
 from storage.slots import SlotRefused
+
+log = logging.getLogger("muse.bot.core.shared_limits")
 
 
 async def share(app: Muse, slot: Slot, per_minute: int) -> None:
@@ -30,6 +35,14 @@ async def share(app: Muse, slot: Slot, per_minute: int) -> None:
         if refused.rule == "per_minute":
             raise too_many_starts(per_minute, refused.retry_after_s or 0.0) from None
         raise guild_busy(cap) from None
+    except Exception as exc:
+        problem = storage_problem(exc)
+        if problem is None:
+            slot.withdraw()
+            raise
+        # a database that cannot be written never stops a text (`bot.core.records`)
+        log.warning("limits counted in this process only: %s (%s)", problem, exc)
+        return
     except BaseException:
         slot.withdraw()
         raise

@@ -40,3 +40,13 @@ async def test_two_processes_share_one_allowance_and_a_refusal_counts_nothing(tm
         await start(a, 5, 20)
         with pytest.raises(Limited, match="This server already has 1 texts being written"):
             await start(b, 6, 20)
+
+
+async def test_a_database_that_cannot_be_written_leaves_the_count_to_the_process(tmp_path: Path):
+    async with Store.open(tmp_path / "muse.db") as store:
+        app = Muse(settings=Settings(), store=store, engine=ReplayEngine(), presets={})
+        await store._write(lambda conn: conn.execute("PRAGMA query_only = ON"))
+        running = await start(app, 1, 10)  # answered (unsaved), not failed
+        with pytest.raises(Limited, match="You already have a text being written"):
+            await start(app, 1, 10)
+        running.release()
