@@ -148,8 +148,8 @@ class Owners:
                     log.warning("instance %s was taken for gone; beating again", self.instance.id)
             except StoreClosed:
                 return
-            except Exception:  # noqa: BLE001 - a failed beat is retried at the next one
-                log.exception("heartbeat of instance %s failed", self.instance.id)
+            except Exception as exc:  # noqa: BLE001 - a failed beat is retried at the next one
+                log.warning("heartbeat of instance %s failed: %s", self.instance.id, exc)
 
     async def _leave(self) -> None:
         """Stop the heartbeat and remove this instance (its slots with it)."""

@@ -65,8 +65,8 @@ async def reclaim_forever(
             ids = await app.store.reclaim_orphans()
         except StoreClosed:
             return
-        except Exception:  # noqa: BLE001 - the next round tries again
-            log.exception("could not look for generations of gone processes")
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            log.warning("could not look for generations of gone processes: %s", exc)
             continue
         if ids:
             await edit_interrupted(client, app, views, ids)
