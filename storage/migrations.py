@@ -203,11 +203,53 @@ def _model_owners_and_the_loop(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX loop_events_by_guild ON loop_events (guild_id, id)")
 
 
+def _owners_and_shared_limits(conn: sqlite3.Connection) -> None:
+    """Version 5: the instances (one per open store, with a heartbeat) that own the `running`
+    generations they stream, and the limits every process shares: each running generation's
+    slot (one per user), each guild's count of them, and each user's starts of the last minute.
+    Times are integers (milliseconds since 1970), the same on every process and engine."""
+    conn.execute(
+        """CREATE TABLE instances (
+            id TEXT PRIMARY KEY,
+            machine TEXT,
+            pid INTEGER NOT NULL,
+            pid_start INTEGER,
+            started_ms INTEGER NOT NULL,
+            beat_ms INTEGER NOT NULL
+        )"""
+    )
+    conn.execute("ALTER TABLE generations ADD COLUMN owner TEXT")
+    conn.execute(
+        """CREATE TABLE slots (
+            id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL UNIQUE,
+            guild_id INTEGER,
+            owner TEXT NOT NULL,
+            started_ms INTEGER NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX slots_owner ON slots (owner)")
+    conn.execute(
+        """CREATE TABLE guild_slots (
+            guild_id INTEGER PRIMARY KEY,
+            running INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE starts (
+            user_id INTEGER NOT NULL,
+            at_ms INTEGER NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX starts_user ON starts (user_id, at_ms)")
+
+
 MIGRATIONS: Sequence[Migration] = (
     _initial_schema,
     _followup_messages,
     _edits_personas_models,
     _model_owners_and_the_loop,
+    _owners_and_shared_limits,
 )
 
 

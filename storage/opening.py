@@ -1,7 +1,7 @@
 """Opening a store's two connections: the writer thread's and the aiosqlite reader's.
 
-The writer's connection is made (mode 0600), migrated and, for the bot, cleared of generations
-a crash left `running` before any write is accepted; a file that cannot be written is one
+The writer's connection is made (mode 0600) and migrated before any write is accepted (the
+store then joins as an instance: `storage.owners`); a file that cannot be written is one
 `DatabaseReadOnly`. A process opens one store per database (`claim`): a second open of the same
 file is refused with `DatabaseAlreadyOpen` (see there for why).
 """
@@ -9,7 +9,6 @@ file is refused with `DatabaseAlreadyOpen` (see there for why).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sqlite3
 import threading
@@ -19,13 +18,10 @@ from typing import Any, Generic, TypeVar
 
 import aiosqlite
 
-from storage import writes
-from storage.db import Clock, check_writable, connect, create_file, format_utc, read_only_error
+from storage.db import check_writable, connect, create_file, read_only_error
 from storage.errors import DatabaseAlreadyOpen
 from storage.migrations import Migration, migrate
 from storage.writer import Writer
-
-log = logging.getLogger("muse.storage.opening")
 
 T = TypeVar("T")
 
@@ -101,34 +97,21 @@ def _create(path: Path) -> None:
 
 
 async def open_connections(
-    path: Path,
-    clock: Clock,
-    mark_interrupted: bool,
-    migrations: Sequence[Migration],
-    max_batch: int,
-) -> tuple[Writer, aiosqlite.Connection, tuple[int, ...], Claim]:
-    """The started writer, the read connection, the generations marked `interrupted`, and the
-    claim on the file (release it after closing both connections)."""
+    path: Path, migrations: Sequence[Migration], max_batch: int
+) -> tuple[Writer, aiosqlite.Connection, Claim]:
+    """The started writer, the read connection, and the claim on the file (release it after
+    closing both connections)."""
     claim = await asyncio.to_thread(OPEN_FILES.claim, path)
     try:
-        return (
-            *await _open_connections(path, clock, mark_interrupted, migrations, max_batch),
-            claim,
-        )
+        return (*await _open_connections(path, migrations, max_batch), claim)
     except BaseException:
         claim.release()
         raise
 
 
 async def _open_connections(
-    path: Path,
-    clock: Clock,
-    mark_interrupted: bool,
-    migrations: Sequence[Migration],
-    max_batch: int,
-) -> tuple[Writer, aiosqlite.Connection, tuple[int, ...]]:
-    interrupted: list[int] = []
-
+    path: Path, migrations: Sequence[Migration], max_batch: int
+) -> tuple[Writer, aiosqlite.Connection]:
     def opener() -> sqlite3.Connection:
         try:
             return open_for_writing()
@@ -143,14 +126,6 @@ async def _open_connections(
         try:
             conn.execute("PRAGMA secure_delete = ON")  # forgotten data is overwritten
             migrate(conn, migrations, path=str(path))
-            if mark_interrupted:
-                conn.execute("BEGIN IMMEDIATE")
-                interrupted.extend(writes.interrupt_running_ids(conn, format_utc(clock())))
-                conn.execute("COMMIT")
-                if interrupted:
-                    log.warning(
-                        "%d generations left running by a crash: interrupted", len(interrupted)
-                    )
         except BaseException:
             conn.close()
             raise
@@ -166,7 +141,7 @@ async def _open_connections(
     reader.row_factory = sqlite3.Row
     await reader.execute("PRAGMA query_only = ON")
     await reader.execute("PRAGMA busy_timeout = 30000")
-    return writer, reader, tuple(interrupted)
+    return writer, reader
 
 
 class Opening(Generic[T]):

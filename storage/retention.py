@@ -10,6 +10,7 @@ import json
 import sqlite3
 
 from storage.export_rows import Pseudonyms
+from storage.slots import forget_user_limits
 
 #: Why `/forget` retired a model (`models.retired_reason`).
 FORGOTTEN_CONTRIBUTOR = "trained on the rows of a member who used /forget"
@@ -86,6 +87,7 @@ def forget_user(conn: sqlite3.Connection, user_id: int, now: str) -> dict[str, i
     ).rowcount
     counts["users"] = conn.execute("DELETE FROM users WHERE user_id = :user_id", params).rowcount
     counts["models"] = len(retired)
+    forget_user_limits(conn, user_id)  # seconds-old rows, not counted
     return counts
 
 

@@ -40,6 +40,8 @@ from storage.models import (
     verdict_of,
 )
 from storage.opening import Claim, Opening, open_connections
+from storage.owners import Owners
+from storage.slots import Slots
 from storage.stats import TaskModelStats, task_stats
 from storage.writer import Writer
 
@@ -51,7 +53,7 @@ def approximate_tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
-class Store(LoopRecords):
+class Store(LoopRecords, Owners, Slots):
     """Everything the bot stores. Open with `Store.open(path)`; all methods are coroutines."""
 
     def __init__(
@@ -67,8 +69,10 @@ class Store(LoopRecords):
         self._reader = reader
         self._clock = clock
         self._claim = claim
-        #: Generations this open found left `running` by a crash and marked `interrupted`
-        #: (oldest first); the bot edits their replies to say so.
+        self._heartbeat = None
+        #: Generations this open found left `running` by a gone process (a crash, or a store
+        #: closed mid-stream) and marked `interrupted` (oldest first); the bot edits their
+        #: replies to say so. Other processes' live generations are left alone (`Owners`).
         self.interrupted: tuple[int, ...] = ()
 
     @classmethod
@@ -85,23 +89,30 @@ class Store(LoopRecords):
 
         Use as `async with Store.open(path) as store:` or `store = await Store.open(path)`.
         `mark_interrupted=False` is for tools (export, stats) that run beside a live bot and
-        must not mark its running generations `interrupted`. Raises `DatabaseTooNew`, and
-        `DatabaseReadOnly` when the file (or its folder, where the `-wal`/`-shm` files go)
-        cannot be written, and `DatabaseAlreadyOpen` when this process has a store open on
-        the file already (pass that one along: see `DatabaseAlreadyOpen` for why).
+        do not edit replies, so they leave gone processes' running generations to the bot.
+        Raises `DatabaseTooNew`, and `DatabaseReadOnly` when the file (or its folder, where
+        the `-wal`/`-shm` files go) cannot be written, and `DatabaseAlreadyOpen` when this
+        process has a store open on the file already (pass that one along: see
+        `DatabaseAlreadyOpen` for why).
         """
         return Opening(cls._open(Path(path), clock, mark_interrupted, migrations, max_batch))
 
     @classmethod
-    async def _open(cls, path: Path, clock: Clock, *options: Any) -> Store:
-        writer, reader, interrupted, claim = await open_connections(path, clock, *options)
+    async def _open(cls, path: Path, clock: Clock, mark_interrupted: bool, *options: Any) -> Store:
+        writer, reader, claim = await open_connections(path, *options)
         store = cls(path, writer, reader, clock, claim)
-        store.interrupted = interrupted
+        try:
+            store.interrupted = await store._join(mark_interrupted)
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     async def close(self) -> None:
         """Commit queued writes, then close both connections (and let the file be opened again)."""
         try:
+            if self._heartbeat is not None:
+                await self._leave()
             await self._writer.close()
             await self._reader.close()
         finally:
@@ -161,6 +172,7 @@ class Store(LoopRecords):
             "model_id": model_id,
             "model_revision": model_revision,
             "created_utc": self._now(),
+            "owner": self.instance.id,
         }
         return await self._write(writes.record_generation, values)
 

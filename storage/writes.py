@@ -36,7 +36,8 @@ def _live_generation(conn: sqlite3.Connection, generation_id: int) -> tuple[int,
 
 
 def record_generation(conn: sqlite3.Connection, values: Mapping[str, Any]) -> int:
-    """Insert a `running` generation; its root is its parent's root (or itself)."""
+    """Insert a `running` generation; its root is its parent's root (or itself). `owner`, the
+    instance that streams it (`storage.owners`), may be left out: then none does."""
     root_id = None
     if values["parent_id"] is not None:
         root_id = _live_generation(conn, values["parent_id"])[1]
@@ -49,11 +50,11 @@ def record_generation(conn: sqlite3.Connection, values: Mapping[str, Any]) -> in
     cursor = conn.execute(
         """INSERT INTO generations (parent_id, root_id, conversation_id, user_id, guild_id,
                channel_id, message_id, task, fields_json, messages_json, params_json, model_id,
-               model_revision, status, created_utc)
+               model_revision, status, created_utc, owner)
            VALUES (:parent_id, COALESCE(:root_id, -1), :conversation_id, :user_id, :guild_id,
                :channel_id, :message_id, :task, :fields_json, :messages_json, :params_json,
-               :model_id, :model_revision, 'running', :created_utc)""",
-        {**values, "root_id": root_id},
+               :model_id, :model_revision, 'running', :created_utc, :owner)""",
+        {"owner": None, **values, "root_id": root_id},
     )
     generation_id = cursor.lastrowid
     if root_id is None:
@@ -136,26 +137,6 @@ def mark_deleted(conn: sqlite3.Connection, generation_id: int, now: str) -> None
     )
     if cursor.rowcount == 0:
         raise GenerationGone(generation_id, "missing or forgotten")
-
-
-def interrupt_running_ids(conn: sqlite3.Connection, now: str) -> list[int]:
-    """Like `interrupt_running`, but returns the ids (the bot edits their replies)."""
-    cursor = conn.execute(
-        """UPDATE generations SET status = 'interrupted', finished_utc = ?
-           WHERE status = 'running' RETURNING id""",
-        (now,),
-    )
-    return sorted(row[0] for row in cursor.fetchall())
-
-
-def interrupt_running(conn: sqlite3.Connection, now: str) -> int:
-    """Generations left `running` by a crash become `interrupted`; returns how many."""
-    cursor = conn.execute(
-        """UPDATE generations SET status = 'interrupted', finished_utc = ?
-           WHERE status = 'running'""",
-        (now,),
-    )
-    return cursor.rowcount
 
 
 def record_feedback(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from bot.core.app import Muse
 from bot.core.limits import Slot
 from bot.core.models import default_model
+from bot.core.shared_limits import share
 from generation.tasks.presets import TASKS, PresetError
 from storage.models import GuildSettings, Persona
 
@@ -202,6 +203,7 @@ async def admit(
     if where.guild_id is not None:
         model = await default_model(app, settings, where.guild_id)
     slot = app.limits.acquire(where.user_id, where.guild_id, per_minute)
+    await share(app, slot, per_minute)  # the database decides for every process
     return Admission(settings, persona, slot, model)
 
 

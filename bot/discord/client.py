@@ -14,7 +14,7 @@ from bot.core.app import Muse
 from bot.core.settings import Settings
 from bot.discord.app_errors import check_option_types, on_app_command_error
 from bot.discord.buttons import DYNAMIC_ITEMS, VIEWS
-from bot.discord.recovery import start_recovery
+from bot.discord.recovery import start_reclaiming, start_recovery
 from bot.discord.sharding import ShardPlan, plan_shards
 from generation.backend import Backend
 from generation.tasks.presets import Preset
@@ -67,6 +67,7 @@ class MuseBot(commands.Bot):
         )
         self.app = Muse(settings=settings, store=store, engine=engine, presets=presets)
         self.recovery: asyncio.Task[int] | None = None
+        self.reclaiming: asyncio.Task[None] | None = None
         self.loop_command = tuple(loop_command) if loop_command is not None else None
 
     async def setup_hook(self) -> None:
@@ -77,6 +78,12 @@ class MuseBot(commands.Bot):
         self.tree.on_error = on_app_command_error  # type: ignore[method-assign]
         await self.sync_commands()
         self.recovery = start_recovery(self, self.app, VIEWS)  # replies a crash cut off say so
+        self.reclaiming = start_reclaiming(self, self.app, VIEWS)  # and other processes' crashes
+
+    async def close(self) -> None:
+        if self.reclaiming is not None:
+            self.reclaiming.cancel()
+        await super().close()
 
     async def sync_commands(self) -> None:
         """To `MUSE_GUILD_IDS` (instant) when set, else globally (may take an hour to show)."""

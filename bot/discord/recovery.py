@@ -5,6 +5,10 @@ what happened, with a 🔁 button to try again.
 The store remembers each generation's channel and reply message (the deferred response's id is
 recorded with the row), so the reply is edited as a channel message: that works whether or not
 the interaction's 15-minute token is still valid.
+
+Several processes may share the database: each edits the replies of the generations it found
+orphaned (their owner gone: see `storage.owners`), at start and then every `RECLAIM_S`, so a
+process that dies while others live has its replies fixed by whichever notices first.
 """
 
 from __future__ import annotations
@@ -19,8 +23,14 @@ from bot.core.app import Muse
 from bot.core.texts import finish_note
 from bot.discord import rendering
 from bot.discord.context import NO_MENTIONS
+from storage.errors import StoreClosed
+from storage.instances import HEARTBEAT_S
 
 log = logging.getLogger("muse.bot.discord.recovery")
+
+#: How often a live process looks for generations whose process is gone: a heartbeat's
+#: interval, so a dead process's replies say so soon after its heartbeat expires.
+RECLAIM_S = HEARTBEAT_S
 
 
 class RetryViews(Protocol):
@@ -36,6 +46,30 @@ def start_recovery(
         return None
     task = edit_interrupted(client, app, views, ids)
     return asyncio.create_task(task, name="muse-recovery")
+
+
+def start_reclaiming(
+    client: discord.Client, app: Muse, views: RetryViews, every_s: float = RECLAIM_S
+) -> asyncio.Task[None]:
+    """Look for other processes' orphaned generations in the background (cancel at close)."""
+    return asyncio.create_task(reclaim_forever(client, app, views, every_s), name="muse-reclaim")
+
+
+async def reclaim_forever(
+    client: discord.Client, app: Muse, views: RetryViews, every_s: float
+) -> None:
+    """Every `every_s`: mark the generations of gone processes interrupted, edit their replies."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            ids = await app.store.reclaim_orphans()
+        except StoreClosed:
+            return
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            log.warning("could not look for generations of gone processes: %s", exc)
+            continue
+        if ids:
+            await edit_interrupted(client, app, views, ids)
 
 
 async def edit_interrupted(

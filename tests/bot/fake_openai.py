@@ -21,6 +21,8 @@ class FakeOpenAI:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, Any]]] = []  # (Authorization, body)
+        #: While set and not yet open, replies stop after their first word (a stream in flight).
+        self.gate: asyncio.Event | None = None
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -52,9 +54,11 @@ class FakeOpenAI:
         words = ["Once", " upon", " a", " time", f" (answered for {key or 'nobody'})."]
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for word in words:
+        for n, word in enumerate(words):
             await _event(response, {"choices": [{"index": 0, "delta": {"content": word}}]})
             await asyncio.sleep(0.01)
+            if n == 0 and self.gate is not None:
+                await self.gate.wait()
         await _event(response, {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         usage = {"prompt_tokens": 12, "completion_tokens": len(words)}
         await _event(response, {"choices": [], "usage": usage})
