@@ -37,13 +37,14 @@ class Clock:
 
 
 async def snapshot(store: Store) -> dict[str, list[dict[str, Any]]]:
-    """Every row of every table, through the store's own read connection: what this process
-    believes the file holds."""
+    """Every row of every table but the heartbeats, through the store's own read connection: what
+    this process believes the file holds."""
     reader = store._reader  # the view to compare with other processes' is the store's own
     tables = [
         row[0]
         for row in await reader.execute_fetchall(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            " AND name != 'instances'"
         )
     ]
     return {

@@ -77,14 +77,16 @@ class Writer:
 
 
 def file_snapshot(path: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every row, read by this process through a read-write connection that it then closes,
-    as the `sqlite3` shell does: the most a neighbour can do to the writer's `-wal`."""
+    """Every row (heartbeats aside: they change by themselves), read by this process through a
+    read-write connection that it then closes, as the `sqlite3` shell does: the most a neighbour
+    can do to the writer's `-wal`."""
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.row_factory = sqlite3.Row
         tables = [
             row[0]
             for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                " AND name != 'instances'"
             )
         ]
         rows = {t: [dict(r) for r in conn.execute(f"SELECT * FROM {t}")] for t in sorted(tables)}
