@@ -22,6 +22,7 @@ import aiosqlite
 from storage import arena, reads, registry, retention, writes
 from storage.db import Clock, format_utc, utc_now
 from storage.export import ExportFilters, export_jsonl
+from storage.location import database_target
 from storage.loops import LoopRecords
 from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, Migration
@@ -40,6 +41,8 @@ from storage.models import (
     verdict_of,
 )
 from storage.opening import Claim, Opening, open_connections
+from storage.pg_conn import PgReader
+from storage.pg_opening import open_postgres
 from storage.stats import TaskModelStats, task_stats
 from storage.writer import Writer
 
@@ -56,9 +59,9 @@ class Store(LoopRecords):
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         writer: Writer,
-        reader: aiosqlite.Connection,
+        reader: aiosqlite.Connection | PgReader,
         clock: Clock,
         claim: Claim | None = None,
     ) -> None:
@@ -81,7 +84,8 @@ class Store(LoopRecords):
         migrations: Sequence[Migration] = MIGRATIONS,
         max_batch: int = 1024,
     ) -> Opening[Store]:
-        """Open (creating mode 0600 and migrating if needed) the database at `path`.
+        """Open (creating mode 0600 and migrating if needed) the database at `path`: an
+        SQLite file, or a `postgresql://` URL (`storage.location`).
 
         Use as `async with Store.open(path) as store:` or `store = await Store.open(path)`.
         `mark_interrupted=False` is for tools (export, stats) that run beside a live bot and
@@ -90,12 +94,17 @@ class Store(LoopRecords):
         cannot be written, and `DatabaseAlreadyOpen` when this process has a store open on
         the file already (pass that one along: see `DatabaseAlreadyOpen` for why).
         """
-        return Opening(cls._open(Path(path), clock, mark_interrupted, migrations, max_batch))
+        target = database_target(path)
+        return Opening(cls._open(target, clock, mark_interrupted, migrations, max_batch))
 
     @classmethod
-    async def _open(cls, path: Path, clock: Clock, *options: Any) -> Store:
-        writer, reader, interrupted, claim = await open_connections(path, clock, *options)
-        store = cls(path, writer, reader, clock, claim)
+    async def _open(cls, target: Path | str, clock: Clock, *options: Any) -> Store:
+        if isinstance(target, str):
+            writer, reader, interrupted = await open_postgres(target, clock, *options)
+            claim = None
+        else:
+            writer, reader, interrupted, claim = await open_connections(target, clock, *options)
+        store = cls(target, writer, reader, clock, claim)
         store.interrupted = interrupted
         return store
 

@@ -54,9 +54,18 @@ class _Stop:
 class Writer:
     """Runs write operations `fn(conn, *args)` in one thread, grouping them into transactions."""
 
-    def __init__(self, opener: Callable[[], sqlite3.Connection], *, max_batch: int = 1024) -> None:
-        """`opener` runs in the writer thread: connect, configure, migrate."""
+    def __init__(
+        self,
+        opener: Callable[[], Any],
+        *,
+        max_batch: int = 1024,
+        errors: tuple[type[Exception], ...] = (sqlite3.Error,),
+    ) -> None:
+        """`opener` runs in the writer thread: connect, configure, migrate. The connection is
+        an `sqlite3.Connection` or one shaped like it (`storage.pg_conn.PgConnection`), and
+        `errors` are its driver's."""
         self._opener = opener
+        self._errors = errors
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Job | _Stop] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="muse-storage-writer", daemon=True)
@@ -113,7 +122,7 @@ class Writer:
         finally:
             conn.close()
 
-    def _loop(self, conn: sqlite3.Connection) -> None:
+    def _loop(self, conn: Any) -> None:
         while True:
             first = self._queue.get()
             if isinstance(first, _Stop):
@@ -142,17 +151,17 @@ class Writer:
             if stopping:
                 return
 
-    def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+    def _run_group(self, conn: Any, group: list[_Job]) -> None:
         """Run `group` in as few transactions as possible (one, unless SQLite aborts one)."""
         start = 0
         while start < len(group):
             start = self._run_transaction(conn, group, start)
 
-    def _run_transaction(self, conn: sqlite3.Connection, group: list[_Job], start: int) -> int:
+    def _run_transaction(self, conn: Any, group: list[_Job], start: int) -> int:
         """Run jobs from `start` in one transaction; return the index of the first job not run."""
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+        except self._errors as exc:
             _fail(group[start:], exc)
             return len(group)
         index = start
@@ -166,13 +175,13 @@ class Writer:
                 return index
         try:
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except self._errors as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             _fail(group[start:index], exc)
         return index
 
-    def _run_job(self, conn: sqlite3.Connection, job: _Job) -> bool:
+    def _run_job(self, conn: Any, job: _Job) -> bool:
         """Run one job inside a savepoint; on error undo just that job. True if it succeeded."""
         conn.execute("SAVEPOINT job")
         try:
@@ -183,7 +192,7 @@ class Writer:
                 try:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                except sqlite3.Error:
+                except self._errors:
                     conn.execute("ROLLBACK")
             return False
         conn.execute("RELEASE job")
