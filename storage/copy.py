@@ -203,7 +203,7 @@ def _copy_rows(reader: _Snapshot, conn: Any, target: Path | str, force: bool) ->
             raise CopyError(f"{table}: {copied} rows copied, the source has {expected}")
         counts[table] = copied
     if isinstance(target, str):
-        _reset_identities(conn, reader.tables)
+        _reset_identities(conn, [t for t in reader.tables if "id" in reader.columns(t)])
     return counts
 
 

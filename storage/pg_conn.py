@@ -15,6 +15,7 @@ Errors are raised with the password scrubbed from their text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -247,3 +248,16 @@ class PgReader:
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.close()
+
+
+@contextlib.contextmanager
+def try_advisory_lock(url: str, key: int) -> Iterator[bool]:
+    """Hold PostgreSQL's session advisory lock `key` on its own connection for the block;
+    yields False (holding nothing) when another session holds it. What must happen once per
+    database (a tune) takes one: it holds across processes and machines."""
+    conn = connect(url)
+    try:
+        held = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+        yield held
+    finally:
+        conn.close()  # ends the session, and so its locks
