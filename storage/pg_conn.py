@@ -25,8 +25,7 @@ import psycopg
 from psycopg.adapt import Loader
 from psycopg.pq import TransactionStatus
 
-from storage.errors import StorageError
-from storage.location import redact, scrub
+from storage.errors import ConnectionLost, DatabaseUnreachable
 from storage.pg_sql import translate
 
 #: How long a lost connection is retried before the operation fails (then: "not saved").
@@ -34,14 +33,6 @@ RECONNECT_S = 30.0
 CONNECT_TIMEOUT_S = 5
 
 Params = Sequence[Any] | Mapping[str, Any]
-
-
-class DatabaseUnreachable(StorageError):
-    """The PostgreSQL server could not be reached or refused the login; no password shown."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        self.url = redact(url)
-        super().__init__(f"cannot connect to {self.url}: {scrub(reason, url)}")
 
 
 class PgRow(tuple):  # type: ignore[type-arg]
@@ -133,29 +124,31 @@ class PgConnection:
     def execute(self, sql: str, params: Params | None = None) -> PgCursor:
         text = translate(sql)
         if text == "BEGIN":
-            self._reconnect_if_lost()
+            return self._begin()
         try:
             return PgCursor(self._conn.execute(text, _args(params)))
         except psycopg.OperationalError as exc:
-            raise DatabaseUnreachable(self.url, str(exc)) from None
+            if self._conn.broken or self._conn.closed:
+                raise ConnectionLost(self.url, str(exc)) from None
+            raise
 
     def executemany(self, sql: str, rows: Sequence[Params]) -> PgCursor:
         with self._conn.cursor() as cursor:
             cursor.executemany(translate(sql), rows)
             return PgCursor(cursor)
 
-    def _reconnect_if_lost(self) -> None:
-        """Open the connection again if the server dropped it, retrying for `RECONNECT_S`."""
-        if not self._conn.closed and not self._conn.broken:
-            return
+    def _begin(self) -> PgCursor:
+        """BEGIN; a connection the server dropped (a restart: psycopg learns of it only now)
+        is opened again, retrying for `RECONNECT_S`."""
         deadline = time.monotonic() + RECONNECT_S
         while True:
             try:
-                self._conn = connect(self.url)
-                return
-            except DatabaseUnreachable:
+                if self._conn.closed or self._conn.broken:
+                    self._conn = connect(self.url)
+                return PgCursor(self._conn.execute("BEGIN"))
+            except (psycopg.OperationalError, DatabaseUnreachable) as exc:
                 if time.monotonic() > deadline:
-                    raise
+                    raise ConnectionLost(self.url, str(exc)) from None
                 time.sleep(0.2)
 
     def close(self) -> None:

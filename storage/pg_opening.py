@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import psycopg
 
-from storage import writes
+from storage import pg_conn, writes
 from storage.db import Clock, format_utc
-from storage.errors import StorageError
+from storage.errors import ConnectionLost, StorageError
 from storage.location import redact
 from storage.migrations import Migration, migrate
 from storage.pg_conn import PgConnection, PgReader
@@ -68,6 +68,12 @@ async def open_postgres(
             raise
         return conn
 
-    writer = Writer(opener, max_batch=max_batch, errors=(psycopg.Error, StorageError))
+    writer = Writer(
+        opener,
+        max_batch=max_batch,
+        errors=(psycopg.Error, StorageError),
+        lost=(ConnectionLost,),
+        retry_s=pg_conn.RECONNECT_S,
+    )
     await writer.start()
     return writer, PgReader(url), tuple(interrupted)

@@ -26,6 +26,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -60,12 +61,18 @@ class Writer:
         *,
         max_batch: int = 1024,
         errors: tuple[type[Exception], ...] = (sqlite3.Error,),
+        lost: tuple[type[Exception], ...] = (),
+        retry_s: float = 30.0,
     ) -> None:
         """`opener` runs in the writer thread: connect, configure, migrate. The connection is
         an `sqlite3.Connection` or one shaped like it (`storage.pg_conn.PgConnection`), and
-        `errors` are its driver's."""
+        `errors` are its driver's. `lost`: errors that mean the connection (and with it the
+        open transaction) was lost, as a database server's restart does; such a transaction
+        runs again, for up to `retry_s`, before its callers get the error."""
         self._opener = opener
         self._errors = errors
+        self._lost = lost
+        self._retry_s = retry_s
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Job | _Stop] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="muse-storage-writer", daemon=True)
@@ -152,10 +159,23 @@ class Writer:
                 return
 
     def _run_group(self, conn: Any, group: list[_Job]) -> None:
-        """Run `group` in as few transactions as possible (one, unless SQLite aborts one)."""
+        """Run `group` in as few transactions as possible (one, unless SQLite aborts one).
+
+        A transaction whose connection was lost (`lost`) never committed (or, lost during
+        COMMIT, may have: its operations then run twice, which the upserts absorb): its jobs
+        run again on a new connection, until `retry_s` has passed."""
+        deadline = time.monotonic() + self._retry_s
         start = 0
         while start < len(group):
-            start = self._run_transaction(conn, group, start)
+            try:
+                start = self._run_transaction(conn, group, start)
+            except self._lost as exc:
+                if time.monotonic() > deadline:
+                    _fail(group[start:], exc)
+                    return
+                log.warning("database connection lost; running %d writes again", len(group) - start)
+                for job in group[start:]:
+                    job.outcome, job.failed = None, False
 
     def _run_transaction(self, conn: Any, group: list[_Job], start: int) -> int:
         """Run jobs from `start` in one transaction; return the index of the first job not run."""
@@ -171,11 +191,15 @@ class Writer:
             if self._run_job(conn, job):
                 continue
             if not conn.in_transaction:  # SQLite rolled the whole transaction back
+                if isinstance(job.outcome, self._lost):
+                    raise job.outcome
                 _fail(group[start:index], job.outcome)
                 return index
         try:
             conn.execute("COMMIT")
         except self._errors as exc:
+            if isinstance(exc, self._lost):
+                raise
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             _fail(group[start:index], exc)

