@@ -41,29 +41,32 @@ async def test_muse_run_on_postgres_keeps_every_acknowledged_vote_across_a_serve
 ) -> None:
     url = postgres_server.create_database()
     votes = "SELECT generation_id, user_id, thumbs FROM feedback ORDER BY generation_id, user_id"
-    async with DiscordEmulator() as emu:
-        async with muse_run(emu, tmp_path / "muse.db", MUSE_DB=url, MUSE_MAX_TOKENS="16") as bot:
-            first, second = await generate(emu, "alice"), await generate(emu, "bob")
-            done = read(url, "SELECT id FROM generations WHERE status = 'done' ORDER BY id")
-            assert done == [(1,), (2,)]
-            assert "saved" in await vote(emu, first, "muse:rate:1:up", "moderator")
-            assert read(url, votes) == [(1, emu.user("moderator").id, "up")]
+    bot_db = tmp_path / "muse.db"
+    async with (
+        DiscordEmulator() as emu,
+        muse_run(emu, bot_db, MUSE_DB=url, MUSE_MAX_TOKENS="16") as bot,
+    ):
+        first, second = await generate(emu, "alice"), await generate(emu, "bob")
+        done = read(url, "SELECT id FROM generations WHERE status = 'done' ORDER BY id")
+        assert done == [(1,), (2,)]
+        assert "saved" in await vote(emu, first, "muse:rate:1:up", "moderator")
+        assert read(url, votes) == [(1, emu.user("moderator").id, "up")]
 
-            # The server goes down; a vote cast meanwhile waits for it to come back.
-            await asyncio.to_thread(postgres_server.stop)
-            pressed = await emu.press_button(second.original, "muse:rate:2:down", user="manager")
-            await asyncio.sleep(1.0)
-            await asyncio.to_thread(postgres_server.restart)
-            assert "saved" in (await ephemeral(pressed)).content
+        # The server goes down; a vote cast meanwhile waits for it to come back.
+        await asyncio.to_thread(postgres_server.stop)
+        pressed = await emu.press_button(second.original, "muse:rate:2:down", user="manager")
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(postgres_server.restart)
+        assert "saved" in (await ephemeral(pressed)).content
 
-            # Reconnected without a restart: a new text and another vote.
-            third = await generate(emu, "manager")
-            assert "saved" in await vote(emu, third, "muse:rate:3:up", "alice")
-            acknowledged = read(url, votes)
-            assert len(acknowledged) == 3
+        # Reconnected without a restart: a new text and another vote.
+        third = await generate(emu, "manager")
+        assert "saved" in await vote(emu, third, "muse:rate:3:up", "alice")
+        acknowledged = read(url, votes)
+        assert len(acknowledged) == 3
 
-            bot.kill()  # SIGKILL: nothing acknowledged may be lost
-            assert await bot.wait_exit() == -9
-            assert PASSWORD not in bot.output()
+        bot.kill()  # SIGKILL: nothing acknowledged may be lost
+        assert await bot.wait_exit() == -9
+        assert PASSWORD not in bot.output()
     assert read(url, votes) == acknowledged
     assert [row[0] for row in acknowledged] == [1, 2, 3]
