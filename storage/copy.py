@@ -196,7 +196,7 @@ def _copy_rows(reader: _Snapshot, conn: Any, target: Path | str, force: bool) ->
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
         )
         for rows in reader.rows(table, columns):
-            conn.executemany(insert, rows)
+            _insert(conn, table, columns, insert, rows)
         expected = reader.count(table)
         copied = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
         if copied != expected:
@@ -205,6 +205,19 @@ def _copy_rows(reader: _Snapshot, conn: Any, target: Path | str, force: bool) ->
     if isinstance(target, str):
         _reset_identities(conn, [t for t in reader.tables if "id" in reader.columns(t)])
     return counts
+
+
+def _insert(conn: Any, table: str, columns: list[str], insert: str, rows: list[Any]) -> None:
+    """One batch into the target: COPY into PostgreSQL (several times faster than INSERTs)."""
+    if not isinstance(conn, PgConnection):
+        conn.executemany(insert, rows)
+        return
+    with (
+        conn.raw.cursor() as cursor,
+        cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row(row)
 
 
 def _reset_identities(conn: PgConnection, tables: list[str]) -> None:
