@@ -76,6 +76,7 @@ class PostgresServer:
     process: subprocess.Popen[bytes]
     log: Path
     as_user: str | None
+    fsync: bool = False
     _databases: Iterator[int] = itertools.count(1)
 
     def url(self, database: str = "postgres", *, password: bool = True) -> str:
@@ -95,7 +96,7 @@ class PostgresServer:
         """Stop the server (fast shutdown: clients are cut off), wait, start it again."""
         self.stop()
         time.sleep(down_s)
-        self.process = _start(self.data, self.port, self.log, self.as_user)
+        self.process = _start(self.data, self.port, self.log, self.as_user, fsync=self.fsync)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -115,8 +116,9 @@ def _as(user: str | None, argv: list[str]) -> list[str]:
     return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv]
 
 
-def start_server() -> PostgresServer:
-    """initdb a temporary cluster and start it; raises `PostgresUnavailable` with the reason."""
+def start_server(*, fsync: bool = False) -> PostgresServer:
+    """initdb a temporary cluster and start it; raises `PostgresUnavailable` with the reason.
+    `fsync` False (the tests) skips flushing to disk; benchmarks keep it."""
     bins = bindir()
     as_user = "postgres" if os.geteuid() == 0 else None
     base = Path(tempfile.mkdtemp(prefix="muse-pg-"))
@@ -142,17 +144,23 @@ def start_server() -> PostgresServer:
     if done.returncode != 0:
         raise PostgresUnavailable(f"initdb failed: {done.stderr.strip() or done.stdout.strip()}")
     port = free_port()
-    process = _start(data, port, log, as_user, bins)
-    return PostgresServer(port, data, process, log, as_user)
+    process = _start(data, port, log, as_user, bins, fsync=fsync)
+    return PostgresServer(port, data, process, log, as_user, fsync)
 
 
 def _start(
-    data: Path, port: int, log: Path, as_user: str | None, bins: Path | None = None
+    data: Path,
+    port: int,
+    log: Path,
+    as_user: str | None,
+    bins: Path | None = None,
+    *,
+    fsync: bool = False,
 ) -> subprocess.Popen[bytes]:
     bins = bins or bindir()
     argv = [
         str(bins / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
-        "-k", str(data), "-c", "fsync=off", "-c", "max_connections=200",
+        "-k", str(data), "-c", f"fsync={'on' if fsync else 'off'}", "-c", "max_connections=200",
         "-c", "shared_buffers=64MB",
     ]  # fmt: skip
     out = open(log, "ab")  # noqa: SIM115 - the server writes to it for its whole life
