@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from decimal import Decimal
@@ -103,6 +104,28 @@ class PgCursor:
         return iter(self._cursor) if self._cursor.description else iter(())
 
 
+_DEFERRABLE = re.compile(r"^(SAVEPOINT|RELEASE) \w+$")
+
+
+class _NoRows:
+    """The result of a statement that returns nothing (a deferred SAVEPOINT or RELEASE)."""
+
+    rowcount = -1
+    lastrowid = None
+
+    def fetchone(self) -> None:
+        return None
+
+    def fetchall(self) -> list[Any]:
+        return []
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+
+_NO_ROWS = _NoRows()
+
+
 class PgConnection:
     """The writer thread's connection (see the module's docstring)."""
 
@@ -110,6 +133,9 @@ class PgConnection:
         self.url = url
         self.row_factory: Any = None  # rows always index both ways; kept for the operations
         self._conn = connect(url)
+        #: SAVEPOINT and RELEASE statements not sent yet: they go with the next statement, in
+        #: one round trip (the writer runs one of each around every operation).
+        self._deferred: list[str] = []
 
     @property
     def in_transaction(self) -> bool:
@@ -124,15 +150,28 @@ class PgConnection:
     def execute(self, sql: str, params: Params | None = None) -> PgCursor:
         text = translate(sql)
         if text == "BEGIN":
+            self._deferred.clear()
             return self._begin()
+        if _DEFERRABLE.match(text):
+            self._deferred.append(text)
+            return _NO_ROWS
+        if text == "ROLLBACK":  # it ends the savepoints too; a RELEASE would fail first
+            self._deferred.clear()
+        deferred, self._deferred = self._deferred, []
         try:
-            return PgCursor(self._conn.execute(text, _args(params)))
+            cursor = self._conn.execute("; ".join([*deferred, text]), _args(params))
+            for _ in deferred:  # to the result of `text`
+                cursor.nextset()
+            return PgCursor(cursor)
         except psycopg.OperationalError as exc:
             if self._conn.broken or self._conn.closed:
                 raise ConnectionLost(self.url, str(exc)) from None
             raise
 
     def executemany(self, sql: str, rows: Sequence[Params]) -> PgCursor:
+        if self._deferred:
+            self._conn.execute("; ".join(self._deferred), ())
+            self._deferred.clear()
         with self._conn.cursor() as cursor:
             cursor.executemany(translate(sql), rows)
             return PgCursor(cursor)

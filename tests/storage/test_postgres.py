@@ -16,12 +16,14 @@ import psycopg
 import pytest
 
 from storage.copy import CopyError, copy_database
-from storage.errors import DatabaseTooNew, DatabaseUnreachable
+from storage.errors import DatabaseTooNew, DatabaseUnreachable, StorageError
 from storage.export import FORMATS, ExportFilters
 from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, schema_version
 from storage.models import ModelRecord
+from storage.pg_conn import PgConnection
 from storage.store import Store
+from storage.writer import Writer
 from tests.postgres_server import PASSWORD, USER, PostgresServer
 
 
@@ -220,3 +222,33 @@ async def test_a_server_restart_loses_no_acknowledged_write_and_the_store_reconn
         finally:
             await asyncio.to_thread(postgres_server.restart)
         assert (await store.record_feedback(first, 3, thumbs="down")).score == 0
+
+
+async def test_a_failing_operation_in_a_group_is_undone_alone_on_postgres(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.create_database()
+    async with Store.open(url):
+        pass  # migrated
+
+    def note(conn, user_id: int) -> int:
+        conn.execute(
+            "INSERT INTO users (user_id, opted_out, updated_utc) VALUES (?, 0, 'now')", (user_id,)
+        )
+        return user_id
+
+    def broken(conn) -> None:
+        conn.execute("INSERT INTO users (user_id, opted_out, updated_utc) VALUES (9, 7, 'x')")
+
+    writer = Writer(lambda: PgConnection(url), errors=(psycopg.Error, StorageError))
+    await writer.start()
+    try:
+        jobs = [writer.submit(note, 1), writer.submit(broken), writer.submit(note, 2)]
+        done = await asyncio.gather(*jobs, return_exceptions=True)
+    finally:
+        await writer.close()
+    assert writer.groups == 1  # one transaction: the check violation was undone alone
+    assert done[0] == 1 and done[2] == 2
+    assert isinstance(done[1], psycopg.errors.CheckViolation)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT user_id FROM users ORDER BY 1").fetchall() == [(1,), (2,)]
