@@ -5,6 +5,8 @@
 
 Writes go through `Writer` (see `storage.writer`) and return only after their transaction
 committed. Reads use a separate aiosqlite connection; in WAL mode they never block writes.
+With a `postgresql://` URL the same writer runs on a psycopg connection and reads go through
+`pg_conn.PgReader` (`storage.pg_opening`); the operations and their SQL are the same.
 """
 
 from __future__ import annotations
