@@ -7,6 +7,10 @@ rows per table are checked against the source's before it commits, and any failu
 all back (a target SQLite file this copy created is removed). A target that holds rows is
 refused unless `force` (then its rows are replaced in that same transaction). The export salt
 (`meta`) is copied too, so exports of the copy equal the source's.
+
+Every statement is constant text over the table names below (tests/test_security.py); rows
+travel as parameters (SQLite) or through COPY (PostgreSQL), by position: both schemas come
+from the same migrations, so their columns are in the same order (checked per table).
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import contextlib
 import os
 import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from storage import pg_sql
 from storage.db import connect, connect_readonly, create_file
 from storage.errors import StorageError
 from storage.location import database_target, describe, scrub
@@ -29,11 +34,71 @@ from storage.migrations import MIGRATIONS, migrate, schema_version
 from storage.pg_conn import PgConnection
 from storage.pg_conn import connect as pg_connect
 from storage.pg_opening import prepare
-from storage.pg_sql import SCHEMA_TABLE
 
 BATCH = 2_000
-#: Tables whose rows others refer to come first (a generation's parent has a smaller id).
-_FIRST = ("meta", "users", "guild_settings", "conversations", "generations")
+
+#: Muse's tables, each before those that refer to it: what a copy copies. A migration that adds
+#: a table adds it here (a copy refuses a source with a table it does not know).
+TABLES = (
+    "meta", "users", "guild_settings", "conversations", "generations", "feedback",
+    "feedback_events", "comparisons", "personas", "models", "loops", "loop_events",
+)  # fmt: skip
+#: The tables with an `id` column, copied in id order (a generation's parent comes first) and
+#: whose PostgreSQL identity goes on after the copied ids.
+_BY_ID = ("conversations", "generations", "feedback_events", "comparisons", "loop_events")
+
+#: `?` lists for INSERTs of 1 to 40 columns, as constant text.
+_MARKS = (
+    "?",
+    "?, ?",
+    "?, ?, ?",
+    "?, ?, ?, ?",
+    "?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+)
 
 
 class CopyError(StorageError):
@@ -51,34 +116,31 @@ def copy_database(source: str | Path, target: str | Path, *, force: bool = False
                 f"{describe(source_t)} has schema version {reader.version}, this Muse writes "
                 f"{len(MIGRATIONS)}: open it once with this Muse (e.g. `muse doctor`) first"
             )
+        unknown = sorted(reader.tables - set(TABLES))
+        if unknown:
+            raise CopyError(f"{describe(source_t)} has tables this Muse does not copy: {unknown}")
         return _fill(reader, target_t, force)
 
 
 class _Snapshot:
-    """The source, read in one snapshot: its tables, columns, counts and rows."""
+    """The source, read in one snapshot."""
 
-    def __init__(self, conn: Any, version: int, tables: list[str], batches: Callable[..., Any]):
+    def __init__(self, conn: Any, version: int, tables: set[str], server_side: bool) -> None:
         self.conn, self.version, self.tables = conn, version, tables
-        self._batches = batches
+        self._server_side = server_side
 
-    def count(self, table: str) -> int:
-        return int(self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+    def count_rows(self, query: str) -> int:
+        return int(self.conn.execute(query).fetchone()[0])
 
-    def columns(self, table: str) -> list[str]:
-        cursor = self.conn.execute(f"SELECT * FROM {table} WHERE 1 = 0")
-        return [column[0] for column in cursor.description]
-
-    def rows(self, table: str, columns: list[str]) -> Iterator[list[tuple[Any, ...]]]:
-        return self._batches(table, columns)
-
-
-def _ordered(tables: list[str]) -> list[str]:
-    first = [name for name in _FIRST if name in tables]
-    return first + sorted(set(tables) - set(first))
-
-
-def _order_by(columns: list[str]) -> str:
-    return " ORDER BY id" if "id" in columns else ""
+    @contextmanager
+    def rows_of(self, query: str) -> Iterator[Any]:
+        """`query`'s rows, fetched in batches (PostgreSQL: a server-side cursor)."""
+        if not self._server_side:
+            yield self.conn.execute(query)
+            return
+        with self.conn.cursor(name="muse_copy") as cursor:
+            cursor.execute(query)
+            yield cursor
 
 
 @contextmanager
@@ -93,15 +155,7 @@ def _snapshot(source: Path | str) -> Iterator[_Snapshot]:
             names = conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             ).fetchall()
-
-            def batches(table: str, columns: list[str]) -> Iterator[list[tuple[Any, ...]]]:
-                cursor = conn.execute(
-                    f"SELECT {', '.join(columns)} FROM {table}{_order_by(columns)}"
-                )
-                while rows := cursor.fetchmany(BATCH):
-                    yield rows
-
-            yield _Snapshot(conn, version, _ordered([n[0] for n in names]), batches)
+            yield _Snapshot(conn, version, {n[0] for n in names}, server_side=False)
         finally:
             conn.close()
         return
@@ -114,18 +168,11 @@ def _snapshot(source: Path | str) -> Iterator[_Snapshot]:
         found = conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
         ).fetchall()
-        names = [row[0] for row in found if row[0] != SCHEMA_TABLE]
+        names = {row[0] for row in found} - {pg_sql.SCHEMA_TABLE}
         version = 0
-        if SCHEMA_TABLE in [row[0] for row in found]:
-            version = conn.execute(f"SELECT version FROM {SCHEMA_TABLE}").fetchone()[0]
-
-        def pg_batches(table: str, columns: list[str]) -> Iterator[list[tuple[Any, ...]]]:
-            with conn.cursor(name=f"muse_copy_{table}") as cursor:  # server-side
-                cursor.execute(f"SELECT {', '.join(columns)} FROM {table}{_order_by(columns)}")
-                while rows := cursor.fetchmany(BATCH):
-                    yield [tuple(row) for row in rows]
-
-        yield _Snapshot(conn, version, _ordered(names), pg_batches)
+        if len(names) < len(found):
+            version = conn.execute(pg_sql.READ_VERSION).fetchone()[0]
+        yield _Snapshot(conn, version, names, server_side=True)
     except psycopg.Error as exc:
         raise CopyError(scrub(str(exc), source)) from None
     finally:
@@ -141,7 +188,10 @@ def _fill(reader: _Snapshot, target: Path | str, force: bool) -> dict[str, int]:
         raise CopyError(f"cannot open {describe(target)}: {scrub(str(exc), str(target))}") from None
     try:
         conn.execute("BEGIN IMMEDIATE")
-        counts = _copy_rows(reader, conn, target, force)
+        _empty(conn, target, force)
+        counts = _copy_rows(reader, conn)
+        if isinstance(conn, PgConnection):
+            _reset_identities(conn)
         conn.execute("COMMIT")
         return counts
     except BaseException as exc:
@@ -178,57 +228,70 @@ def _remove_if(created: bool, target: Path | str) -> None:
                 name.unlink()
 
 
-def _copy_rows(reader: _Snapshot, conn: Any, target: Path | str, force: bool) -> dict[str, int]:
-    """Inside the target's transaction: empty it (with `force`), copy, check the counts."""
-    held = {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in reader.tables}
-    busy = sorted(t for t, n in held.items() if n and t != "meta")
+def _empty(conn: Any, target: Path | str, force: bool) -> None:
+    """Refuse a target with rows (the salt in `meta` aside) unless `force`; then empty it
+    (every foreign key deletes or unsets, so any order works)."""
+    busy = []
+    for table in TABLES:
+        if table != "meta" and conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]:
+            busy.append(table)
     if busy and not force:
         raise CopyError(
             f"{describe(target)} already holds rows ({', '.join(busy)}): pass --force to "
             "replace them"
         )
-    for table in reversed(reader.tables):
+    for table in TABLES:
         conn.execute(f"DELETE FROM {table}")
+
+
+def _copy_rows(reader: _Snapshot, conn: Any) -> dict[str, int]:
+    """Inside the target's transaction: every table, its count checked against the source's."""
     counts: dict[str, int] = {}
-    for table in reader.tables:
-        columns = reader.columns(table)
-        insert = (
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-        )
-        for rows in reader.rows(table, columns):
-            _insert(conn, table, columns, insert, rows)
-        expected = reader.count(table)
-        copied = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+    for table in TABLES:
+        select = f"SELECT * FROM {table}"
+        if table in _BY_ID:
+            select = f"SELECT * FROM {table} ORDER BY id"
+        names = _names(conn, table)
+        width = len(names)
+        for marks in _MARKS:
+            if marks.count("?") == width:
+                break
+        insert = f"INSERT INTO {table} VALUES ({marks})"
+        with reader.rows_of(select) as rows:
+            if [c[0] for c in rows.description] != names:
+                raise CopyError(f"{table}: the source's columns differ from the target's")
+            while batch := rows.fetchmany(BATCH):
+                _insert(conn, table, insert, batch)
+        expected = reader.count_rows(f"SELECT COUNT(*) FROM {table}")
+        copied = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
         if copied != expected:
             raise CopyError(f"{table}: {copied} rows copied, the source has {expected}")
-        counts[table] = copied
-    if isinstance(target, str):
-        _reset_identities(conn, [t for t in reader.tables if "id" in reader.columns(t)])
+        counts[table] = int(copied)
     return counts
 
 
-def _insert(conn: Any, table: str, columns: list[str], insert: str, rows: list[Any]) -> None:
+def _names(conn: Any, table: str) -> list[str]:
+    return [c[0] for c in conn.execute(f"SELECT * FROM {table} WHERE 1 = 0").description]
+
+
+def _insert(conn: Any, table: str, insert: str, rows: list[Any]) -> None:
     """One batch into the target: COPY into PostgreSQL (several times faster than INSERTs)."""
     if not isinstance(conn, PgConnection):
         conn.executemany(insert, rows)
         return
-    with (
-        conn.raw.cursor() as cursor,
-        cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
-    ):
+    with conn.raw.cursor() as cursor, cursor.copy(f"COPY {table} FROM STDIN") as copy:
         for row in rows:
-            copy.write_row(row)
+            copy.write_row(tuple(row))
 
 
-def _reset_identities(conn: PgConnection, tables: list[str]) -> None:
+def _reset_identities(conn: PgConnection) -> None:
     """PostgreSQL's identity columns go on after the copied ids (SQLite's need no care)."""
-    for table in tables:
-        sequence = conn.execute("SELECT pg_get_serial_sequence(?, 'id')", (table,)).fetchone()
-        if sequence is not None and sequence[0] is not None:
-            conn.execute(
-                f"SELECT setval(?, (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)",
-                (sequence[0],),
-            )
+    for table in _BY_ID:
+        conn.execute(
+            f"""SELECT setval(pg_get_serial_sequence(?, 'id'),
+                   (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)""",
+            (table,),
+        )
 
 
 @contextmanager

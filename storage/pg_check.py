@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import psycopg
 
+from storage import pg_sql
 from storage.errors import StorageError
 from storage.location import redact, scrub
 from storage.migrations import MIGRATIONS
 from storage.pg_conn import connect
-from storage.pg_sql import SCHEMA_TABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +35,10 @@ def check_server(url: str) -> ServerCheck:
         return ServerCheck(shown, problem=str(exc))
     try:
         server = conn.execute("SHOW server_version").fetchone()[0]
-        table = conn.execute("SELECT to_regclass(%s)", (SCHEMA_TABLE,)).fetchone()[0]
+        table = conn.execute("SELECT to_regclass(%s)", (pg_sql.SCHEMA_TABLE,)).fetchone()[0]
         version = 0
         if table is not None:
-            version = conn.execute(f"SELECT version FROM {SCHEMA_TABLE}").fetchone()[0]
+            version = conn.execute(pg_sql.READ_VERSION).fetchone()[0]
     except psycopg.Error as exc:
         return ServerCheck(shown, problem=scrub(str(exc), url))
     finally:

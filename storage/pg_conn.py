@@ -93,6 +93,7 @@ class PgCursor:
         self._cursor = cursor
         self.rowcount = cursor.rowcount
         self.lastrowid = None  # PostgreSQL has none: operations use RETURNING id
+        self.description = cursor.description
 
     def fetchone(self) -> Any:
         return self._cursor.fetchone() if self._cursor.description else None

@@ -12,13 +12,12 @@ from collections.abc import Sequence
 
 import psycopg
 
-from storage import pg_conn, writes
+from storage import pg_conn, pg_sql, writes
 from storage.db import Clock, format_utc
 from storage.errors import ConnectionLost, StorageError
 from storage.location import redact
 from storage.migrations import Migration, migrate
 from storage.pg_conn import PgConnection, PgReader
-from storage.pg_sql import SCHEMA_TABLE
 from storage.writer import Writer
 
 log = logging.getLogger("muse.storage.pg_opening")
@@ -31,11 +30,8 @@ def prepare(conn: PgConnection, migrations: Sequence[Migration]) -> None:
     """Create the version table if missing and run the migrations, one process at a time."""
     conn.execute("SELECT pg_advisory_lock(?)", (MIGRATION_LOCK,))
     try:
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (version INTEGER NOT NULL)")
-        conn.execute(
-            f"""INSERT INTO {SCHEMA_TABLE} (version) SELECT 0
-                WHERE NOT EXISTS (SELECT 1 FROM {SCHEMA_TABLE})"""
-        )
+        conn.execute(pg_sql.CREATE_VERSION)
+        conn.execute(pg_sql.FIRST_VERSION)
         migrate(conn, migrations, path=redact(conn.url))
     finally:
         conn.execute("SELECT pg_advisory_unlock(?)", (MIGRATION_LOCK,))

@@ -45,7 +45,8 @@ async def test_db_copy_moves_a_file_to_postgres_and_back_without_showing_the_pas
     url = postgres_server.create_database()
     assert cli.main(["db", "copy", str(tmp_path / "muse.db"), url]) == 0
     said = capsys.readouterr().err
-    assert "generations 3, comparisons 0, feedback 3" in said and "(counts checked)" in said
+    assert "generations 3, feedback 3, feedback_events 3, comparisons 0" in said
+    assert "(counts checked)" in said
     assert f"{USER}:***@" in said and PASSWORD not in said
     assert cli.main(["db", "copy", str(tmp_path / "muse.db"), url]) == 1
     refused = capsys.readouterr().err
