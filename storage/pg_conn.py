@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
@@ -50,10 +51,13 @@ class PgRow(tuple):  # type: ignore[type-arg]
         return tuple.__getitem__(self, key)
 
 
+@functools.lru_cache(maxsize=256)
+def _row_type(names: tuple[str, ...]) -> type[PgRow]:
+    return type("Row", (PgRow,), {"_names": names, "__slots__": ()})
+
+
 def _row_factory(cursor: Any) -> Any:
-    names = tuple(column.name for column in cursor.description or ())
-    row_type = type("Row", (PgRow,), {"_names": names, "__slots__": ()})
-    return lambda values: row_type(values)
+    return _row_type(tuple(column.name for column in cursor.description or ()))
 
 
 class _NumericLoader(Loader):
