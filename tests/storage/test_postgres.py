@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from storage.copy import CopyError, copy_database
-from storage.errors import DatabaseTooNew, DatabaseUnreachable, StorageError
+from storage.errors import ConnectionLost, DatabaseTooNew, DatabaseUnreachable, StorageError
 from storage.export import FORMATS, ExportFilters
 from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, schema_version
@@ -251,4 +251,36 @@ async def test_a_failing_operation_in_a_group_is_undone_alone_on_postgres(
     assert done[0] == 1 and done[2] == 2
     assert isinstance(done[1], psycopg.errors.CheckViolation)
     with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT user_id FROM users ORDER BY 1").fetchall() == [(1,), (2,)]
+
+
+async def test_a_transaction_whose_connection_was_lost_runs_again(
+    postgres_server: PostgresServer,
+) -> None:
+    url = postgres_server.create_database()
+    async with Store.open(url):
+        pass  # migrated
+    killed: list[int] = []
+
+    def note_after_losing_the_connection(conn, user_id: int) -> int:
+        conn.execute(
+            "INSERT INTO users (user_id, opted_out, updated_utc) VALUES (?, 0, 'now')", (user_id,)
+        )
+        if not killed:  # the server drops this connection mid-transaction, once
+            killed.append(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+            conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return user_id
+
+    writer = Writer(
+        lambda: PgConnection(url), errors=(psycopg.Error, StorageError), lost=(ConnectionLost,)
+    )
+    await writer.start()
+    try:
+        first = writer.submit(note_after_losing_the_connection, 1)
+        second = writer.submit(note_after_losing_the_connection, 2)
+        assert await asyncio.gather(first, second) == [1, 2]
+    finally:
+        await writer.close()
+    assert killed
+    with psycopg.connect(url) as conn:  # the lost transaction's row once, not twice
         assert conn.execute("SELECT user_id FROM users ORDER BY 1").fetchall() == [(1,), (2,)]
