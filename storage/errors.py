@@ -99,3 +99,7 @@ class DatabaseUnreachable(StorageError):
 class ConnectionLost(DatabaseUnreachable):
     """The server dropped the connection (a restart) and it could not be opened again in time;
     the writer retries a transaction that failed so (`storage.writer`)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.args = (f"lost the connection to {self.url}: {scrub(reason, url)}",)
