@@ -21,7 +21,7 @@ from storage.export import FORMATS, ExportFilters
 from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, schema_version
 from storage.models import ModelRecord
-from storage.pg_conn import PgConnection
+from storage.pg_conn import PgConnection, try_advisory_lock
 from storage.store import Store
 from storage.writer import Writer
 from tests.postgres_server import PASSWORD, USER, PostgresServer
@@ -284,3 +284,16 @@ async def test_a_transaction_whose_connection_was_lost_runs_again(
     assert killed
     with psycopg.connect(url) as conn:  # the lost transaction's row once, not twice
         assert conn.execute("SELECT user_id FROM users ORDER BY 1").fetchall() == [(1,), (2,)]
+
+
+def test_an_advisory_lock_is_held_once_per_database(postgres_server: PostgresServer) -> None:
+    """What `muse loop tune` takes on PostgreSQL: one holder across processes and machines."""
+    url = postgres_server.create_database()
+    with (
+        try_advisory_lock(url, 7) as first,
+        try_advisory_lock(url, 7) as second,
+        try_advisory_lock(url, 8) as other,
+    ):
+        assert (first, second, other) == (True, False, True)
+    with try_advisory_lock(url, 7) as again:  # released with its connection
+        assert again
