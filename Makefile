@@ -7,7 +7,7 @@ LLAMA_SERVER := $(VENV)/.llama-server
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 
-.PHONY: run test test-engine-process lint setup clean bench
+.PHONY: run test test-engine-process lint setup clean bench postgres-server
 
 setup: $(STAMP)
 
@@ -43,7 +43,13 @@ $(LLAMA_SERVER): constraints.txt | $(STAMP)
 run: $(STAMP)
 	$(BIN)/muse run
 
-test: $(STAMP) $(LLAMA_SERVER)
+# The PostgreSQL tests start their own server from Debian's binaries (tests/postgres_server.py).
+POSTGRES_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+postgres-server:
+	@test -n "$(POSTGRES_INITDB)" || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+test: $(STAMP) $(LLAMA_SERVER) postgres-server
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -1,6 +1,7 @@
 """Storage benchmark: committed feedback writes per second, and a 1M-generation export.
 
     .venv/bin/python benchmarks/storage.py [--rows 1000000] [--writes 20000] [--dir DIR]
+        [--postgres URL | --no-postgres]
 
 (1) 50 concurrent tasks each await `record_feedback`-equivalent writes: one aiosqlite connection
 with one commit per write (the baseline), the writer thread with one commit per write, and the
@@ -9,6 +10,10 @@ writer thread with group commit (the Store). Same SQL, same machine, one run.
 format runs in a child process (`muse export`'s handler) that reports its wall time and peak
 RSS (and its CPU time: wall time on a shared machine depends on the neighbours). Targets:
 >= 5,000 writes/s; export <= 30 s and <= 200 MB.
+(3) The same on PostgreSQL (benchmarks/storage_pg.py), in the same run: committed writes/s
+from one and from four processes (50 writers each, every process its own Store), and the
+export of the same database copied into PostgreSQL (`muse db copy`), its peak memory.
+Targets: >= 2,000 writes/s from four processes; both exports under 100 MB peak.
 """
 
 from __future__ import annotations
@@ -241,7 +246,7 @@ print(json.dumps({{"code": code, "seconds": seconds, "cpu": cpu, "peak_mb": peak
 """
 
 
-def bench_export(db: Path, fmt: str, out: Path) -> dict[str, float]:
+def bench_export(db: Path | str, fmt: str, out: Path) -> dict[str, float]:
     child = subprocess.run(
         [sys.executable, "-c", _CHILD.format(repo=str(REPO), fmt=fmt, out=str(out), db=str(db))],
         capture_output=True, text=True, check=True,
@@ -260,6 +265,8 @@ def main() -> None:
     parser.add_argument("--writes", type=int, default=20_000, help="writes per write run")
     parser.add_argument("--formats", default="sft,kto,dpo,raw")
     parser.add_argument("--dir", type=Path, default=None, help="where to put the databases")
+    parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL database to fill")
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         directory = Path(tmp)
@@ -274,16 +281,37 @@ def main() -> None:
         size = db.stat().st_size / 2**20
         print(f"\n(2) export of {args.rows:,} generations with feedback "
               f"(built in {built:.0f} s, {size:,.0f} MiB)")  # fmt: skip
+        _exports(db, args.formats, directory)
+        if not args.no_postgres:
+            _postgres(args, db, directory)
+
+
+def _exports(db: Path | str, formats: str, directory: Path) -> None:
+    print(
+        f"    {'format':<7} {'rows':>10} {'wall s':>7} {'CPU s':>6} {'peak RSS MB':>12} "
+        f"{'out MiB':>8}"
+    )
+    for fmt in formats.split(","):
+        r = bench_export(db, fmt, directory / f"{fmt}.jsonl")
         print(
-            f"    {'format':<7} {'rows':>10} {'wall s':>7} {'CPU s':>6} {'peak RSS MB':>12} "
-            f"{'out MiB':>8}"
+            f"    {fmt:<7} {r['rows']:>10,} {r['seconds']:>7.1f} {r['cpu']:>6.1f} "
+            f"{r['peak_mb']:>12.0f} {r['out_mb']:>8,.0f}"
         )
-        for fmt in args.formats.split(","):
-            r = bench_export(db, fmt, directory / f"{fmt}.jsonl")
-            print(
-                f"    {fmt:<7} {r['rows']:>10,} {r['seconds']:>7.1f} {r['cpu']:>6.1f} "
-                f"{r['peak_mb']:>12.0f} {r['out_mb']:>8,.0f}"
-            )
+
+
+def _postgres(args: argparse.Namespace, db: Path, directory: Path) -> None:
+    from benchmarks import storage_pg
+
+    with storage_pg.server(args.postgres) as (admin_url, _):
+        print(f"\n(3) PostgreSQL: committed feedback writes, {TASKS} tasks per process")
+        for processes in (1, 4):
+            rate = storage_pg.bench_writes(admin_url, args.writes, processes)
+            print(f"    {processes} process(es), {processes * args.writes:,} writes: "
+                  f"{rate:>10,.0f} writes/s")  # fmt: skip
+        url, seconds = storage_pg.load_export_database(admin_url, db)
+        print(f"    export of the same {args.rows:,} generations from PostgreSQL "
+              f"(copied in with muse db copy in {seconds:.0f} s)")  # fmt: skip
+        _exports(url, args.formats, directory)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Muse's storage: one SQLite file, an async store with group commit, exports and statistics."""
+"""Muse's storage: an SQLite file or a PostgreSQL database, an async store with group commit,
+exports and statistics."""
 
 from storage.errors import (
     ConversationGone,
     DatabaseReadOnly,
     DatabaseTooNew,
+    DatabaseUnreachable,
     GenerationGone,
     ModelExists,
     NotFound,
@@ -30,6 +32,7 @@ __all__ = [
     "ConversationGone",
     "DatabaseReadOnly",
     "DatabaseTooNew",
+    "DatabaseUnreachable",
     "ExportFilters",
     "FeedbackOutcome",
     "Generation",

@@ -21,8 +21,11 @@ SELECT model_a, model_b, winner, is_self, voter FROM (
     SELECT ga.model_id AS model_a, gb.model_id AS model_b, k.winner, k.user_id AS voter,
         k.user_id IN (ga.user_id, gb.user_id) AS is_self, k.id,
         ROW_NUMBER() OVER (
-            PARTITION BY k.user_id, MIN(k.generation_a_id, k.generation_b_id),
-                MAX(k.generation_a_id, k.generation_b_id)
+            PARTITION BY k.user_id,
+                CASE WHEN k.generation_a_id < k.generation_b_id
+                    THEN k.generation_a_id ELSE k.generation_b_id END,
+                CASE WHEN k.generation_a_id < k.generation_b_id
+                    THEN k.generation_b_id ELSE k.generation_a_id END
             ORDER BY k.updated_utc DESC, k.id DESC) AS latest
     FROM comparisons AS k
         JOIN generations AS ga ON ga.id = k.generation_a_id
@@ -33,7 +36,7 @@ SELECT model_a, model_b, winner, is_self, voter FROM (
         AND ga.source = 'model' AND gb.source = 'model'
         AND COALESCE(ku.opted_out, 0) = 0
         AND (:guild_id IS NULL OR :guild_id = ga.guild_id AND :guild_id = gb.guild_id)
-        AND (:task IS NULL OR :task = ga.task AND :task = gb.task))
+        AND (:task IS NULL OR :task = ga.task AND :task = gb.task)) AS votes
 WHERE latest = 1
 ORDER BY id
 """

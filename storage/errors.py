@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from storage.location import redact, scrub
+
 
 class StorageError(Exception):
     """Base class of every error the store raises on purpose."""
@@ -83,3 +85,21 @@ class ModelExists(StorageError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"a model named {name!r} is registered already")
+
+
+class DatabaseUnreachable(StorageError):
+    """The PostgreSQL server cannot be reached or refused the login; the URL is shown redacted
+    and the driver's message scrubbed of the password."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = redact(url)
+        super().__init__(f"cannot connect to {self.url}: {scrub(reason, url)}")
+
+
+class ConnectionLost(DatabaseUnreachable):
+    """The server dropped the connection (a restart) and it could not be opened again in time;
+    the writer retries a transaction that failed so (`storage.writer`)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.args = (f"lost the connection to {self.url}: {scrub(reason, url)}",)

@@ -136,7 +136,7 @@ async def fetch_loop(conn: aiosqlite.Connection, guild_id: int) -> LoopState:
 
 
 async def fetch_enabled(conn: aiosqlite.Connection) -> list[LoopState]:
-    rows = await conn.execute_fetchall("SELECT * FROM loops WHERE enabled ORDER BY guild_id")
+    rows = await conn.execute_fetchall("SELECT * FROM loops WHERE enabled != 0 ORDER BY guild_id")
     return [LoopState.from_row(row) for row in rows]
 
 

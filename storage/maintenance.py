@@ -13,9 +13,11 @@ import contextlib
 import os
 import sqlite3
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.copy import CopyError, copy_database
 from storage.db import connect_readonly
 from storage.errors import StorageError
 from storage.migrations import MIGRATIONS, schema_version
@@ -25,16 +27,26 @@ class BackupError(StorageError):
     """The backup was not made; the message says why."""
 
 
-def backup_file(source: Path, target: Path, *, overwrite: bool = False) -> int:
+def backup_file(source: Path | str, target: Path, *, overwrite: bool = False) -> int:
     """Copy the database `source` to `target` consistently; returns the copy's size in bytes.
 
-    Refuses an existing `target` unless `overwrite`, a missing `source`, and a missing folder.
+    A PostgreSQL `source` (a URL) is copied into an SQLite file (`copy.copy_database`: one
+    snapshot); restoring it is `muse db copy` back. Refuses an existing `target` unless
+    `overwrite`, a missing `source`, and a missing folder.
     """
-    source, target = Path(source), Path(target)
+    target = Path(target)
+    if isinstance(source, str):
+        return _write_beside(target, overwrite, lambda partial: _copy_postgres(source, partial))
+    source = Path(source)
     if not source.is_file():
         raise BackupError(f"there is no database at {source} (check MUSE_DB or --db)")
     if target.resolve() == source.resolve():
         raise BackupError(f"{target} is the database itself; choose another path")
+    return _write_beside(target, overwrite, lambda partial: _copy(source, partial))
+
+
+def _write_beside(target: Path, overwrite: bool, copy: Callable[[Path], None]) -> int:
+    """Run `copy` into a temporary file of mode 0600 beside `target`, then move it there."""
     if target.is_dir():
         raise BackupError(f"{target} is a folder; give the backup file's path")
     if target.exists() and not overwrite:
@@ -47,7 +59,7 @@ def backup_file(source: Path, target: Path, *, overwrite: bool = False) -> int:
     except OSError as exc:
         raise BackupError(f"cannot write to {target.parent}: {exc.strerror}") from exc
     try:
-        _copy(source, partial)
+        copy(partial)
         if overwrite:
             os.replace(partial, target)
         else:
@@ -71,6 +83,13 @@ def _move_unless_exists(partial: Path, target: Path) -> None:
         os.replace(partial, target)
         return
     os.unlink(partial)
+
+
+def _copy_postgres(url: str, partial: Path) -> None:
+    try:
+        copy_database(url, partial, force=True)
+    except CopyError as exc:
+        raise BackupError(str(exc)) from None
 
 
 def _copy(source: Path, partial: Path) -> None:

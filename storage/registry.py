@@ -82,16 +82,18 @@ _REPLACE_MODEL = f"""{_INSERT_MODEL}
 
 
 def register_model(conn: sqlite3.Connection, values: Mapping[str, Any], replace: bool) -> None:
-    """Insert a model; with `replace`, overwrite one of that name (and so un-retire it)."""
-    statement = _INSERT_MODEL
+    """Insert a model; with `replace`, overwrite one of that name (and so un-retire it).
+
+    Without `replace`, a name taken already inserts nothing and returns no row (one statement
+    on either engine, so two processes registering one name cannot both win)."""
     if replace:
-        statement = _REPLACE_MODEL
-    try:
-        conn.execute(statement, values)
-    except sqlite3.IntegrityError as exc:
-        if exc.sqlite_errorcode != sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
-            raise
-        raise ModelExists(values["name"]) from None
+        conn.execute(_REPLACE_MODEL, values)
+        return
+    inserted = conn.execute(
+        f"{_INSERT_MODEL} ON CONFLICT (name) DO NOTHING RETURNING name", values
+    ).fetchone()
+    if inserted is None:
+        raise ModelExists(values["name"])
 
 
 def retire_model(conn: sqlite3.Connection, name: str, now: str, reason: str | None = None) -> bool:

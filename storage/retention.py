@@ -21,7 +21,7 @@ FORGOTTEN_CONTRIBUTOR = "trained on the rows of a member who used /forget"
 # user spoke in (the history repeats it). An edit is not speaking in the conversation: the
 # history leaves edits out (`reads.conversation_history`; should it ever show them, drop the
 # `mine.source` condition).
-_DOOMED_SQL = """
+_DOOMED = """
 WITH RECURSIVE doomed (id) AS (
     SELECT id FROM generations WHERE user_id = :user_id
     UNION
@@ -35,10 +35,11 @@ WITH RECURSIVE doomed (id) AS (
     UNION
     SELECT g.id FROM generations AS g JOIN doomed AS d ON g.parent_id = d.id
 )
-SELECT id FROM doomed ORDER BY id
-"""
+SELECT id FROM doomed"""
 
-_IDS = "(SELECT value FROM json_each(:ids))"
+# The doomed ids as an `IN` list: the query itself, read before anything is deleted (both
+# engines take a recursive query as a subquery; no JSON array, whose functions differ).
+_IDS = f"({_DOOMED})"
 
 
 def pseudonym(conn: sqlite3.Connection, user_id: int) -> str:
@@ -47,14 +48,14 @@ def pseudonym(conn: sqlite3.Connection, user_id: int) -> str:
     return Pseudonyms(salt).of(user_id)
 
 
-_TRAINED_ON = """SELECT name FROM models WHERE retired_utc IS NULL
-    AND EXISTS (SELECT 1 FROM json_each(models.contributors_json) WHERE value = :pseudonym)
-    ORDER BY name"""
-
-
 def models_trained_on(conn: sqlite3.Connection, user_id: int) -> list[str]:
-    """The live models whose training rows include the user's."""
-    return [row[0] for row in conn.execute(_TRAINED_ON, {"pseudonym": pseudonym(conn, user_id)})]
+    """The live models whose training rows include the user's (read in Python: the registry
+    is small, and the engines' JSON functions differ)."""
+    member = pseudonym(conn, user_id)
+    rows = conn.execute(
+        "SELECT name, contributors_json FROM models WHERE retired_utc IS NULL ORDER BY name"
+    )
+    return [name for name, contributors in rows if member in json.loads(contributors)]
 
 
 def forget_user(conn: sqlite3.Connection, user_id: int, now: str) -> dict[str, int]:
@@ -65,9 +66,10 @@ def forget_user(conn: sqlite3.Connection, user_id: int, now: str) -> dict[str, i
         "UPDATE models SET retired_utc = ?, retired_reason = ? WHERE name = ?",
         [(now, FORGOTTEN_CONTRIBUTOR, name) for name in retired],
     )
-    ids = [row[0] for row in conn.execute(_DOOMED_SQL, {"user_id": user_id})]
-    params = {"user_id": user_id, "ids": json.dumps(ids)}
-    counts = {"generations": len(ids)}
+    params = {"user_id": user_id}
+    counts = {
+        "generations": conn.execute(f"SELECT COUNT(*) FROM {_IDS} AS d", params).fetchone()[0]
+    }
     for table in ("feedback", "feedback_events"):
         counts[table] = conn.execute(
             f"SELECT COUNT(*) FROM {table} WHERE user_id = :user_id OR generation_id IN {_IDS}",

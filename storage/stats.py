@@ -8,14 +8,15 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+# Counts are SUM(CASE WHEN ... THEN 1 ELSE 0 END): PostgreSQL sums no booleans.
 # Edits are counted apart: they are members' texts, neither the model's output nor its speed.
 _GENERATIONS_SQL = """
-SELECT task, model_id, SUM(source = 'model'),
-       SUM(source = 'model' AND status = 'done'),
+SELECT task, model_id, SUM(CASE WHEN source = 'model' THEN 1 ELSE 0 END),
+       SUM(CASE WHEN source = 'model' AND status = 'done' THEN 1 ELSE 0 END),
        AVG(CASE WHEN source = 'model' AND status = 'done' THEN total_ms END),
        SUM(CASE WHEN source = 'model' AND status = 'done' AND total_ms > 0 THEN tokens_out END),
        SUM(CASE WHEN source = 'model' AND status = 'done' AND total_ms > 0 THEN total_ms END),
-       SUM(source = 'edit')
+       SUM(CASE WHEN source = 'edit' THEN 1 ELSE 0 END)
 FROM generations
 WHERE :guild_id IS NULL OR guild_id = :guild_id
 GROUP BY task, model_id
@@ -23,9 +24,14 @@ GROUP BY task, model_id
 
 _FEEDBACK_SQL = """
 SELECT g.task, g.model_id, COUNT(*),
-       SUM(f.thumbs = 'up'), SUM(f.thumbs = 'down'),
-       SUM(f.stars = 1), SUM(f.stars = 2), SUM(f.stars = 3), SUM(f.stars = 4), SUM(f.stars = 5),
-       SUM(f.verdict = 1), SUM(f.verdict = 0), SUM(f.verdict = -1)
+       SUM(CASE WHEN f.thumbs = 'up' THEN 1 ELSE 0 END),
+       SUM(CASE WHEN f.thumbs = 'down' THEN 1 ELSE 0 END),
+       SUM(CASE WHEN f.stars = 1 THEN 1 ELSE 0 END), SUM(CASE WHEN f.stars = 2 THEN 1 ELSE 0 END),
+       SUM(CASE WHEN f.stars = 3 THEN 1 ELSE 0 END), SUM(CASE WHEN f.stars = 4 THEN 1 ELSE 0 END),
+       SUM(CASE WHEN f.stars = 5 THEN 1 ELSE 0 END),
+       SUM(CASE WHEN f.verdict = 1 THEN 1 ELSE 0 END),
+       SUM(CASE WHEN f.verdict = 0 THEN 1 ELSE 0 END),
+       SUM(CASE WHEN f.verdict = -1 THEN 1 ELSE 0 END)
 FROM feedback AS f JOIN generations AS g ON g.id = f.generation_id
 WHERE g.source = 'model' AND (:guild_id IS NULL OR g.guild_id = :guild_id)
 GROUP BY g.task, g.model_id

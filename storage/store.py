@@ -5,6 +5,8 @@
 
 Writes go through `Writer` (see `storage.writer`) and return only after their transaction
 committed. Reads use a separate aiosqlite connection; in WAL mode they never block writes.
+With a `postgresql://` URL the same writer runs on a psycopg connection and reads go through
+`pg_conn.PgReader` (`storage.pg_opening`); the operations and their SQL are the same.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import aiosqlite
 from storage import arena, reads, registry, retention, writes
 from storage.db import Clock, format_utc, utc_now
 from storage.export import ExportFilters, export_jsonl
+from storage.location import database_target
 from storage.loops import LoopRecords
 from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, Migration
@@ -41,6 +44,8 @@ from storage.models import (
 )
 from storage.opening import Claim, Opening, open_connections
 from storage.owners import Owners
+from storage.pg_conn import PgReader
+from storage.pg_opening import open_postgres
 from storage.slots import Slots
 from storage.stats import TaskModelStats, task_stats
 from storage.writer import Writer
@@ -58,9 +63,9 @@ class Store(LoopRecords, Owners, Slots):
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         writer: Writer,
-        reader: aiosqlite.Connection,
+        reader: aiosqlite.Connection | PgReader,
         clock: Clock,
         claim: Claim | None = None,
     ) -> None:
@@ -85,7 +90,8 @@ class Store(LoopRecords, Owners, Slots):
         migrations: Sequence[Migration] = MIGRATIONS,
         max_batch: int = 1024,
     ) -> Opening[Store]:
-        """Open (creating mode 0600 and migrating if needed) the database at `path`.
+        """Open (creating mode 0600 and migrating if needed) the database at `path`: an
+        SQLite file, or a `postgresql://` URL (`storage.location`).
 
         Use as `async with Store.open(path) as store:` or `store = await Store.open(path)`.
         `mark_interrupted=False` is for tools (export, stats) that run beside a live bot and
@@ -95,12 +101,19 @@ class Store(LoopRecords, Owners, Slots):
         process has a store open on the file already (pass that one along: see
         `DatabaseAlreadyOpen` for why).
         """
-        return Opening(cls._open(Path(path), clock, mark_interrupted, migrations, max_batch))
+        target = database_target(path)
+        return Opening(cls._open(target, clock, mark_interrupted, migrations, max_batch))
 
     @classmethod
-    async def _open(cls, path: Path, clock: Clock, mark_interrupted: bool, *options: Any) -> Store:
-        writer, reader, claim = await open_connections(path, *options)
-        store = cls(path, writer, reader, clock, claim)
+    async def _open(
+        cls, target: Path | str, clock: Clock, mark_interrupted: bool, *options: Any
+    ) -> Store:
+        if isinstance(target, str):
+            writer, reader = await open_postgres(target, *options)
+            claim = None
+        else:
+            writer, reader, claim = await open_connections(target, *options)
+        store = cls(target, writer, reader, clock, claim)
         try:
             store.interrupted = await store._join(mark_interrupted)
         except BaseException:

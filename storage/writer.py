@@ -26,6 +26,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,9 +55,24 @@ class _Stop:
 class Writer:
     """Runs write operations `fn(conn, *args)` in one thread, grouping them into transactions."""
 
-    def __init__(self, opener: Callable[[], sqlite3.Connection], *, max_batch: int = 1024) -> None:
-        """`opener` runs in the writer thread: connect, configure, migrate."""
+    def __init__(
+        self,
+        opener: Callable[[], Any],
+        *,
+        max_batch: int = 1024,
+        errors: tuple[type[Exception], ...] = (sqlite3.Error,),
+        lost: tuple[type[Exception], ...] = (),
+        retry_s: float = 30.0,
+    ) -> None:
+        """`opener` runs in the writer thread: connect, configure, migrate. The connection is
+        an `sqlite3.Connection` or one shaped like it (`storage.pg_conn.PgConnection`), and
+        `errors` are its driver's. `lost`: errors that mean the connection (and with it the
+        open transaction) was lost, as a database server's restart does; such a transaction
+        runs again, for up to `retry_s`, before its callers get the error."""
         self._opener = opener
+        self._errors = errors
+        self._lost = lost
+        self._retry_s = retry_s
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Job | _Stop] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="muse-storage-writer", daemon=True)
@@ -113,7 +129,7 @@ class Writer:
         finally:
             conn.close()
 
-    def _loop(self, conn: sqlite3.Connection) -> None:
+    def _loop(self, conn: Any) -> None:
         while True:
             first = self._queue.get()
             if isinstance(first, _Stop):
@@ -142,17 +158,30 @@ class Writer:
             if stopping:
                 return
 
-    def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
-        """Run `group` in as few transactions as possible (one, unless SQLite aborts one)."""
+    def _run_group(self, conn: Any, group: list[_Job]) -> None:
+        """Run `group` in as few transactions as possible (one, unless SQLite aborts one).
+
+        A transaction whose connection was lost (`lost`) never committed (or, lost during
+        COMMIT, may have: its operations then run twice, which the upserts absorb): its jobs
+        run again on a new connection, until `retry_s` has passed."""
+        deadline = time.monotonic() + self._retry_s
         start = 0
         while start < len(group):
-            start = self._run_transaction(conn, group, start)
+            try:
+                start = self._run_transaction(conn, group, start)
+            except self._lost as exc:
+                if time.monotonic() > deadline:
+                    _fail(group[start:], exc)
+                    return
+                log.warning("database connection lost; running %d writes again", len(group) - start)
+                for job in group[start:]:
+                    job.outcome, job.failed = None, False
 
-    def _run_transaction(self, conn: sqlite3.Connection, group: list[_Job], start: int) -> int:
+    def _run_transaction(self, conn: Any, group: list[_Job], start: int) -> int:
         """Run jobs from `start` in one transaction; return the index of the first job not run."""
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+        except self._errors as exc:
             _fail(group[start:], exc)
             return len(group)
         index = start
@@ -162,17 +191,21 @@ class Writer:
             if self._run_job(conn, job):
                 continue
             if not conn.in_transaction:  # SQLite rolled the whole transaction back
+                if isinstance(job.outcome, self._lost):
+                    raise job.outcome
                 _fail(group[start:index], job.outcome)
                 return index
         try:
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except self._errors as exc:
+            if isinstance(exc, self._lost):
+                raise
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             _fail(group[start:index], exc)
         return index
 
-    def _run_job(self, conn: sqlite3.Connection, job: _Job) -> bool:
+    def _run_job(self, conn: Any, job: _Job) -> bool:
         """Run one job inside a savepoint; on error undo just that job. True if it succeeded."""
         conn.execute("SAVEPOINT job")
         try:
@@ -183,7 +216,7 @@ class Writer:
                 try:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
-                except sqlite3.Error:
+                except self._errors:
                     conn.execute("ROLLBACK")
             return False
         conn.execute("RELEASE job")

@@ -53,10 +53,11 @@ def record_generation(conn: sqlite3.Connection, values: Mapping[str, Any]) -> in
                model_revision, status, created_utc, owner)
            VALUES (:parent_id, COALESCE(:root_id, -1), :conversation_id, :user_id, :guild_id,
                :channel_id, :message_id, :task, :fields_json, :messages_json, :params_json,
-               :model_id, :model_revision, 'running', :created_utc, :owner)""",
+               :model_id, :model_revision, 'running', :created_utc, :owner)
+           RETURNING id""",
         {"owner": None, **values, "root_id": root_id},
     )
-    generation_id = cursor.lastrowid
+    generation_id = cursor.fetchone()[0]
     if root_id is None:
         conn.execute("UPDATE generations SET root_id = id WHERE id = ?", (generation_id,))
     return generation_id
@@ -85,10 +86,11 @@ def record_edit(conn: sqlite3.Connection, original_id: int, values: Mapping[str,
                created_utc, finished_utc)
            SELECT id, root_id, conversation_id, :user_id, :guild_id, :channel_id, :message_id,
                {_EDIT_COPIES}, :output, 'stop', 'done', 'edit', :now, :now
-           FROM generations WHERE id = :original_id""",
+           FROM generations WHERE id = :original_id
+           RETURNING id""",
         {**values, "original_id": original_id},
     )
-    return cursor.lastrowid
+    return cursor.fetchone()[0]
 
 
 def finish_generation(
@@ -169,10 +171,10 @@ def record_feedback(
            VALUES (:generation_id, :user_id, :thumbs, :stars, :comment, COALESCE(:verdict, 0),
                :is_self, :now, :now)
            ON CONFLICT (generation_id, user_id) DO UPDATE SET
-               thumbs = COALESCE(excluded.thumbs, thumbs),
-               stars = COALESCE(excluded.stars, stars),
-               comment = CASE WHEN :comment_given THEN excluded.comment ELSE comment END,
-               verdict = COALESCE(:verdict, verdict),
+               thumbs = COALESCE(excluded.thumbs, feedback.thumbs),
+               stars = COALESCE(excluded.stars, feedback.stars),
+               comment = CASE WHEN :comment_given THEN excluded.comment ELSE feedback.comment END,
+               verdict = COALESCE(:verdict, feedback.verdict),
                updated_utc = excluded.updated_utc
            RETURNING verdict""",
         params,
@@ -291,7 +293,7 @@ def mark_notice_shown(conn: sqlite3.Connection, user_id: int, now: str) -> bool:
         """INSERT INTO users (user_id, notice_shown_utc, updated_utc) VALUES (?, ?, ?)
            ON CONFLICT (user_id) DO UPDATE SET notice_shown_utc = excluded.notice_shown_utc,
                updated_utc = excluded.updated_utc
-           WHERE notice_shown_utc IS NULL""",
+           WHERE users.notice_shown_utc IS NULL""",
         (user_id, now, now),
     )
     return cursor.rowcount == 1

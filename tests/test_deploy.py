@@ -60,6 +60,18 @@ def test_compose_file_parses_and_references_the_dockerfile_and_env():
     assert compose["services"]["vllm"]["profiles"] == ["vllm"]
 
 
+def test_compose_has_a_postgres_profile_whose_password_stays_out_of_the_url():
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    postgres, muse = compose["services"]["postgres"], compose["services"]["muse-postgres"]
+    assert postgres["profiles"] == muse["profiles"] == ["postgres"]
+    assert "postgres-data" in compose["volumes"]
+    assert muse["extends"] == {"service": "muse"}
+    assert muse["depends_on"]["postgres"]["condition"] == "service_healthy"
+    url = muse["environment"]["MUSE_DB"]
+    assert url == f"postgresql://{postgres['environment']['POSTGRES_USER']}@postgres:5432/muse"
+    assert muse["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+
+
 def test_dockerfile_installs_what_the_makefile_installs():
     dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
     makefile = (

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from storage.location import database_target, describe
 from storage.maintenance import BackupError, backup_file
 
 
@@ -14,8 +15,9 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
         "backup",
         help="copy the database consistently, even while the bot runs",
         description=(
-            "Copy the SQLite database with SQLite's online backup API: a consistent snapshot, "
-            "taken while Muse keeps writing. The copy is created with mode 0600."
+            "Copy the database to an SQLite file: a consistent snapshot, taken while Muse keeps "
+            "writing (SQLite's online backup API; a PostgreSQL database is copied in one "
+            "snapshot, restored with `muse db copy`). The copy is created with mode 0600."
         ),
     )
     parser.add_argument("path", metavar="PATH", help="where to write the copy")
@@ -27,12 +29,12 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = Path(args.db) if args.db else args.settings.db_path
+    source = database_target(args.db) if args.db else args.settings.db_path
     target = Path(args.path)
     try:
         size = backup_file(source, target, overwrite=args.force)
     except BackupError as exc:
         print(f"muse backup: error: {exc}", file=sys.stderr)
         return 1
-    print(f"backed up {source} to {target} ({size:,} bytes)", file=sys.stderr)
+    print(f"backed up {describe(source)} to {target} ({size:,} bytes)", file=sys.stderr)
     return 0

@@ -15,6 +15,7 @@ from typing import TextIO
 
 from storage.errors import StorageError
 from storage.export import FORMATS, ExportFilters
+from storage.location import database_target
 from storage.stats import TaskModelStats, format_table, ratings_chart_png
 from storage.store import Store
 
@@ -59,7 +60,9 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
 def _add_db_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--db", metavar="PATH", help="SQLite file (default: $MUSE_DB, else ./muse.db)"
+        "--db",
+        metavar="PATH",
+        help="SQLite file or postgresql:// URL (default: $MUSE_DB, else ./muse.db)",
     )
 
 
@@ -70,12 +73,13 @@ def _parse_date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"invalid date {text!r}: use YYYY-MM-DD") from None
 
 
-def _db_path(args: argparse.Namespace) -> Path:
-    """--db, else the loaded settings' database (`muse` puts them on args), else $MUSE_DB."""
+def _db_path(args: argparse.Namespace) -> Path | str:
+    """--db, else the loaded settings' database (`muse` puts them on args), else $MUSE_DB:
+    an SQLite file's path, or a postgresql:// URL."""
     if getattr(args, "db", None):
-        return Path(args.db)
+        return database_target(args.db)
     settings_path = getattr(getattr(args, "settings", None), "db_path", None)
-    return Path(settings_path or os.environ.get("MUSE_DB") or "muse.db")
+    return database_target(settings_path or os.environ.get("MUSE_DB") or "muse.db")
 
 
 def _usage_error(command: str, message: str) -> int:
@@ -107,7 +111,7 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _export(db: Path, fmt: str, out: str, filters: ExportFilters) -> int:
+async def _export(db: Path | str, fmt: str, out: str, filters: ExportFilters) -> int:
     async with Store.open(db, mark_interrupted=False) as store:
         with _output(out) as stream:
             return await store.export(fmt, stream, filters, progress=True)
@@ -147,6 +151,6 @@ def run_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stats(db: Path) -> list[TaskModelStats]:
+async def _stats(db: Path | str) -> list[TaskModelStats]:
     async with Store.open(db, mark_interrupted=False) as store:
         return await store.stats()

@@ -3,7 +3,8 @@
 Checks: the settings parse (sharding included); the token's shape (never the token itself); the
 model (local backend: the file or folder exists or is cached; `--load` loads it) or the server
 (`MUSE_BACKEND=openai`: it answers `GET /models`); the database (opens read-only, schema
-version, `PRAGMA integrity_check`, mode 0600, and no process writing to a deleted `-wal`).
+version, `PRAGMA integrity_check`, mode 0600, and no process writing to a deleted `-wal`; a
+PostgreSQL URL: reachable, server version, schema, the password never shown).
 Exit code 0 when every check passes, 1 otherwise.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from bot.core.settings import Settings, SettingsError
 from bot.discord.sharding import plan_shards
 from storage.maintenance import FileCheck, check_file
+from storage.pg_check import check_server as check_database_server
 
 TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 SERVER_TIMEOUT_S = 3.0
@@ -212,7 +214,9 @@ def check_server(settings: Settings) -> Check:
     return Check("server", True, f"{where}/models answers; model {served}")
 
 
-def check_database(path: Path) -> Check:
+def check_database(path: Path | str) -> Check:
+    if isinstance(path, str):
+        return check_postgres(path)
     found = check_file(path)
     if not found.exists:
         folder = path.parent if str(path.parent) else Path(".")
@@ -227,6 +231,26 @@ def check_database(path: Path) -> Check:
     if found.version < found.supported:
         schema += " (the next start migrates it)"
     return Check("database", True, f"{path}: {schema}, integrity ok, mode {found.mode:04o}")
+
+
+def check_postgres(url: str) -> Check:
+    """A `postgresql://` MUSE_DB: reachable, server version, schema (password never shown)."""
+    found = check_database_server(url)
+    if found.problem and not found.server:
+        return Check(
+            "database", False, found.problem,
+            "check the host, port and database in MUSE_DB, and the password "
+            "(in the URL, PGPASSWORD or ~/.pgpass)",
+        )  # fmt: skip
+    where = f"{found.url}: PostgreSQL {found.server}"
+    if found.problem:
+        return Check("database", False, f"{where}, {found.problem}", "upgrade Muse")
+    if found.version == 0:
+        return Check("database", True, f"{where}, no schema yet: `muse run` creates it")
+    schema = f"schema {found.version} of {found.supported}"
+    if found.version < found.supported:
+        schema += " (the next start migrates it)"
+    return Check("database", True, f"{where}, {schema}")
 
 
 def _db_hint(found: FileCheck) -> str:

@@ -26,7 +26,9 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", metavar="T", help="only this task's votes")
     parser.add_argument("--chart", metavar="PATH.png", help="also write a PNG chart here")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
-    parser.add_argument("--db", metavar="PATH", help="SQLite file (default: $MUSE_DB)")
+    parser.add_argument(
+        "--db", metavar="PATH", help="SQLite file or postgresql:// URL (default: $MUSE_DB)"
+    )
     parser.set_defaults(func=run_leaderboard)
 
 
@@ -43,7 +45,7 @@ def run_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _board(db: Path, guild_id: int | None, task: str | None) -> Leaderboard:
+async def _board(db: Path | str, guild_id: int | None, task: str | None) -> Leaderboard:
     async with Store.open(db, mark_interrupted=False) as store:
         votes = await store.arena_votes(guild_id=guild_id, task=task)
     return build_leaderboard(leaderboard_votes(votes))

@@ -25,6 +25,7 @@ from bot.cli import tune
 from bot.cli.data import _db_path
 from bot.core.loop.status import loop_status
 from bot.core.settings import Settings
+from storage.pg_conn import try_advisory_lock
 from storage.store import Store
 
 EXIT_BUSY = 3  # another tune holds the lock
@@ -44,7 +45,9 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
     status = actions.add_parser("status", help="state, rows, challenger, votes, history")
     status.add_argument("--guild", type=int, metavar="ID", help="only this guild")
     status.add_argument("--json", action="store_true", help="machine-readable")
-    status.add_argument("--db", metavar="PATH", help="SQLite file (default: $MUSE_DB)")
+    status.add_argument(
+        "--db", metavar="PATH", help="SQLite file or postgresql:// URL (default: $MUSE_DB)"
+    )
     status.set_defaults(func=run_status)
     now = actions.add_parser("tune", help="tune the guild's next model now")
     now.add_argument("--guild", type=int, metavar="ID", required=True, help="the guild")
@@ -56,7 +59,9 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
         default=LOOP_METHOD,
         help=f"training method (default {LOOP_METHOD}: learns a community's edits from few rows)",
     )
-    now.add_argument("--db", metavar="PATH", help="SQLite file (default: $MUSE_DB)")
+    now.add_argument(
+        "--db", metavar="PATH", help="SQLite file or postgresql:// URL (default: $MUSE_DB)"
+    )
     now.set_defaults(func=run_tune)
 
 
@@ -74,7 +79,7 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _statuses(db: Path, settings: Settings, guild_id: int | None) -> list:
+async def _statuses(db: Path | str, settings: Settings, guild_id: int | None) -> list:
     async with Store.open(db, mark_interrupted=False) as store:
         ids = [guild_id] if guild_id is not None else [
             loop.guild_id for loop in await store.enabled_loops()
@@ -107,7 +112,7 @@ def run_tune(args: argparse.Namespace) -> int:
         return code
 
 
-async def _next_name(db: Path, guild_id: int) -> str:
+async def _next_name(db: Path | str, guild_id: int) -> str:
     """`g<guild>-v<n>`, n one more than any version registered before (retired included)."""
     prefix = f"g{guild_id}-v"
     async with Store.open(db, mark_interrupted=False) as store:
@@ -117,7 +122,7 @@ async def _next_name(db: Path, guild_id: int) -> str:
     return f"{prefix}{max(versions, default=0) + 1}"
 
 
-async def _hand_over(db: Path, guild_id: int, name: str) -> None:
+async def _hand_over(db: Path | str, guild_id: int, name: str) -> None:
     """The loop takes it from here: `tuned` in the history, the adapter to be checked."""
     async with Store.open(db, mark_interrupted=False) as store:
         record = await store.get_model(name)
@@ -127,10 +132,19 @@ async def _hand_over(db: Path, guild_id: int, name: str) -> None:
         await store.update_loop(guild_id, state="checking", challenger=name, progress={})
 
 
+#: The tune lock's advisory lock key on PostgreSQL (any fixed number: "tune" in ASCII).
+TUNE_LOCK = 0x74756E65
+
+
 @contextlib.contextmanager
-def _one_tune(db: Path) -> Iterator[bool]:
+def _one_tune(db: Path | str) -> Iterator[bool]:
     """Hold the database's tune lock (a file beside it; never the database itself, whose
-    locks SQLite owns); yields False when another process holds it."""
+    locks SQLite owns; on PostgreSQL an advisory lock, which holds across machines); yields
+    False when another process holds it."""
+    if isinstance(db, str):
+        with try_advisory_lock(db, TUNE_LOCK) as held:
+            yield held
+        return
     path = db.with_name(f"{db.name}.tune.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)

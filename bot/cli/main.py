@@ -11,6 +11,7 @@ from bot.cli import (
     backup,
     console,
     data,
+    db,
     doctor,
     generate,
     leaderboard,
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_subcommand(commands)
     data.add_subcommands(commands)
     backup.add_subcommand(commands)
+    db.add_subcommand(commands)
     doctor.add_subcommand(commands)
     serve.add_subcommand(commands)
     tune.add_subcommand(commands)

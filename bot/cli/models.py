@@ -33,7 +33,9 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("action", nargs="?", default="list", choices=("list", "default", "retire"))
     parser.add_argument("name", nargs="?", help="a registered model, or `base`")
     parser.add_argument("--guild", type=int, metavar="ID", help="default: this guild only")
-    parser.add_argument("--db", metavar="PATH", help="SQLite file (default: $MUSE_DB)")
+    parser.add_argument(
+        "--db", metavar="PATH", help="SQLite file or postgresql:// URL (default: $MUSE_DB)"
+    )
     parser.set_defaults(func=run_models)
 
 
@@ -45,7 +47,7 @@ def run_models(args: argparse.Namespace) -> int:
     return asyncio.run(_run(_db_path(args), args))
 
 
-async def _run(db: Path, args: argparse.Namespace) -> int:
+async def _run(db: Path | str, args: argparse.Namespace) -> int:
     async with Store.open(db, mark_interrupted=False) as store:
         if args.action == "list":
             models = await store.list_models(include_retired=True)

@@ -103,7 +103,9 @@ def add_subcommand(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--force", action="store_true", help="replace an adapter of that name")
     parser.add_argument("--dry-run", action="store_true", help="count the data; train nothing")
-    parser.add_argument("--db", metavar="PATH", help="SQLite file (default: $MUSE_DB)")
+    parser.add_argument(
+        "--db", metavar="PATH", help="SQLite file or postgresql:// URL (default: $MUSE_DB)"
+    )
     parser.set_defaults(func=run_tune)
 
 
@@ -188,7 +190,7 @@ def model_data(result: Any, include_self: bool) -> dict[str, Any]:
 
 
 async def export_all(
-    db: Path, folder: Path, filters: ExportFilters, args: argparse.Namespace
+    db: Path | str, folder: Path, filters: ExportFilters, args: argparse.Namespace
 ) -> tuple[int | None, dict[str, Path]]:
     """The model's owner, and each training format's export file in `folder` (tuning never
     reads the database); a registered name is refused unless --force, and a database holding
@@ -232,7 +234,7 @@ def ownership(owner: int | None) -> str:
     return f"model: server {owner}'s (its data only; only it sees the model)"
 
 
-async def register(db: Path, record: ModelRecord) -> None:
+async def register(db: Path | str, record: ModelRecord) -> None:
     async with Store.open(db, mark_interrupted=False) as store:
         await store.register_model(record, replace=True)
 

@@ -27,6 +27,7 @@ from bot.core.loop.status import loop_status
 from generation.backend import ReadyModel
 from generation.errors import ModelLoadError
 from generation.tasks.presets import PresetError
+from storage.location import describe
 from storage.stats import format_table
 
 log = logging.getLogger("muse.bot.console.session")
@@ -138,7 +139,7 @@ class Console(Context):
         out = await self.app.store.is_opted_out(CONSOLE_USER_ID)
         self.io.say(
             f"Muse keeps your prompts, the generated texts, your ratings and votes in "
-            f"{self.app.settings.db_path} (as user {CONSOLE_USER_ID}). Training exports: "
+            f"{describe(self.app.settings.db_path)} (as user {CONSOLE_USER_ID}). Training exports: "
             f"{'denied' if out else 'allowed'}. /privacy training=deny opts out; "
             "/forget deletes all of it."
         )

@@ -7,7 +7,7 @@ import secrets
 import sqlite3
 
 from generation.errors import EngineDead, GenerationFailed
-from storage.errors import StoreClosed
+from storage.errors import DatabaseUnreachable, StoreClosed
 
 log = logging.getLogger("muse.bot.core.errors")
 
@@ -50,6 +50,8 @@ def storage_problem(exc: BaseException) -> str | None:
     full, failing disk, closed), for the footer of a text that could not be saved; else None."""
     if isinstance(exc, StoreClosed):
         return "the database is closed"
+    if isinstance(exc, DatabaseUnreachable):
+        return "the database server cannot be reached"
     if not isinstance(exc, sqlite3.Error):
         return None
     code = getattr(exc, "sqlite_errorcode", None)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
+from storage.location import database_target
+
 
 class SettingsError(ValueError):
     """A setting has a value Muse cannot use; the message names it."""
@@ -41,7 +43,7 @@ class Settings:
     guild_ids: tuple[int, ...] = ()
     model: str = ""
     device: str = "auto"
-    db_path: Path = Path("muse.db")
+    db_path: Path | str = Path("muse.db")  # an SQLite file, or a postgresql:// URL (text)
     cache_dir: Path = Path.home() / ".cache" / "muse"
     presets_path: str = ""
     queue_size: int = 64
@@ -86,7 +88,7 @@ class Settings:
             guild_ids=_ints("MUSE_GUILD_IDS", env.get("MUSE_GUILD_IDS", "")),
             model=env.get("MUSE_MODEL", ""),
             device=env.get("MUSE_DEVICE", "auto"),
-            db_path=Path(env.get("MUSE_DB") or "muse.db").expanduser(),
+            db_path=database_target(env.get("MUSE_DB") or "muse.db"),
             cache_dir=Path(
                 env.get("MUSE_CACHE_DIR") or Path.home() / ".cache" / "muse"
             ).expanduser(),

@@ -1,4 +1,9 @@
-"""Fixtures for the storage tests: real SQLite files under tmp_path, a controllable clock."""
+"""Fixtures for the storage tests: real SQLite files under tmp_path, a controllable clock.
+
+`store` runs each test that takes it on both engines: an SQLite file, and a fresh database on
+the session's PostgreSQL server (`tests.postgres_server`). A test that also takes `db_path`
+looks at the SQLite file itself, so it runs on SQLite only.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,16 @@ from typing import Any
 import pytest
 
 from storage.store import Store
+from tests.postgres_server import PostgresServer, postgres_server  # noqa: F401 - fixture
 from tests.storage.storage_data import COMPARE_PROMPT, OTHER_PROMPT, PROMPT
+
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" in metafunc.fixturenames:
+        on_file = "db_path" in metafunc.fixturenames
+        metafunc.parametrize("engine", ENGINES[:1] if on_file else ENGINES)
 
 
 class FakeClock:
@@ -43,8 +57,17 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def store(db_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
-    async with Store.open(db_path, clock=clock) as opened:
+def database(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where `store` keeps its rows: an SQLite file, or a new PostgreSQL database's URL."""
+    if engine == "sqlite":
+        return tmp_path / "muse.db"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()
+
+
+@pytest.fixture
+async def store(database: Path | str, clock: FakeClock) -> AsyncIterator[Store]:
+    async with Store.open(database, clock=clock) as opened:
         yield opened
 
 

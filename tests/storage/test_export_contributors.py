@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sqlite3
 from typing import Any
 
 import pytest
 
 from storage.export import ExportFilters
 from storage.store import Store
+from tests.storage import peek
 
 
 async def _export(store: Store, fmt: str, **filters: Any) -> list[dict[str, Any]]:
@@ -22,9 +22,8 @@ async def _export(store: Store, fmt: str, **filters: Any) -> list[dict[str, Any]
 
 
 @pytest.fixture
-def user(db_path) -> Any:
-    with sqlite3.connect(db_path) as conn:
-        salt = conn.execute("SELECT value FROM meta WHERE key = 'export_salt'").fetchone()[0]
+def user(database) -> Any:
+    salt = peek.rows(database, "SELECT value FROM meta WHERE key = 'export_salt'")[0][0]
     return lambda user_id: hashlib.sha256(f"{salt}:{user_id}".encode()).hexdigest()[:16]
 
 

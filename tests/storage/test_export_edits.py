@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sqlite3
 from datetime import date
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from storage.export import ExportFilters
 from storage.export_rows import Pseudonyms
 from storage.store import Store
+from tests.storage import peek
 from tests.storage.storage_data import PROMPT
 
 
@@ -44,9 +44,8 @@ def _pairs(ids: dict[str, int], rows: list[dict[str, Any]]) -> list[tuple[str, s
 
 
 @pytest.fixture
-def salt(db_path) -> str:
-    with sqlite3.connect(db_path) as conn:
-        return conn.execute("SELECT value FROM meta WHERE key = 'export_salt'").fetchone()[0]
+def salt(database) -> str:
+    return peek.rows(database, "SELECT value FROM meta WHERE key = 'export_salt'")[0][0]
 
 
 async def test_sft_keeps_edits_unless_rated_down(store: Store, edited) -> None:

@@ -44,7 +44,7 @@ async def test_votes_between_different_models(store: Store, arena) -> None:
     assert await store.arena_votes(guild_id=999) == []
 
 
-async def test_a_later_vote_replaces_in_either_order(store: Store, arena, db_path) -> None:
+async def test_a_later_vote_replaces_in_either_order(store: Store, arena) -> None:
     g = arena
     await store.record_comparison("p", g["a"], g["b"], 2, "A")
     await store.record_comparison("p", g["a"], g["b"], 2, "tie")

@@ -13,6 +13,7 @@ from storage.errors import GenerationGone
 from storage.migrations import migrate
 from storage.models import verdict_of
 from storage.store import Store
+from tests.storage import peek
 
 
 @pytest.mark.parametrize(
@@ -32,7 +33,7 @@ def test_malformed_actions(thumbs, stars) -> None:
         verdict_of(thumbs, stars)
 
 
-async def test_changed_votes_latest_action_decides(store: Store, db_path, make_generation):
+async def test_changed_votes_latest_action_decides(store: Store, database, make_generation):
     generation_id = await make_generation(user_id=1)
     assert (await store.record_feedback(generation_id, 2, thumbs="up")).score == 1
     outcome = await store.record_feedback(generation_id, 2, thumbs="down")
@@ -45,59 +46,53 @@ async def test_changed_votes_latest_action_decides(store: Store, db_path, make_g
     assert (outcome.verdict, outcome.score) == ("neutral", 1)
     outcome = await store.record_feedback(generation_id, 4, thumbs="up")
     assert outcome.score == 2
-    with sqlite3.connect(db_path) as conn:
-        rows = conn.execute(
-            "SELECT user_id, thumbs, stars, verdict FROM feedback ORDER BY user_id"
-        ).fetchall()
-        events = conn.execute(
-            "SELECT user_id, thumbs, stars, verdict FROM feedback_events ORDER BY id"
-        ).fetchall()
+    found = peek.rows(
+        database, "SELECT user_id, thumbs, stars, verdict FROM feedback ORDER BY user_id"
+    )
+    events = peek.rows(
+        database, "SELECT user_id, thumbs, stars, verdict FROM feedback_events ORDER BY id"
+    )
     # One row per rater, holding the last thumbs and the last stars.
-    assert rows == [(2, "down", 4, 1), (3, None, 3, 0), (4, "up", None, 1)]
+    assert found == [(2, "down", 4, 1), (3, None, 3, 0), (4, "up", None, 1)]
     assert events == [
         (2, "up", None, 1), (2, "down", None, -1), (2, None, 4, 1),
         (3, None, 1, -1), (3, None, 3, 0), (4, "up", None, 1),
     ]  # fmt: skip
 
 
-async def test_comments_are_kept_cleared_or_alone(store: Store, db_path, make_generation):
+async def test_comments_are_kept_cleared_or_alone(store: Store, database, make_generation):
     generation_id = await make_generation()
     await store.record_feedback(generation_id, 2, stars=5, comment="lovely")
     await store.record_feedback(generation_id, 2, thumbs="up")  # comment kept
     outcome = await store.record_feedback(generation_id, 3, comment="just a note")
     assert (outcome.verdict, outcome.score) == ("neutral", 1)  # a comment alone is no vote
-    with sqlite3.connect(db_path) as conn:
-        comments = conn.execute("SELECT user_id, comment FROM feedback ORDER BY user_id")
-        assert comments.fetchall() == [(2, "lovely"), (3, "just a note")]
+    comments = peek.rows(database, "SELECT user_id, comment FROM feedback ORDER BY user_id")
+    assert comments == [(2, "lovely"), (3, "just a note")]
     await store.record_feedback(generation_id, 2, stars=4, comment="")
-    with sqlite3.connect(db_path) as conn:
-        comment = conn.execute("SELECT comment FROM feedback WHERE user_id = 2").fetchone()[0]
-    assert comment is None
+    assert peek.rows(database, "SELECT comment FROM feedback WHERE user_id = 2") == [(None,)]
     with pytest.raises(ValueError):
         await store.record_feedback(generation_id, 2)
     with pytest.raises(ValueError):
         await store.record_feedback(generation_id, 2, thumbs="up", stars=5)
 
 
-async def test_self_votes_count_and_are_flagged(store: Store, db_path, make_generation):
+async def test_self_votes_count_and_are_flagged(store: Store, database, make_generation):
     generation_id = await make_generation(user_id=7)
     mine = await store.record_feedback(generation_id, 7, thumbs="up")
     theirs = await store.record_feedback(generation_id, 8, thumbs="up")
     assert (mine.is_self, theirs.is_self, theirs.score) == (True, False, 2)
-    with sqlite3.connect(db_path) as conn:
-        flags = conn.execute("SELECT user_id, is_self FROM feedback ORDER BY user_id").fetchall()
+    flags = peek.rows(database, "SELECT user_id, is_self FROM feedback ORDER BY user_id")
     assert flags == [(7, 1), (8, 0)]
 
 
-async def test_comparisons_one_per_user_per_pair(store: Store, db_path, make_generation):
+async def test_comparisons_one_per_user_per_pair(store: Store, database, make_generation):
     a = await make_generation(user_id=1)
     b = await make_generation(user_id=1)
     await store.record_comparison("a dragon", a, b, 2, "A")
     await store.record_comparison("a dragon", a, b, 2, "B")  # changed her mind
     await store.record_comparison("a dragon", a, b, 3, "tie")
-    with sqlite3.connect(db_path) as conn:
-        votes = conn.execute("SELECT user_id, winner FROM comparisons ORDER BY user_id")
-        assert votes.fetchall() == [(2, "B"), (3, "tie")]
+    votes = peek.rows(database, "SELECT user_id, winner FROM comparisons ORDER BY user_id")
+    assert votes == [(2, "B"), (3, "tie")]
     with pytest.raises(ValueError):
         await store.record_comparison("x", a, b, 2, "C")
     with pytest.raises(ValueError):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import sqlite3
 
 import pytest
 
 from storage.export_rows import Pseudonyms
 from storage.models import ModelRecord
 from storage.store import Store
+from tests.storage.peek import foreign_key_problems, rows, tables_with
 
 SECRET = "the secret words of user one"
 
@@ -18,24 +18,16 @@ def _user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def _rows_mentioning(db_path, user_id: int) -> dict[str, int]:
-    with sqlite3.connect(db_path) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        found = {}
-        for table in tables:
-            columns = [
-                r[0] for r in conn.execute("SELECT name FROM pragma_table_info(?)", (table,))
-            ]
-            if "user_id" in columns:
-                count = conn.execute(
-                    f"SELECT COUNT(*) FROM {table} WHERE user_id = ?", (user_id,)
-                ).fetchone()[0]
-                if count:
-                    found[table] = count
-        return found
+def _rows_mentioning(database, user_id: int) -> dict[str, int]:
+    found = {}
+    for table in tables_with(database, "user_id"):
+        count = rows(database, f"SELECT COUNT(*) FROM {table} WHERE user_id = ?", user_id)[0][0]
+        if count:
+            found[table] = count
+    return found
 
 
-async def test_forget_user_removes_everything_about_them(store: Store, db_path, make_generation):
+async def test_forget_user_removes_everything_about_them(store: Store, database, make_generation):
     g1 = await make_generation(user_id=1, messages=_user(SECRET))
     await store.record_feedback(g1, 2, thumbs="up")
     await store.record_feedback(g1, 1, thumbs="up")  # a self-vote
@@ -72,14 +64,13 @@ async def test_forget_user_removes_everything_about_them(store: Store, db_path, 
         "users": 1,
         "models": 0,
     }
-    assert _rows_mentioning(db_path, 1) == {}
-    with sqlite3.connect(db_path) as conn:
-        assert sorted(r[0] for r in conn.execute("SELECT id FROM generations")) == [g3, g4, g7]
-        assert conn.execute("SELECT user_id FROM feedback").fetchall() == [(3,)]
-        assert conn.execute("SELECT user_id FROM comparisons").fetchall() == [(3,)]
-        assert conn.execute("SELECT thread_id FROM conversations").fetchall() == [(600,)]
-        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-        salt = conn.execute("SELECT value FROM meta").fetchone()[0]
+    assert _rows_mentioning(database, 1) == {}
+    assert sorted(r[0] for r in rows(database, "SELECT id FROM generations")) == [g3, g4, g7]
+    assert rows(database, "SELECT user_id FROM feedback") == [(3,)]
+    assert rows(database, "SELECT user_id FROM comparisons") == [(3,)]
+    assert rows(database, "SELECT thread_id FROM conversations") == [(600,)]
+    assert foreign_key_problems(database) == []
+    salt = rows(database, "SELECT value FROM meta")[0][0]
     raw = io.StringIO()
     await store.export("raw", raw)
     assert raw.getvalue().count("\n") == 3
@@ -89,7 +80,7 @@ async def test_forget_user_removes_everything_about_them(store: Store, db_path, 
     assert await store.mark_notice_shown(1) is True  # a forgotten user is a new user
 
 
-async def test_forget_reaches_edits(store: Store, db_path, make_generation) -> None:
+async def test_forget_reaches_edits(store: Store, database, make_generation) -> None:
     mine = await make_generation(user_id=1, messages=_user(SECRET), output="mine")
     theirs = await make_generation(user_id=2, messages=_user("user two's prompt"), output="theirs")
     of_mine = await store.record_edit(mine, 2, "user two's edit of mine", guild_id=1, channel_id=1)
@@ -107,15 +98,12 @@ async def test_forget_reaches_edits(store: Store, db_path, make_generation) -> N
         "generations": 4, "feedback": 3, "feedback_events": 3, "comparisons": 0,
         "conversations": 0, "users": 0, "models": 0,
     }  # fmt: skip
-    assert _rows_mentioning(db_path, 1) == {}
+    assert _rows_mentioning(database, 1) == {}
     for gone in (mine, of_mine, edit_chain, my_edit):
         assert await store.get_generation(gone) is None
     assert [g.id for g in await store.children(theirs)] == []
     assert (await store.get_generation(theirs)).output == "theirs"
-    with sqlite3.connect(db_path) as conn:
-        assert conn.execute("SELECT generation_id, user_id FROM feedback").fetchall() == [
-            (theirs, 3)
-        ]
+    assert rows(database, "SELECT generation_id, user_id FROM feedback") == [(theirs, 3)]
     raw = io.StringIO()
     await store.export("raw", raw)
     assert SECRET not in raw.getvalue() and "user one's edit" not in raw.getvalue()
@@ -139,7 +127,7 @@ async def test_forgotten_generation_cannot_be_rated(store: Store, make_generatio
     assert await store.get_generation(generation_id) is None
 
 
-async def test_purge_older_than(store: Store, db_path, clock, make_generation) -> None:
+async def test_purge_older_than(store: Store, clock, make_generation) -> None:
     old_thread = await store.create_conversation(1, user_id=1)
     old = await make_generation(user_id=1, conversation_id=old_thread.id)
     old_b = await make_generation(user_id=2)

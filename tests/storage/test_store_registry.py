@@ -94,7 +94,7 @@ async def test_retire_and_bring_back(store: Store) -> None:
     assert "gone" not in {m.name for m in await store.list_models()}
 
 
-async def test_a_guild_default_model(store: Store, db_path) -> None:
+async def test_a_guild_default_model(store: Store) -> None:
     settings = await store.update_guild_settings(5, default_model="muse-v2", temperature=0.7)
     assert settings == GuildSettings(temperature=0.7, default_model="muse-v2")
     assert (await store.get_guild_settings(5)).default_model == "muse-v2"

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from bot.core.app import Muse
@@ -114,7 +115,7 @@ class LoopRunner:
         threads = max(1, (self.app.settings.threads or os.cpu_count() or 2) - 1)
         return {
             **self.env,
-            "MUSE_DB": str(self.app.settings.db_path.resolve()),
+            "MUSE_DB": _db_for_child(self.app.settings.db_path),
             "MUSE_THREADS": str(threads),  # fewer than the engine's: the bot keeps answering
             "OMP_NUM_THREADS": str(threads),
         }
@@ -356,3 +357,9 @@ def _rows(counts: Mapping[str, Any]) -> str:
     train = counts.get("train") or {}
     rows = train.get("rows") if isinstance(train, dict) else None
     return f"{rows} training rows" if rows else "its training rows"
+
+
+def _db_for_child(db: Path | str) -> str:
+    """MUSE_DB for a child process: a file's absolute path (the child's folder may differ),
+    a URL as is."""
+    return str(db.resolve()) if isinstance(db, Path) else db
