@@ -140,7 +140,7 @@ class TerminalCompare(TerminalLines):
 
 
 def plan_for(ctx: Context, task: str, fields: dict[str, Any], **overrides: Any) -> Plan:
-    """The plan for the console user; raises `PresetError` for bad fields."""
+    """The plan for the console user; raises `OptionError` for bad fields."""
     return make_plan(ctx.app, CONSOLE_USER_ID, task, fields, **overrides)
 
 

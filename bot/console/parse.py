@@ -17,7 +17,7 @@ from typing import Literal
 
 from bot.core.actions import parse_stars
 from bot.core.policy import check_range
-from generation.tasks.presets import PresetError
+from generation.errors import OptionError
 
 TEXT_LIMIT = 1000  # Discord's Range[str, 1, 1000] on the main text options
 COMMENT_LIMIT = 1000  # the ⭐ modal's comment box
@@ -309,7 +309,7 @@ def convert(option: Option, text: str) -> str | int | float:
         raise ConsoleError(f"{name} must be {kind}, not {text!r}.") from None
     try:
         check_range(name, number, option.low or 0.0, option.high or 0.0)
-    except PresetError as exc:
+    except OptionError as exc:
         raise ConsoleError(str(exc)) from None
     return number
 

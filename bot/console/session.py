@@ -25,8 +25,7 @@ from bot.core.errors import report
 from bot.core.forgetting import forget
 from bot.core.loop.status import loop_status
 from generation.backend import ReadyModel
-from generation.errors import ModelLoadError
-from generation.tasks.presets import PresetError
+from generation.errors import ModelLoadError, OptionError
 from storage.stats import format_table
 
 log = logging.getLogger("muse.bot.console.session")
@@ -64,7 +63,7 @@ class Console(Context):
                 if parsed.command == "quit":
                     return 0
                 pending = await self.run(parsed)
-            except (ConsoleError, PresetError) as exc:
+            except (ConsoleError, OptionError) as exc:
                 self.io.say(f"⚠️ {exc}")
             except ModelLoadError:
                 raise

@@ -46,7 +46,7 @@ def make_plan(
     **overrides: Any,
 ) -> Plan:
     """A plan from a preset (the guild's temperature / max_tokens as defaults, the channel's
-    persona in the system prompt); raises `PresetError` for bad fields."""
+    persona in the system prompt); raises `OptionError` for bad fields."""
     preset = app.presets[task]
     if guild is not None:
         if overrides.get("temperature") is None and guild.temperature is not None:

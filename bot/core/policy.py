@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from bot.core.app import Muse
 from bot.core.limits import Slot
 from bot.core.models import default_model
-from generation.tasks.presets import TASKS, PresetError
+from generation.errors import OptionError
+from generation.tasks.presets import TASKS
 from storage.models import GuildSettings, Persona
 
 log = logging.getLogger("muse.bot.core.policy")
@@ -49,10 +50,10 @@ def out_of_range(name: str, value: object, low: float, high: float) -> str | Non
 
 
 def check_range(name: str, value: float | None, low: float, high: float) -> None:
-    """Re-validate a numeric option (raises `PresetError`); None passes."""
+    """Re-validate a numeric option (raises `OptionError`); None passes."""
     problem = None if value is None else out_of_range(name, value, low, high)
     if problem:
-        raise PresetError(problem)
+        raise OptionError(problem)
 
 
 def parse_tasks(raw: str) -> tuple[str, ...] | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from generation.errors import OptionError
 from generation.types import GenerationRequest, Message
 
 BUILTIN_PRESETS = Path(__file__).with_name("presets.toml")
@@ -25,10 +26,6 @@ CHOICE_TEXTS = frozenset({"hint", "examples", "system", "template", "labels"})  
 # "text": the template's answer as written (or a labelled form's lines); "dialogue": a cast's
 # `Name: line` lines (`generation.tasks.dialogue`).
 KINDS = ("text", "dialogue")
-
-
-class PresetError(ValueError):
-    """A preset file or a request's fields are not valid; the message says which and why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +70,10 @@ class Preset:
         return tuple(dict.fromkeys([*names, *self.choices]))
 
     def resolve(self, values: dict[str, Any]) -> dict[str, str]:
-        """Validated field values with defaults applied; raises `PresetError` with the reason."""
+        """Validated field values with defaults applied; raises `OptionError` with the reason."""
         unknown = set(values) - set(self.fields)
         if unknown:
-            raise PresetError(
+            raise OptionError(
                 f"/{self.name} has no option {', '.join(sorted(unknown))}; "
                 f"its options are {', '.join(self.fields)}."
             )
@@ -84,10 +81,10 @@ class Preset:
         merged = {**self.defaults, **{k: v for k, v in given.items() if v}}
         for name in self.fields:
             if not merged.get(name):
-                raise PresetError(f"/{self.name} needs {name}.")
+                raise OptionError(f"/{self.name} needs {name}.")
             allowed = self.choices.get(name)
             if allowed and merged[name] not in allowed:
-                raise PresetError(
+                raise OptionError(
                     f"{name} must be one of {', '.join(allowed)}, not {merged[name]!r}."
                 )
         return merged
@@ -136,7 +133,7 @@ def load_presets(extra: str | Path | None = None) -> dict[str, Preset]:
         presets.update(parse_presets(Path(extra)))
     missing = set(TASKS) - set(presets)
     if missing:
-        raise PresetError(f"presets are missing the tasks {', '.join(sorted(missing))}.")
+        raise OptionError(f"presets are missing the tasks {', '.join(sorted(missing))}.")
     return presets
 
 
@@ -145,14 +142,14 @@ def parse_presets(path: Path) -> dict[str, Preset]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise PresetError(f"cannot read presets from {path}: {exc}") from exc
+        raise OptionError(f"cannot read presets from {path}: {exc}") from exc
     return {name: _preset(path, name, table) for name, table in data.items()}
 
 
 def _preset(path: Path, name: str, table: Any) -> Preset:
     where = f"{path}: [{name}]"
     if not isinstance(table, dict) or not isinstance(table.get("template"), str):
-        raise PresetError(f"{where} needs a template.")
+        raise OptionError(f"{where} needs a template.")
     try:
         choices = {
             field: {
@@ -183,19 +180,19 @@ def _preset(path: Path, name: str, table: Any) -> Preset:
         )
         fields = preset.fields
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise PresetError(f"{where} is not valid: {exc}") from exc
+        raise OptionError(f"{where} is not valid: {exc}") from exc
     if preset.kind not in KINDS:
-        raise PresetError(f"{where} kind must be one of {', '.join(KINDS)}, not {preset.kind!r}.")
+        raise OptionError(f"{where} kind must be one of {', '.join(KINDS)}, not {preset.kind!r}.")
     if preset.main_field not in fields:
-        raise PresetError(f"{where} main_field must name one of its fields {fields}.")
+        raise OptionError(f"{where} main_field must name one of its fields {fields}.")
     settings = [preset.sampling, *(c.sampling for o in choices.values() for c in o.values())]
     for key in (k for s in settings for k in s):
         if key not in SAMPLING_KEYS:
-            raise PresetError(f"{where} has an unknown sampling setting {key!r}.")
+            raise OptionError(f"{where} has an unknown sampling setting {key!r}.")
     for field, options in choices.items():
         default = preset.defaults.get(field)
         if default is not None and default not in options:
-            raise PresetError(f"{where} default {field}={default!r} is not one of its choices.")
+            raise OptionError(f"{where} default {field}={default!r} is not one of its choices.")
     return preset
 
 

@@ -19,7 +19,7 @@ from bot.discord.buttons import VIEWS
 from bot.discord.cogs.generation import TwoTakeTask, two_take_task
 from bot.discord.compare_reply import CompareReply
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of, where_of
-from generation.tasks.presets import PresetError
+from generation.errors import OptionError
 from storage.leaderboard import Leaderboard, leaderboard_chart_png
 
 log = logging.getLogger("muse.bot.discord.cogs.arena")
@@ -76,7 +76,7 @@ class ArenaCog(commands.Cog):
             fields = {self.app.presets[task].main_field: prompt}
             try:
                 first = admitted_plan(self.app, admission, interaction.user.id, task, fields)
-            except PresetError as exc:
+            except OptionError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
             plan_a, plan_b = arena.bout_plans(first, arena.draw_sides(*sides))

@@ -21,7 +21,7 @@ from bot.discord.admission import admitted
 from bot.discord.buttons import VIEWS
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of
 from bot.discord.replies import Progress, final_pieces, progress_text, run_in_reply
-from generation.tasks.presets import PresetError
+from generation.errors import OptionError
 from generation.types import GenerationChunk
 
 log = logging.getLogger("muse.bot.discord.cogs.chat")
@@ -196,7 +196,7 @@ class ChatCog(commands.Cog):
                 plan = await chat_plan(
                     self.app, interaction.user.id, message, conversation.id, admission
                 )
-            except PresetError as exc:
+            except OptionError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
             await run_in_reply(interaction, plan, VIEWS, admission.slot)

@@ -17,7 +17,7 @@ from bot.discord.buttons import VIEWS
 from bot.discord.compare_reply import CompareReply
 from bot.discord.context import answer_ephemeral, app_of, where_of
 from bot.discord.replies import run_in_reply
-from generation.tasks.presets import PresetError
+from generation.errors import OptionError
 
 log = logging.getLogger("muse.bot.discord.cogs.generation")
 
@@ -56,7 +56,7 @@ class GenerationCog(commands.Cog):
                 return
             try:
                 plan = admitted_plan(self.app, admission, interaction.user.id, task, fields, **kw)
-            except PresetError as exc:
+            except OptionError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
             await run_in_reply(interaction, plan, VIEWS, admission.slot)
@@ -106,8 +106,8 @@ class GenerationCog(commands.Cog):
         try:
             check_range("lines", lines, 2, 20)
             if len(characters.split(",")) < 1 or not characters.strip(" ,"):
-                raise PresetError("characters needs at least one name.")
-        except PresetError as exc:
+                raise OptionError("characters needs at least one name.")
+        except OptionError as exc:
             await answer_ephemeral(interaction, f"⚠️ {exc}")
             return
         await self.start(interaction, "dialogue", fields)
@@ -178,7 +178,7 @@ class GenerationCog(commands.Cog):
         try:
             check_range("temperature", temperature, 0.0, 2.0)
             check_range("max_tokens", max_tokens, 16, 1024)
-        except PresetError as exc:
+        except OptionError as exc:
             await answer_ephemeral(interaction, f"⚠️ {exc}")
             return
         await self.start(
@@ -210,7 +210,7 @@ class GenerationCog(commands.Cog):
             fields = {self.app.presets[task].main_field: prompt}
             try:
                 plan = admitted_plan(self.app, admission, interaction.user.id, task, fields)
-            except PresetError as exc:
+            except OptionError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
             reply = CompareReply(interaction, self.app, VIEWS)
