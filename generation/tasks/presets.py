@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import string
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from generation.errors import OptionError
@@ -24,8 +27,11 @@ SAMPLING_KEYS = ("temperature", "top_p", "repetition_penalty", "max_new_tokens")
 HINT = "_hint"
 CHOICE_TEXTS = frozenset({"hint", "examples", "system", "template", "labels"})  # not sampling
 # "text": the template's answer as written (or a labelled form's lines); "dialogue": a cast's
-# `Name: line` lines (`generation.tasks.dialogue`).
-KINDS = ("text", "dialogue")
+# `Name: line` lines (`generation.tasks.dialogue`), which the bot continues, branches and
+# exports as a script.
+TEXT, DIALOGUE = "text", "dialogue"
+KINDS = (TEXT, DIALOGUE)
+DIALOGUE_FIELDS = ("characters", "lines")  # what the dialogue rules read
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +62,10 @@ class Preset:
     # A labelled form ("Name: …", "Look: …"): the answer starts with the first label, and the
     # finished text keeps one line per label, in order (`generation.tasks.forms`).
     labels: tuple[str, ...] = ()
-    kind: str = "text"  # one of KINDS: which task rules shape the request and the text
+    kind: str = TEXT  # one of KINDS: which task rules shape the request and the text
+    # Offered by /compare and /arena: one prompt fills the main field, so every other field
+    # needs a default.
+    compare: bool = False
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -126,6 +135,25 @@ class Preset:
         return GenerationRequest(messages=self.render(values), **params)
 
 
+def kind_of(presets: Mapping[str, Preset], task: str) -> str:
+    """The kind of `task` (a stored generation's too); text for a task `presets` no longer
+    have."""
+    preset = presets.get(task)
+    return preset.kind if preset is not None else TEXT
+
+
+def tasks_of_kind(presets: Mapping[str, Preset], kind: str) -> tuple[str, ...]:
+    """The tasks of `kind`, in the presets' order (built-in first, then a community's)."""
+    return tuple(name for name, preset in presets.items() if preset.kind == kind)
+
+
+@cache
+def builtin_presets() -> Mapping[str, Preset]:
+    """The built-in presets alone (read once): what a caller without the loaded ones falls
+    back to."""
+    return MappingProxyType(load_presets())
+
+
 def load_presets(extra: str | Path | None = None) -> dict[str, Preset]:
     """The built-in presets, overridden and extended by `extra` (a TOML file) when given."""
     presets = parse_presets(BUILTIN_PRESETS)
@@ -176,7 +204,8 @@ def _preset(path: Path, name: str, table: Any) -> Preset:
             stop=tuple(table.get("stop", ())),
             examples=_examples(table.get("examples", [])),
             labels=tuple(str(label) for label in table.get("labels", ())),
-            kind=str(table.get("kind", "text")),
+            kind=str(table.get("kind", TEXT)),
+            compare=table.get("compare", False),
         )
         fields = preset.fields
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -185,6 +214,16 @@ def _preset(path: Path, name: str, table: Any) -> Preset:
         raise OptionError(f"{where} kind must be one of {', '.join(KINDS)}, not {preset.kind!r}.")
     if preset.main_field not in fields:
         raise OptionError(f"{where} main_field must name one of its fields {fields}.")
+    if preset.kind == DIALOGUE and not set(DIALOGUE_FIELDS) <= set(fields):
+        raise OptionError(f"{where} is of kind dialogue: it needs the fields characters and lines.")
+    if not isinstance(preset.compare, bool):
+        raise OptionError(f"{where} compare must be true or false, not {preset.compare!r}.")
+    unfilled = [f for f in fields if f != preset.main_field and f not in preset.defaults]
+    if preset.compare and unfilled:
+        raise OptionError(
+            f"{where} is offered by /compare, where one prompt fills {preset.main_field}: "
+            f"{', '.join(unfilled)} need defaults."
+        )
     settings = [preset.sampling, *(c.sampling for o in choices.values() for c in o.values())]
     for key in (k for s in settings for k in s):
         if key not in SAMPLING_KEYS:

@@ -54,6 +54,7 @@ class ThreadReply:
         self.message: discord.Message | None = None
         self._progress = Progress(app.edit_interval_s, f"thread {thread.id}")
         self._view: discord.ui.View | None = None
+        self.kind = app.kind_of("chat")
 
     async def refuse(self, text: str) -> None:
         await self.thread.send(text, reference=self.reply_to, allowed_mentions=NO_MENTIONS)
@@ -74,7 +75,7 @@ class ThreadReply:
     async def progress(self, latest: GenerationChunk | None, queued: int | None) -> None:
         assert self.message is not None
         kwargs = {"view": self._view} if self._view is not None else {}
-        content, edit = progress_text("chat", latest, queued), self.message.edit
+        content, edit = progress_text(self.kind, latest, queued), self.message.edit
         if await self._progress.offer(
             content, lambda: edit(content=content, allowed_mentions=NO_MENTIONS, **kwargs)
         ):
@@ -84,7 +85,7 @@ class ThreadReply:
         assert self.message is not None
         pieces = final_pieces(settled)
         view = (
-            VIEWS.finished(settled.generation_id, settled.task, settled.cut)
+            VIEWS.finished(settled.generation_id, settled.kind, settled.cut)
             if settled.rateable
             else None
         )
