@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bot.core.app import Muse
@@ -56,12 +56,13 @@ def check_range(name: str, value: float | None, low: float, high: float) -> None
         raise OptionError(problem)
 
 
-def parse_tasks(raw: str) -> tuple[str, ...] | None:
-    """Task names; unknown names are refused; "" = every task (None)."""
+def parse_tasks(raw: str, tasks: Sequence[str] = TASKS) -> tuple[str, ...] | None:
+    """Names of `tasks` (the loaded presets'; default the built-in ones); unknown names are
+    refused; "" = every task (None)."""
     names = [name.lower().lstrip("/") for name in split_list(raw)]
-    unknown = [name for name in names if name not in TASKS]
+    unknown = [name for name in names if name not in tasks]
     if unknown:
-        raise Refused(f"Unknown task {', '.join(unknown)}; the tasks are {', '.join(TASKS)}.")
+        raise Refused(f"Unknown task {', '.join(unknown)}; the tasks are {', '.join(tasks)}.")
     return tuple(dict.fromkeys(names)) or None
 
 

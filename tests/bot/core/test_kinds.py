@@ -10,8 +10,10 @@ import pytest
 from bot.core.app import Muse
 from bot.core.choices import one_of, option_choices, two_take_tasks
 from bot.core.plans import make_plan
+from bot.core.policy import Refused
 from bot.core.settings import Settings
 from bot.core.settle import settle
+from bot.discord.cogs.admin import settings_changes
 from generation.errors import OptionError
 from generation.tasks.presets import DIALOGUE, TEXT, load_presets
 from generation.types import GenerationChunk
@@ -36,6 +38,15 @@ def test_a_community_file_adds_a_choice_and_a_task_of_a_kind(tmp_path: Path) -> 
     assert lists[("poem", "form")] == ("free", "ode")
     assert lists[("dialogue", "task")] == ("dialogue", "screenplay")
     assert two_take_tasks(presets) == ("story", "poem", "describe", "generate", "screenplay")
+
+
+def test_enabled_tasks_may_name_a_community_task(tmp_path: Path) -> None:
+    tasks = tuple(load_presets(write_presets(tmp_path)))
+    assert settings_changes({"enabled_tasks": "screenplay, /story"}, tasks) == {
+        "enabled_tasks": ("screenplay", "story")
+    }
+    with pytest.raises(Refused, match="Unknown task screenplay"):
+        settings_changes({"enabled_tasks": "screenplay"})  # the built-in tasks alone
 
 
 def test_one_of_names_the_choices() -> None:
