@@ -132,7 +132,8 @@ def scene_plan(
     app: Muse, parent: Generation, user_id: int, guild: GuildSettings | None, *, branch: bool
 ) -> Plan:
     """▶ (more lines) or 🔀 (an alternative next line) of a dialogue, linked to the parent."""
-    fields, messages, prefix = scenes.follow_up(parent, branch=branch)
+    lines = scenes.default_lines(app.presets, parent.task)
+    fields, messages, prefix = scenes.follow_up(parent, branch=branch, default_lines=lines)
     plan = make_plan(app, user_id, parent.task, fields, parent.id, guild=guild)
     request = replace(plan.request, messages=messages, response_prefix=prefix)
     return inherited(replace(plan, request=request), parent)

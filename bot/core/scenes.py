@@ -16,6 +16,7 @@ from storage.models import Generation
 CONTINUE = "Continue the scene with {lines} more lines of dialogue, in the same format."
 BRANCH = "Write one different next line for this scene, in the same format."
 _CONTINUE = re.compile(re.escape(CONTINUE).replace(re.escape("{lines}"), r"\d+"))
+DEFAULT_LINES = 6  # /dialogue's default: what ▶ asks for when nothing says otherwise
 _MAX_DEPTH = 10_000  # ancestors followed at most (a parent chain is never this long)
 
 FollowKind = Literal["continue", "branch"]
@@ -67,11 +68,13 @@ def next_speaker(characters: list[str], output: str) -> str:
 
 
 def follow_up(
-    parent: Generation, *, branch: bool
+    parent: Generation, *, branch: bool, default_lines: int = DEFAULT_LINES
 ) -> tuple[dict[str, Any], tuple[Message, ...], str]:
-    """(fields, messages, response prefix) that continue or branch `parent`'s scene."""
+    """(fields, messages, response prefix) that continue or branch `parent`'s scene; ▶ asks
+    for as many lines as the parent did (`default_lines`, its preset's default, if it did not
+    say)."""
     fields = dict(parent.fields)
-    lines = 1 if branch else int(fields.get("lines") or 6)
+    lines = 1 if branch else int(fields.get("lines") or default_lines)
     fields["lines"] = lines
     ask = BRANCH if branch else CONTINUE.format(lines=lines)
     history = [Message(m["role"], m["content"]) for m in parent.messages]  # type: ignore[arg-type]
@@ -144,6 +147,13 @@ def _follows(
 ) -> FollowKind | None:
     """How `child` goes on from `parent`'s lines (None for a 🔁 take of `parent`)."""
     return follow_kind(child, presets) if child.messages != parent.messages else None
+
+
+def default_lines(presets: Mapping[str, Preset], task: str) -> int:
+    """How many lines `task`'s preset writes when a request does not say."""
+    preset = presets.get(task)
+    default = preset.defaults.get("lines", "") if preset is not None else ""
+    return int(default) if default.isdigit() else DEFAULT_LINES
 
 
 def main_prompt(presets: Mapping[str, Preset], generation: Generation) -> str:

@@ -17,11 +17,10 @@ from bot.console.session import Console
 from bot.console.terminal import Terminal
 from bot.core.app import Muse
 from bot.core.settings import Settings
-from generation.backend import Backend
 from generation.tasks.presets import load_presets
 from storage.store import Store
 from tests.bot.community_presets import ODE_HINT, write_presets
-from tests.bot.helpers import MAX_TOKENS
+from tests.bot.fakes import ReplayEngine
 
 
 def test_the_parser_takes_the_presets_choices(tmp_path: Path) -> None:
@@ -43,13 +42,16 @@ def test_the_parser_takes_the_presets_choices(tmp_path: Path) -> None:
         parse_line("/poem rain form=ode")
 
 
-async def test_a_session_writes_the_community_form_and_screenplay(
-    tmp_path: Path, engine: Backend
-) -> None:
-    settings = Settings(
-        db_path=tmp_path / "muse.db",
-        max_tokens=MAX_TOKENS,
-        presets_path=str(write_presets(tmp_path)),
+async def test_a_session_writes_the_community_form_and_screenplay(tmp_path: Path) -> None:
+    """The texts come from the replay engine (the Discord test runs the real model through the
+    same presets), so what the screenplay's kind does to them is exact."""
+    settings = Settings(db_path=tmp_path / "muse.db", presets_path=str(write_presets(tmp_path)))
+    engine = ReplayEngine(
+        [
+            "Pale sea, we praise you.",
+            "Ana: Open it.\nThe door creaks.\nBen: It's empty.",
+            "Ben: Run.",
+        ]
     )
     typed = "\n".join(
         [
@@ -68,16 +70,17 @@ async def test_a_session_writes_the_community_form_and_screenplay(
         assert await Console(app, terminal).serve() == 0
     with sqlite3.connect(settings.db_path) as conn:
         gens = conn.execute(
-            "SELECT task, parent_id, status, fields_json, messages_json, output"
-            " FROM generations ORDER BY id"
+            "SELECT task, parent_id, status, fields_json, output FROM generations ORDER BY id"
         ).fetchall()
     assert [(task, parent, status) for task, parent, status, *_ in gens] == [
         ("poem", None, "done"),
         ("screenplay", None, "done"),
         ("screenplay", 2, "done"),  # c: the scene's next lines, as a dialogue's
     ], out.getvalue()
-    poem, scene, more = gens
-    assert json.loads(poem[3])["form"] == "ode" and ODE_HINT in poem[4]
-    spoken = [line for row in (scene, more) for line in row[5].splitlines()]
-    assert spoken and all(line.startswith(("Ana: ", "Ben: ")) for line in spoken)
-    assert "Continue the scene" in json.loads(more[4])[-1]["content"]
+    assert json.loads(gens[0][3])["form"] == "ode"
+    assert ODE_HINT in engine.requests[0].messages[-1].content
+    # the dialogue rules kept the cast's lines, and the console showed them as a dialogue
+    assert gens[1][4] == "Ana: Open it.\nBen: It's empty."
+    assert "--- as dialogue ---\nAna: Open it.\nBen: It's empty." in out.getvalue()
+    # ▶ asks for the screenplay's default number of lines (2), as /dialogue's ask for its 6
+    assert engine.requests[2].messages[-1].content.startswith("Continue the scene with 2 ")
