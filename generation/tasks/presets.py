@@ -3,8 +3,10 @@
 They live in `generation/tasks/presets.toml`; a community adds or overrides presets with its own
 file (`MUSE_PRESETS`). A field may offer choices; each choice brings a hint (`{field_hint}` in the
 template) and may change sampling (a long story gets more tokens). A preset's `kind` says which
-rules shape its request and its text (`generation.tasks.task_rules`): a community file can add a
-task of an existing kind (a screenplay of kind `dialogue`) without code.
+rules shape its request and its text (`generation.tasks.task_rules`), and the bot asks it (not
+the task's name) for what belongs to a kind; `compare` offers a task for two takes. The bot's
+choices are built from the loaded presets, so a community file can add a choice or a task of an
+existing kind (a screenplay of kind `dialogue`) without code.
 """
 
 from __future__ import annotations
