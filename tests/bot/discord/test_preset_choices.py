@@ -108,6 +108,11 @@ async def test_a_community_dialogue_task_gets_the_dialogue_reply_and_buttons(
         data = json.loads(files["scene-2.json"].text())
         assert data["scene"] == "a bank vault" and data["characters"] == ["Ana", "Ben"]
         speakers = [line["speaker"] for line in data["lines"]]
+        compare = await finished(  # a two-take task too: its prompt fills the scene
+            await emu.slash_command("compare", {"prompt": "a rooftop", "task": "screenplay"}),
+            "muse:compare:",
+        )
+        assert [e["title"] for e in compare.original.embeds] == ["A", "B"]
         wrong = await emu.slash_command("dialogue", options | {"task": "story"})
         await wrong.wait_until(lambda i: i.original is not None)
         assert "task must be dialogue or screenplay" in wrong.original.content
@@ -117,7 +122,11 @@ async def test_a_community_dialogue_task_gets_the_dialogue_reply_and_buttons(
         (1, None, "screenplay", "done"),
         (2, 1, "screenplay", "done"),
         (3, 1, "screenplay", "done"),
+        (4, None, "screenplay", "done"),
+        (5, None, "screenplay", "done"),
     ]
+    for (take,) in rows(db, "SELECT output FROM generations WHERE id > 3"):
+        assert all(line.startswith(("Ana: ", "Ben: ")) for line in take.splitlines())
     # 📄 of the ▶ holds the whole scene: the first reply's lines, then the ▶'s
     first, second = (out for (out,) in rows(db, "SELECT output FROM generations WHERE id < 3"))
     assert first and set(speakers) <= {"Ana", "Ben"}
