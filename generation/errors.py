@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+class OptionError(ValueError):
+    """A bad option: a request's field, a command's option, or a preset file that is not
+    valid; the message says which and why (and is shown to the user as it is)."""
+
+
 class EngineBusy(Exception):
     """The queue is full; `retry_after_s` estimates when a slot frees up."""
 

@@ -18,8 +18,7 @@ from bot.console.session import Console
 from bot.console.terminal import Terminal
 from bot.core.app import Muse
 from bot.core.settings import Settings
-from generation.errors import ModelLoadError
-from generation.tasks.presets import PresetError
+from generation.errors import ModelLoadError, OptionError
 from storage.store import Store
 
 log = logging.getLogger("muse.bot.cli.console")
@@ -71,7 +70,7 @@ async def main(
     io = Terminal(stdin, stdout)
     try:
         presets = presets_from(settings)
-    except PresetError as exc:
+    except OptionError as exc:
         io.say(f"muse console: {exc}")
         return 2
     async with Store.open(settings.db_path, mark_interrupted=mark_interrupted) as store:

@@ -7,8 +7,8 @@ import asyncio
 import sys
 
 from bot.cli.wiring import build_engine, presets_from, setup_logging
-from generation.errors import EngineBusy, EngineDead, GenerationFailed, ModelLoadError
-from generation.tasks.presets import TASKS, PresetError
+from generation.errors import EngineBusy, EngineDead, GenerationFailed, ModelLoadError, OptionError
+from generation.tasks.presets import TASKS
 from generation.tasks.task_rules import build_request, finish_text
 
 
@@ -39,14 +39,14 @@ def parse_fields(extra: list[str]) -> tuple[dict[str, str], str | None]:
     for item in items:
         if not item.startswith("--") or len(item) < 3:
             if text is not None:
-                raise PresetError(f"two texts given ({text!r} and {item!r}); quote the text")
+                raise OptionError(f"two texts given ({text!r} and {item!r}); quote the text")
             text = item
             continue
         name, sep, value = item[2:].partition("=")
         if not sep:
             value = next(items, None)
             if value is None:
-                raise PresetError(f"--{name} needs a value")
+                raise OptionError(f"--{name} needs a value")
         fields[name.replace("-", "_")] = value
     return fields, text
 
@@ -57,7 +57,7 @@ def run_generate(args: argparse.Namespace) -> int:
     try:
         presets = presets_from(settings)
         if args.task not in presets:
-            raise PresetError(f"unknown task {args.task!r}; tasks: {', '.join(sorted(presets))}")
+            raise OptionError(f"unknown task {args.task!r}; tasks: {', '.join(sorted(presets))}")
         preset = presets[args.task]
         fields, text = parse_fields(args.extra)
         if text:
@@ -70,7 +70,7 @@ def run_generate(args: argparse.Namespace) -> int:
             seed=args.seed,
             timeout_s=settings.timeout_s,
         )
-    except PresetError as exc:
+    except OptionError as exc:
         print(f"muse generate: {exc}", file=sys.stderr)
         return 2
     return asyncio.run(_stream(settings, request, preset, fields))

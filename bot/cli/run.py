@@ -21,6 +21,7 @@ from bot.core.shutdown import close_engine, drain
 from bot.discord.client import create_bot
 from bot.discord.sharding import plan_shards
 from generation.backend import Backend
+from generation.errors import OptionError
 from generation.tasks.presets import Preset
 from storage.store import Store
 
@@ -74,7 +75,11 @@ async def main(settings: Settings) -> int:
     """Own the store, the engine (in this process, or `muse serve` as a child with
     `MUSE_ENGINE_PROCESS`) and the bot; close them all on a signal."""
     redirect_discord(settings)
-    presets = presets_from(settings)
+    try:
+        presets = presets_from(settings)
+    except OptionError as exc:  # a bad MUSE_PRESETS file: say which and why, not a traceback
+        log.error("%s", exc)
+        return 2
     try:
         async with Store.open(settings.db_path) as store, open_engine(settings, store) as engine:
             return await serve(settings, store, engine, presets)

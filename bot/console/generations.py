@@ -25,6 +25,7 @@ from bot.core.settle import Settled
 from bot.core.surface import Shown
 from bot.core.texts import DELETED, GONE, finish_note, footer
 from generation.backend import ReadyModel
+from generation.tasks.presets import DIALOGUE
 from generation.types import GenerationChunk
 
 log = logging.getLogger("muse.bot.console.generations")
@@ -61,7 +62,7 @@ def show_end(io: Terminal, settled: Settled, blind: bool = False) -> None:
     """The normalised dialogue (when it differs), why it ended early, and the footer (which
     names no model when `blind`: the arena's)."""
     last = settled.last
-    if settled.task == "dialogue" and settled.output != last.text.strip():
+    if settled.kind == DIALOGUE and settled.output != last.text.strip():
         io.say(f"--- as dialogue ---\n{settled.output}")
     note = finish_note(settled.ending)
     if note:
@@ -140,7 +141,7 @@ class TerminalCompare(TerminalLines):
 
 
 def plan_for(ctx: Context, task: str, fields: dict[str, Any], **overrides: Any) -> Plan:
-    """The plan for the console user; raises `PresetError` for bad fields."""
+    """The plan for the console user; raises `OptionError` for bad fields."""
     return make_plan(ctx.app, CONSOLE_USER_ID, task, fields, **overrides)
 
 

@@ -4,7 +4,8 @@
     /story a dragon                     (bare text fills the command's main option)
 
 Options are validated with the bot's rules (docs/commands.md's table): the same ranges,
-choices and lengths, so a line the console accepts is one Discord would accept.
+choices and lengths, so a line the console accepts is one Discord would accept. The choices
+come from the loaded presets (`commands_for`), as Discord's do.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from __future__ import annotations
 import difflib
 import re
 import shlex
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from bot.core.actions import parse_stars
+from bot.core.choices import option_choices
 from bot.core.policy import check_range
-from generation.tasks.presets import PresetError
+from generation.errors import OptionError
+from generation.tasks.presets import Preset, builtin_presets
 
 TEXT_LIMIT = 1000  # Discord's Range[str, 1, 1000] on the main text options
 COMMENT_LIMIT = 1000  # the ⭐ modal's comment box
@@ -67,7 +71,8 @@ def _text(name: str, help: str, required: bool = True, high: int = TEXT_LIMIT) -
     return Option(name, help, "text", required, 1, high)
 
 
-COMMANDS: dict[str, Command] = {
+# The commands as written; a choice option's choices (empty here) come from the presets.
+_COMMANDS: dict[str, Command] = {
     c.name: c
     for c in (
         Command(
@@ -75,7 +80,7 @@ COMMANDS: dict[str, Command] = {
             "a short story",
             (
                 _text("prompt", "what the story is about"),
-                Option("length", "how long", "choice", choices=("short", "medium", "long")),
+                Option("length", "how long", "choice"),
             ),
             "prompt",
         ),
@@ -84,9 +89,7 @@ COMMANDS: dict[str, Command] = {
             "a poem",
             (
                 _text("topic", "what the poem is about"),
-                Option(
-                    "form", "its form", "choice", choices=("free", "haiku", "sonnet", "limerick")
-                ),
+                Option("form", "its form", "choice"),
             ),
             "topic",
         ),
@@ -98,6 +101,7 @@ COMMANDS: dict[str, Command] = {
                 _text("characters", "who speaks, comma-separated"),
                 Option("lines", "how many lines", "int", low=2, high=20),
                 _text("tone", "the mood", required=False, high=100),
+                Option("task", "which kind of dialogue (default dialogue)", "choice"),
             ),
             "scene",
         ),
@@ -107,7 +111,7 @@ COMMANDS: dict[str, Command] = {
             (
                 _text("product", "the product"),
                 _text("audience", "who it is for", required=False, high=200),
-                Option("kind", "which text", "choice", choices=("product", "ad", "social", "news")),
+                Option("kind", "which text", "choice"),
             ),
             "product",
         ),
@@ -150,12 +154,7 @@ COMMANDS: dict[str, Command] = {
             "two takes, A and B: vote with a / b / t",
             (
                 _text("prompt", "what to write about"),
-                Option(
-                    "task",
-                    "which kind of text (default generate)",
-                    "choice",
-                    choices=("story", "poem", "describe", "generate"),
-                ),
+                Option("task", "which kind of text (default generate)", "choice"),
             ),
             "prompt",
         ),
@@ -164,12 +163,7 @@ COMMANDS: dict[str, Command] = {
             "two different models, blind, A and B: vote with a / b / t; the vote reveals them",
             (
                 _text("prompt", "what to write about"),
-                Option(
-                    "task",
-                    "which kind of text (default generate)",
-                    "choice",
-                    choices=("story", "poem", "describe", "generate"),
-                ),
+                Option("task", "which kind of text (default generate)", "choice"),
             ),
             "prompt",
         ),
@@ -198,17 +192,27 @@ COMMANDS: dict[str, Command] = {
     )
 }
 ALIASES = {"exit": "quit", "q": "quit", "?": "help"}
-GENERATION_COMMANDS = (
-    "story",
-    "poem",
-    "dialogue",
-    "describe",
-    "character",
-    "quest",
-    "generate",
-    "chat",
-    "compare",
-)
+
+
+def commands_for(presets: Mapping[str, Preset]) -> dict[str, Command]:
+    """The commands with the presets' choices (`bot.core.choices`); a choice option the presets
+    give no choices (/dialogue's task while there is one dialogue task) is not offered."""
+    lists = option_choices(presets)
+    commands = {}
+    for name, command in _COMMANDS.items():
+        options = []
+        for option in command.options:
+            if option.kind == "choice" and not option.choices:
+                choices = lists.get((name, option.name))
+                if choices is None:
+                    continue
+                option = replace(option, choices=choices)
+            options.append(option)
+        commands[name] = replace(command, options=tuple(options))
+    return commands
+
+
+COMMANDS = commands_for(builtin_presets())  # the built-in presets' (a session uses its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +223,9 @@ class Parsed:
     values: dict[str, str | int | float] = field(default_factory=dict)
 
 
-def parse_line(line: str) -> Parsed | None:
-    """A validated command, or None for a blank line; raises `ConsoleError` with the reason."""
+def parse_line(line: str, commands: Mapping[str, Command] = COMMANDS) -> Parsed | None:
+    """A validated command of `commands` (`commands_for` the session's presets), or None for
+    a blank line; raises `ConsoleError` with the reason."""
     line = line.strip()
     if not line:
         return None
@@ -232,9 +237,9 @@ def parse_line(line: str) -> Parsed | None:
         raise ConsoleError(f"could not read that line: {exc} — check the quotes") from None
     name = words[0].lower() if words else ""
     name = ALIASES.get(name, name)
-    command = COMMANDS.get(name)
+    command = commands.get(name)
     if command is None:
-        raise ConsoleError(unknown_command(name))
+        raise ConsoleError(unknown_command(name, commands))
     raw, text = split_words(command, words[1:])
     if text:
         if command.main is None:
@@ -245,9 +250,9 @@ def parse_line(line: str) -> Parsed | None:
     return Parsed(name, validate(command, raw))
 
 
-def unknown_command(name: str) -> str:
+def unknown_command(name: str, commands: Mapping[str, Command] = COMMANDS) -> str:
     """`unknown command /x — try /help`, with the closest command when there is one."""
-    close = difflib.get_close_matches(name, [*COMMANDS, *ALIASES], n=1, cutoff=0.5)
+    close = difflib.get_close_matches(name, [*commands, *ALIASES], n=1, cutoff=0.5)
     hint = f" (did you mean /{ALIASES.get(close[0], close[0])}?)" if close else ""
     return f"unknown command /{name} — try /help{hint}"
 
@@ -282,7 +287,7 @@ def validate(command: Command, raw: dict[str, str]) -> dict[str, str | int | flo
                 raise ConsoleError(f"/{command.name} needs {option.name} ({option.usage()}).")
             continue
         values[option.name] = convert(option, given.strip())
-    if command.name == "dialogue" and not str(values.get("characters", "")).strip(" ,"):
+    if "characters" in values and not str(values["characters"]).strip(" ,"):
         raise ConsoleError("characters needs at least one name.")
     return values
 
@@ -309,7 +314,7 @@ def convert(option: Option, text: str) -> str | int | float:
         raise ConsoleError(f"{name} must be {kind}, not {text!r}.") from None
     try:
         check_range(name, number, option.low or 0.0, option.high or 0.0)
-    except PresetError as exc:
+    except OptionError as exc:
         raise ConsoleError(str(exc)) from None
     return number
 
@@ -353,10 +358,11 @@ def parse_vote(line: str) -> Key | None:
     return Key(action) if action else None  # type: ignore[arg-type]
 
 
-def help_text() -> str:
-    """Every command with its options, then the keys and where the data goes."""
+def help_text(commands: Mapping[str, Command] = COMMANDS) -> str:
+    """Every command with its options (and their choices), then the keys and where the data
+    goes."""
     lines = ["Commands (bare text after a command fills its first option):"]
-    for command in COMMANDS.values():
+    for command in commands.values():
         usage = " ".join(o.usage() for o in command.options)
         lines.append(f"  /{command.name} {usage}".rstrip())
         lines.append(f"      {command.help}")

@@ -17,7 +17,7 @@ import secrets
 
 from bot.console import generations as gen
 from bot.console.generations import CONSOLE_GUILD_ID, CONSOLE_USER_ID, Context
-from bot.console.parse import ConsoleError, Parsed, help_text, parse_line
+from bot.console.parse import ConsoleError, Parsed, commands_for, help_text, parse_line
 from bot.console.terminal import Terminal
 from bot.core.app import Muse
 from bot.core.conversation import chat_plan
@@ -25,8 +25,7 @@ from bot.core.errors import report
 from bot.core.forgetting import forget
 from bot.core.loop.status import loop_status
 from generation.backend import ReadyModel
-from generation.errors import ModelLoadError
-from generation.tasks.presets import PresetError
+from generation.errors import ModelLoadError, OptionError
 from storage.location import describe
 from storage.stats import format_table
 
@@ -48,6 +47,7 @@ class Console(Context):
         # can have (snowflakes are positive), one per console session.
         self.thread_id = -(secrets.randbelow(2**53) + 1)
         self.conversation_id: int | None = None
+        self.commands = commands_for(app.presets)  # the choices of this Muse's presets
 
     async def serve(self) -> int:
         """Read and run commands until /quit or the end of input; 0."""
@@ -59,13 +59,13 @@ class Console(Context):
             if line is None:
                 return 0
             try:
-                parsed = parse_line(line)
+                parsed = parse_line(line, self.commands)
                 if parsed is None:
                     continue
                 if parsed.command == "quit":
                     return 0
                 pending = await self.run(parsed)
-            except (ConsoleError, PresetError) as exc:
+            except (ConsoleError, OptionError) as exc:
                 self.io.say(f"⚠️ {exc}")
             except ModelLoadError:
                 raise
@@ -75,9 +75,7 @@ class Console(Context):
     async def run(self, parsed: Parsed) -> str | None:
         """Run one command; returns a /command typed at a key prompt, to run next."""
         name, values = parsed.command, dict(parsed.values)
-        if name in ("story", "poem", "dialogue", "describe", "character", "quest"):
-            generation_id = await gen.generate(self, gen.plan_for(self, name, values))
-        elif name == "generate":
+        if name == "generate":
             plan = gen.plan_for(
                 self,
                 "generate",
@@ -94,9 +92,12 @@ class Console(Context):
             )
         elif name == "arena":
             return await gen.arena(self, str(values.get("task", "generate")), str(values["prompt"]))
-        else:
+        elif hasattr(self, f"cmd_{name}"):
             await getattr(self, f"cmd_{name}")(**values)
             return None
+        else:  # a task's command (/story, /dialogue, …): its options are the task's fields
+            task = str(values.pop("task", name))  # /dialogue task=screenplay: another dialogue
+            generation_id = await gen.generate(self, gen.plan_for(self, task, values))
         return None if generation_id is None else await gen.keys(self, generation_id)
 
     async def chat(self, message: str) -> int | None:
@@ -112,7 +113,7 @@ class Console(Context):
         return await gen.generate(self, plan)
 
     async def cmd_help(self) -> None:
-        self.io.say(help_text())
+        self.io.say(help_text(self.commands))
 
     async def cmd_history(self, count: int = HISTORY_COUNT) -> None:
         """The console user's newest generations."""

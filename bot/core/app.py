@@ -10,7 +10,7 @@ from typing import Protocol
 from bot.core.limits import Limits
 from bot.core.settings import Settings
 from generation.backend import Backend
-from generation.tasks.presets import Preset
+from generation.tasks.presets import Preset, kind_of
 from storage.store import Store
 
 EDIT_INTERVAL_S = 1.2  # progress edits of a reply: at most one per interval
@@ -49,6 +49,11 @@ class Muse:
 
     def __post_init__(self) -> None:
         self.limits = Limits(guild_concurrency=self.settings.guild_concurrency)
+
+    def kind_of(self, task: str) -> str:
+        """The kind of `task` in the loaded presets (`generation.tasks.presets.KINDS`): what a
+        reply shows and which buttons it carries; text for a task the presets no longer have."""
+        return kind_of(self.presets, task)
 
     @property
     def model_name(self) -> str:

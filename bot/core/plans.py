@@ -10,6 +10,8 @@ from bot.core import scenes
 from bot.core.app import Muse
 from bot.core.personas import with_persona
 from bot.core.policy import Admission
+from generation.errors import OptionError
+from generation.tasks.presets import DIALOGUE
 from generation.tasks.task_rules import build_request
 from generation.types import GenerationRequest, Message
 from storage.models import Generation, GuildSettings, Persona
@@ -46,8 +48,10 @@ def make_plan(
     **overrides: Any,
 ) -> Plan:
     """A plan from a preset (the guild's temperature / max_tokens as defaults, the channel's
-    persona in the system prompt); raises `PresetError` for bad fields."""
-    preset = app.presets[task]
+    persona in the system prompt); raises `OptionError` for bad fields."""
+    preset = app.presets.get(task)
+    if preset is None:  # a stored generation's task that a changed MUSE_PRESETS dropped
+        raise OptionError(f"/{task} is not offered here any more.")
     if guild is not None:
         if overrides.get("temperature") is None and guild.temperature is not None:
             overrides["temperature"] = guild.temperature
@@ -128,8 +132,9 @@ def scene_plan(
     app: Muse, parent: Generation, user_id: int, guild: GuildSettings | None, *, branch: bool
 ) -> Plan:
     """▶ (more lines) or 🔀 (an alternative next line) of a dialogue, linked to the parent."""
-    fields, messages, prefix = scenes.follow_up(parent, branch=branch)
-    plan = make_plan(app, user_id, "dialogue", fields, parent.id, guild=guild)
+    lines = scenes.default_lines(app.presets, parent.task)
+    fields, messages, prefix = scenes.follow_up(parent, branch=branch, default_lines=lines)
+    plan = make_plan(app, user_id, parent.task, fields, parent.id, guild=guild)
     request = replace(plan.request, messages=messages, response_prefix=prefix)
     return inherited(replace(plan, request=request), parent)
 
@@ -148,7 +153,7 @@ def continuation(
     app: Muse, parent: Generation, user_id: int, guild: GuildSettings | None = None
 ) -> Plan:
     """▶: a dialogue's next lines, or any other text written on from where it stopped."""
-    if parent.task == "dialogue":
+    if app.kind_of(parent.task) == DIALOGUE:
         return scene_plan(app, parent, user_id, guild, branch=False)
     return continue_plan(app, parent, user_id, guild)
 

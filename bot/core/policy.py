@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bot.core.app import Muse
 from bot.core.limits import Slot
 from bot.core.models import default_model
 from bot.core.shared_limits import share
-from generation.tasks.presets import TASKS, PresetError
+from generation.errors import OptionError
+from generation.tasks.presets import TASKS
 from storage.models import GuildSettings, Persona
 
 log = logging.getLogger("muse.bot.core.policy")
@@ -50,18 +51,19 @@ def out_of_range(name: str, value: object, low: float, high: float) -> str | Non
 
 
 def check_range(name: str, value: float | None, low: float, high: float) -> None:
-    """Re-validate a numeric option (raises `PresetError`); None passes."""
+    """Re-validate a numeric option (raises `OptionError`); None passes."""
     problem = None if value is None else out_of_range(name, value, low, high)
     if problem:
-        raise PresetError(problem)
+        raise OptionError(problem)
 
 
-def parse_tasks(raw: str) -> tuple[str, ...] | None:
-    """Task names; unknown names are refused; "" = every task (None)."""
+def parse_tasks(raw: str, tasks: Sequence[str] = TASKS) -> tuple[str, ...] | None:
+    """Names of `tasks` (the loaded presets'; default the built-in ones); unknown names are
+    refused; "" = every task (None)."""
     names = [name.lower().lstrip("/") for name in split_list(raw)]
-    unknown = [name for name in names if name not in TASKS]
+    unknown = [name for name in names if name not in tasks]
     if unknown:
-        raise Refused(f"Unknown task {', '.join(unknown)}; the tasks are {', '.join(TASKS)}.")
+        raise Refused(f"Unknown task {', '.join(unknown)}; the tasks are {', '.join(tasks)}.")
     return tuple(dict.fromkeys(names)) or None
 
 

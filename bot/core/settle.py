@@ -10,6 +10,7 @@ from bot.core.app import Muse
 from bot.core.errors import storage_problem
 from bot.core.plans import Plan
 from bot.core.policy import blocked_by
+from generation.tasks.presets import DIALOGUE, TEXT
 from generation.tasks.task_rules import finish_text
 from generation.types import GenerationChunk
 
@@ -17,7 +18,6 @@ log = logging.getLogger("muse.bot.core.settle")
 
 STATUS_BY_REASON = {"stop": "done", "length": "done", "cancelled": "cancelled"}
 _SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*(?=\s|$)")
-LINE_TASKS = frozenset({"dialogue"})  # kept line by line: a cut drops the unfinished line
 
 
 def last_full_sentence(text: str) -> str:
@@ -39,6 +39,7 @@ class Settled:
     withheld: str | None = None  # the blocklist rule the output hit
     unsaved: str | None = None  # what is wrong with the database, when it was not saved
     persona: str | None = None  # the channel persona it was written as
+    kind: str = TEXT  # its task's kind: how it is shown and which buttons it carries
 
     @property
     def rateable(self) -> bool:
@@ -65,7 +66,9 @@ async def settle(
     cut = run is not None and run.interrupted and last.finish_reason == "cancelled"
     preset = app.presets[plan.task]
     output = finish_text(preset, plan.shown_fields, last.text)
-    if last.finish_reason == "length" and plan.task not in LINE_TASKS and not preset.labels:
+    # A cut dialogue keeps its whole lines (the rules dropped the unfinished one), a labelled
+    # form its labelled lines; other text ends at its last full sentence.
+    if last.finish_reason == "length" and preset.kind != DIALOGUE and not preset.labels:
         output = last_full_sentence(output)
     status = "interrupted" if cut else STATUS_BY_REASON.get(last.finish_reason or "", "failed")
     error = last.error
@@ -91,4 +94,6 @@ async def settle(
             if unsaved is None:
                 raise
             log.error("could not store generation %s (%s): %s", generation_id, unsaved, exc)
-    return Settled(generation_id, plan.task, output, last, ending, rule, unsaved, plan.persona)
+    return Settled(
+        generation_id, plan.task, output, last, ending, rule, unsaved, plan.persona, preset.kind
+    )

@@ -24,6 +24,8 @@ from bot.discord.context import actor_of, answer_ephemeral, app_of, where_of
 from bot.discord.edit_reply import EditModal
 from bot.discord.modals import StarsModal
 from bot.discord.replies import run_in_reply
+from generation.errors import OptionError
+from generation.tasks.presets import DIALOGUE
 from storage.models import Generation, GuildSettings
 
 Style = discord.ButtonStyle
@@ -109,7 +111,7 @@ class FollowUpButton(MuseButton, template=r"muse:followup:(?P<id>\d+)"):
     """A button that starts a new generation from this one, as a new reply that belongs to
     the presser (subclasses say which task it is and how it is planned)."""
 
-    def admission(self, parent: Generation) -> tuple[str, dict[str, Any]]:
+    def admission(self, app: Muse, parent: Generation) -> tuple[str, dict[str, Any]]:
         """The task and fields the guild's rules are checked against."""
         return parent.task, parent.fields
 
@@ -123,11 +125,16 @@ class FollowUpButton(MuseButton, template=r"muse:followup:(?P<id>\d+)"):
         if parent is None:
             await answer_ephemeral(interaction, DELETED)
             return
-        task, fields = self.admission(parent)
+        task, fields = self.admission(app, parent)
         async with admitted(interaction, task, texts_of(fields)) as admission:
-            if admission is not None:
+            if admission is None:
+                return
+            try:
                 plan = self.plan(app, parent, interaction.user.id, admission.settings)
-                await run_in_reply(interaction, plan, VIEWS, admission.slot)
+            except OptionError as exc:  # e.g. a task a changed MUSE_PRESETS dropped
+                await answer_ephemeral(interaction, f"⚠️ {exc}")
+                return
+            await run_in_reply(interaction, plan, VIEWS, admission.slot)
 
 
 class RegenerateButton(FollowUpButton, template=r"muse:regen:(?P<id>\d+)"):
@@ -168,10 +175,10 @@ class ContinueButton(FollowUpButton, template=r"muse:continue:(?P<id>\d+)"):
 
     action, button_emoji, button_label = "continue", "▶️", "Continue"
 
-    def admission(self, parent: Generation) -> tuple[str, dict[str, Any]]:
-        if parent.task != "dialogue":
+    def admission(self, app: Muse, parent: Generation) -> tuple[str, dict[str, Any]]:
+        if app.kind_of(parent.task) != DIALOGUE:
             return parent.task, parent.fields
-        return "dialogue", scenes.follow_up(parent, branch=False)[0]
+        return parent.task, scenes.follow_up(parent, branch=False)[0]
 
     def plan(self, app: Muse, parent: Generation, user_id: int, guild: GuildSettings) -> Plan:
         return plans.continuation(app, parent, user_id, guild)
@@ -182,8 +189,8 @@ class BranchButton(FollowUpButton, template=r"muse:branch:(?P<id>\d+)"):
 
     action, button_emoji, button_label = "branch", "🔀", "Branch"
 
-    def admission(self, parent: Generation) -> tuple[str, dict[str, Any]]:
-        return "dialogue", scenes.follow_up(parent, branch=True)[0]
+    def admission(self, app: Muse, parent: Generation) -> tuple[str, dict[str, Any]]:
+        return parent.task, scenes.follow_up(parent, branch=True)[0]
 
     def plan(self, app: Muse, parent: Generation, user_id: int, guild: GuildSettings) -> Plan:
         return plans.scene_plan(app, parent, user_id, guild, branch=True)
@@ -220,7 +227,7 @@ class ScriptButton(MuseButton, template=r"muse:script:(?P<id>\d+)"):
             return
         files = [
             discord.File(io.BytesIO(text.encode()), name)
-            for name, text in await scenes.scene_files(app.store, generation)
+            for name, text in await scenes.scene_files(app.store, generation, app.presets)
         ]
         await answer_ephemeral(interaction, "📄 The scene as a script:", files=files)
 
@@ -290,8 +297,9 @@ class MuseViews:
         """⏹ while the text streams."""
         return _view(StopButton(generation_id))
 
-    def finished(self, generation_id: int, task: str, cut: bool = False) -> discord.ui.View:
-        """👍 👎 ⭐ 🔁 🗑 ✏️ (and ▶ 🔀 📄 for a dialogue; ▶ for a text the limit cut)."""
+    def finished(self, generation_id: int, kind: str, cut: bool = False) -> discord.ui.View:
+        """👍 👎 ⭐ 🔁 🗑 ✏️ (and ▶ 🔀 📄 for a task of the dialogue kind; ▶ for a text the
+        limit cut)."""
         items: list[discord.ui.Item[Any]] = [
             RateButton(generation_id, "up"),
             RateButton(generation_id, "down"),
@@ -300,9 +308,9 @@ class MuseViews:
             DeleteButton(generation_id),
             EditButton(generation_id),
         ]
-        if cut and task != "dialogue":
+        if cut and kind != DIALOGUE:
             items.append(ContinueButton(generation_id))
-        if task == "dialogue":
+        if kind == DIALOGUE:
             items += [
                 ContinueButton(generation_id),
                 BranchButton(generation_id),

@@ -11,9 +11,11 @@ import discord
 from discord.ext import commands
 
 from bot.core.app import Muse
+from bot.core.choices import option_choices
 from bot.core.settings import Settings
 from bot.discord.app_errors import check_option_types, on_app_command_error
 from bot.discord.buttons import DYNAMIC_ITEMS, VIEWS
+from bot.discord.choices import offer_choices
 from bot.discord.recovery import start_reclaiming, start_recovery
 from bot.discord.sharding import ShardPlan, plan_shards
 from generation.backend import Backend
@@ -73,6 +75,7 @@ class MuseBot(commands.Bot):
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:
             await self.load_extension(extension)
+        offer_choices(self.tree, option_choices(self.app.presets))  # before the sync
         self.add_dynamic_items(*DYNAMIC_ITEMS)
         self.tree.interaction_check = check_option_types  # type: ignore[method-assign]
         self.tree.on_error = on_app_command_error  # type: ignore[method-assign]

@@ -20,16 +20,16 @@ log = logging.getLogger("muse.bot.discord.edit_reply")
 
 
 class EditViews(Protocol):
-    def finished(self, generation_id: int, task: str, cut: bool = False) -> discord.ui.View: ...
+    def finished(self, generation_id: int, kind: str, cut: bool = False) -> discord.ui.View: ...
 
 
-def edit_pieces(improved: Improved, editor: str) -> list[str]:
+def edit_pieces(improved: Improved, editor: str, kind: str) -> list[str]:
     """The edit's messages: who improved which reply, the text, a footer saying what it is."""
     original = improved.original
     link = rendering.jump_link(original)
     source = f"[this reply]({link})" if link else f"text #{original.id}"
     body = f"✏️ Improved by {editor} from {source}\n\n"
-    body += rendering.render_output(original.task, improved.text)
+    body += rendering.render_output(kind, improved.text)
     tail = f"-# ✏️ a member's correction · based on {original.model_id} · AI-generated, then edited"
     return compose(body, tail)
 
@@ -68,8 +68,9 @@ async def post_edit(
     interaction: discord.Interaction, app: Muse, improved: Improved, views: EditViews
 ) -> None:
     """The edit as a new reply (no ping), its rating buttons on the first message."""
-    pieces = edit_pieces(improved, interaction.user.mention)
-    view = views.finished(improved.generation_id, improved.original.task)
+    kind = app.kind_of(improved.original.task)
+    pieces = edit_pieces(improved, interaction.user.mention, kind)
+    view = views.finished(improved.generation_id, kind)
     sent_first = await interaction.response.send_message(
         pieces[0], view=view, allowed_mentions=NO_MENTIONS
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.core import texts
+from generation.tasks.presets import DIALOGUE
 from storage.models import Generation
 
 IN_PROGRESS = "▌"
@@ -48,9 +49,10 @@ def render_dialogue(text: str) -> str:
     return "\n".join(out)
 
 
-def render_output(task: str, text: str) -> str:
-    """The finished text as shown in Discord (masked links shown with their URL)."""
-    return show_links(render_dialogue(text) if task == "dialogue" else text)
+def render_output(kind: str, text: str) -> str:
+    """The finished text of a task of `kind` as shown in Discord (a dialogue's speakers in
+    bold, masked links shown with their URL)."""
+    return show_links(render_dialogue(text) if kind == DIALOGUE else text)
 
 
 def footer(

@@ -23,6 +23,7 @@ from bot.core.texts import finish_note
 from bot.discord import rendering
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of, where_of
 from bot.discord.splitting import split_message
+from generation.tasks.presets import DIALOGUE
 from generation.types import GenerationChunk
 
 log = logging.getLogger("muse.bot.discord.replies")
@@ -37,7 +38,7 @@ class ViewSet(Protocol):
 
     def streaming(self, generation_id: int) -> discord.ui.View: ...
 
-    def finished(self, generation_id: int, task: str, cut: bool = False) -> discord.ui.View: ...
+    def finished(self, generation_id: int, kind: str, cut: bool = False) -> discord.ui.View: ...
 
 
 def token_gone(exc: discord.HTTPException) -> bool:
@@ -58,7 +59,7 @@ def final_pieces(settled: Settled) -> list[str]:
     last = settled.last
     if settled.withheld is not None:
         return [withheld_text(settled.withheld)]
-    body = rendering.render_output(settled.task, settled.output) or "*(no text)*"
+    body = rendering.render_output(settled.kind, settled.output) or "*(no text)*"
     note = finish_note(settled.ending)
     if note:
         body = f"{body}\n\n{note}"
@@ -95,12 +96,13 @@ class Progress:
         return True
 
 
-def progress_text(task: str, latest: GenerationChunk | None, queued: int | None) -> str:
-    """ "Queued — position N" while waiting, else the partial text with a marker."""
+def progress_text(kind: str, latest: GenerationChunk | None, queued: int | None) -> str:
+    """ "Queued — position N" while waiting, else the partial text (of a task of `kind`)
+    with a marker."""
     if latest is None:
         return rendering.queued(queued) if queued else rendering.in_progress("")
     text = latest.text
-    if task == "dialogue":
+    if kind == DIALOGUE:
         text = rendering.render_dialogue(text)
     return rendering.in_progress(text)
 
@@ -112,7 +114,7 @@ class InteractionReply:
         self.interaction = interaction
         self.app = app
         self.views = views
-        self.task = task
+        self.kind = app.kind_of(task)
         self.generation_id: int | None = None
         self._progress = Progress(app.edit_interval_s, "a reply")
         self._view: discord.ui.View | None = None  # ⏹, sent with the first progress edit
@@ -136,7 +138,7 @@ class InteractionReply:
 
     async def progress(self, latest: GenerationChunk | None, queued: int | None) -> None:
         kwargs = {"view": self._view} if self._view is not None else {}
-        content = progress_text(self.task, latest, queued)
+        content = progress_text(self.kind, latest, queued)
         edit = self.interaction.edit_original_response
         if await self._progress.offer(
             content, lambda: edit(content=content, allowed_mentions=NO_MENTIONS, **kwargs)
@@ -145,7 +147,7 @@ class InteractionReply:
 
     async def show(self, settled: Settled) -> Shown:
         view = (
-            self.views.finished(settled.generation_id, settled.task, settled.cut)
+            self.views.finished(settled.generation_id, settled.kind, settled.cut)
             if settled.rateable
             else None
         )

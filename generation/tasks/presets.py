@@ -3,18 +3,24 @@
 They live in `generation/tasks/presets.toml`; a community adds or overrides presets with its own
 file (`MUSE_PRESETS`). A field may offer choices; each choice brings a hint (`{field_hint}` in the
 template) and may change sampling (a long story gets more tokens). A preset's `kind` says which
-rules shape its request and its text (`generation.tasks.task_rules`): a community file can add a
-task of an existing kind (a screenplay of kind `dialogue`) without code.
+rules shape its request and its text (`generation.tasks.task_rules`), and the bot asks it (not
+the task's name) for what belongs to a kind; `compare` offers a task for two takes. The bot's
+choices are built from the loaded presets, so a community file can add a choice or a task of an
+existing kind (a screenplay of kind `dialogue`) without code.
 """
 
 from __future__ import annotations
 
 import string
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from generation.errors import OptionError
 from generation.types import GenerationRequest, Message
 
 BUILTIN_PRESETS = Path(__file__).with_name("presets.toml")
@@ -23,12 +29,11 @@ SAMPLING_KEYS = ("temperature", "top_p", "repetition_penalty", "max_new_tokens")
 HINT = "_hint"
 CHOICE_TEXTS = frozenset({"hint", "examples", "system", "template", "labels"})  # not sampling
 # "text": the template's answer as written (or a labelled form's lines); "dialogue": a cast's
-# `Name: line` lines (`generation.tasks.dialogue`).
-KINDS = ("text", "dialogue")
-
-
-class PresetError(ValueError):
-    """A preset file or a request's fields are not valid; the message says which and why."""
+# `Name: line` lines (`generation.tasks.dialogue`), which the bot continues, branches and
+# exports as a script.
+TEXT, DIALOGUE = "text", "dialogue"
+KINDS = (TEXT, DIALOGUE)
+DIALOGUE_FIELDS = ("characters", "lines")  # what the dialogue rules read
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,10 @@ class Preset:
     # A labelled form ("Name: …", "Look: …"): the answer starts with the first label, and the
     # finished text keeps one line per label, in order (`generation.tasks.forms`).
     labels: tuple[str, ...] = ()
-    kind: str = "text"  # one of KINDS: which task rules shape the request and the text
+    kind: str = TEXT  # one of KINDS: which task rules shape the request and the text
+    # Offered by /compare and /arena: one prompt fills the main field, so every other field
+    # needs a default.
+    compare: bool = False
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -73,10 +81,10 @@ class Preset:
         return tuple(dict.fromkeys([*names, *self.choices]))
 
     def resolve(self, values: dict[str, Any]) -> dict[str, str]:
-        """Validated field values with defaults applied; raises `PresetError` with the reason."""
+        """Validated field values with defaults applied; raises `OptionError` with the reason."""
         unknown = set(values) - set(self.fields)
         if unknown:
-            raise PresetError(
+            raise OptionError(
                 f"/{self.name} has no option {', '.join(sorted(unknown))}; "
                 f"its options are {', '.join(self.fields)}."
             )
@@ -84,10 +92,10 @@ class Preset:
         merged = {**self.defaults, **{k: v for k, v in given.items() if v}}
         for name in self.fields:
             if not merged.get(name):
-                raise PresetError(f"/{self.name} needs {name}.")
+                raise OptionError(f"/{self.name} needs {name}.")
             allowed = self.choices.get(name)
             if allowed and merged[name] not in allowed:
-                raise PresetError(
+                raise OptionError(
                     f"{name} must be one of {', '.join(allowed)}, not {merged[name]!r}."
                 )
         return merged
@@ -129,6 +137,25 @@ class Preset:
         return GenerationRequest(messages=self.render(values), **params)
 
 
+def kind_of(presets: Mapping[str, Preset], task: str) -> str:
+    """The kind of `task` (a stored generation's too); text for a task `presets` no longer
+    have."""
+    preset = presets.get(task)
+    return preset.kind if preset is not None else TEXT
+
+
+def tasks_of_kind(presets: Mapping[str, Preset], kind: str) -> tuple[str, ...]:
+    """The tasks of `kind`, in the presets' order (built-in first, then a community's)."""
+    return tuple(name for name, preset in presets.items() if preset.kind == kind)
+
+
+@cache
+def builtin_presets() -> Mapping[str, Preset]:
+    """The built-in presets alone (read once): what a caller without the loaded ones falls
+    back to."""
+    return MappingProxyType(load_presets())
+
+
 def load_presets(extra: str | Path | None = None) -> dict[str, Preset]:
     """The built-in presets, overridden and extended by `extra` (a TOML file) when given."""
     presets = parse_presets(BUILTIN_PRESETS)
@@ -136,7 +163,7 @@ def load_presets(extra: str | Path | None = None) -> dict[str, Preset]:
         presets.update(parse_presets(Path(extra)))
     missing = set(TASKS) - set(presets)
     if missing:
-        raise PresetError(f"presets are missing the tasks {', '.join(sorted(missing))}.")
+        raise OptionError(f"presets are missing the tasks {', '.join(sorted(missing))}.")
     return presets
 
 
@@ -145,14 +172,14 @@ def parse_presets(path: Path) -> dict[str, Preset]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise PresetError(f"cannot read presets from {path}: {exc}") from exc
+        raise OptionError(f"cannot read presets from {path}: {exc}") from exc
     return {name: _preset(path, name, table) for name, table in data.items()}
 
 
 def _preset(path: Path, name: str, table: Any) -> Preset:
     where = f"{path}: [{name}]"
     if not isinstance(table, dict) or not isinstance(table.get("template"), str):
-        raise PresetError(f"{where} needs a template.")
+        raise OptionError(f"{where} needs a template.")
     try:
         choices = {
             field: {
@@ -179,23 +206,34 @@ def _preset(path: Path, name: str, table: Any) -> Preset:
             stop=tuple(table.get("stop", ())),
             examples=_examples(table.get("examples", [])),
             labels=tuple(str(label) for label in table.get("labels", ())),
-            kind=str(table.get("kind", "text")),
+            kind=str(table.get("kind", TEXT)),
+            compare=table.get("compare", False),
         )
         fields = preset.fields
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise PresetError(f"{where} is not valid: {exc}") from exc
+        raise OptionError(f"{where} is not valid: {exc}") from exc
     if preset.kind not in KINDS:
-        raise PresetError(f"{where} kind must be one of {', '.join(KINDS)}, not {preset.kind!r}.")
+        raise OptionError(f"{where} kind must be one of {', '.join(KINDS)}, not {preset.kind!r}.")
     if preset.main_field not in fields:
-        raise PresetError(f"{where} main_field must name one of its fields {fields}.")
+        raise OptionError(f"{where} main_field must name one of its fields {fields}.")
+    if preset.kind == DIALOGUE and not set(DIALOGUE_FIELDS) <= set(fields):
+        raise OptionError(f"{where} is of kind dialogue: it needs the fields characters and lines.")
+    if not isinstance(preset.compare, bool):
+        raise OptionError(f"{where} compare must be true or false, not {preset.compare!r}.")
+    unfilled = [f for f in fields if f != preset.main_field and f not in preset.defaults]
+    if preset.compare and unfilled:
+        raise OptionError(
+            f"{where} is offered by /compare, where one prompt fills {preset.main_field}: "
+            f"{', '.join(unfilled)} need defaults."
+        )
     settings = [preset.sampling, *(c.sampling for o in choices.values() for c in o.values())]
     for key in (k for s in settings for k in s):
         if key not in SAMPLING_KEYS:
-            raise PresetError(f"{where} has an unknown sampling setting {key!r}.")
+            raise OptionError(f"{where} has an unknown sampling setting {key!r}.")
     for field, options in choices.items():
         default = preset.defaults.get(field)
         if default is not None and default not in options:
-            raise PresetError(f"{where} default {field}={default!r} is not one of its choices.")
+            raise OptionError(f"{where} default {field}={default!r} is not one of its choices.")
     return preset
 
 

@@ -9,6 +9,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Literal
 
 import discord
@@ -24,6 +25,7 @@ from bot.core.policy import (
     parse_tasks,
 )
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of
+from generation.tasks.presets import TASKS
 from storage.export import ExportFilters
 from storage.stats import TaskModelStats, per_model, ratings_chart_png
 
@@ -220,7 +222,7 @@ class AdminCog(commands.Cog):
             "reset": reset,
         }
         try:
-            changes = settings_changes(options)
+            changes = settings_changes(options, tuple(self.app.presets))
             store, guild_id = self.app.store, interaction.guild_id or 0
             if changes:
                 current = await store.update_guild_settings(guild_id, **changes)
@@ -234,8 +236,9 @@ class AdminCog(commands.Cog):
         await answer_ephemeral(interaction, text)
 
 
-def settings_changes(options: dict[str, Any]) -> dict[str, Any]:
-    """The store's changes from /settings options (given ones only); raises `Refused`."""
+def settings_changes(options: dict[str, Any], tasks: Sequence[str] = TASKS) -> dict[str, Any]:
+    """The store's changes from /settings options (given ones only; `enabled_tasks` names
+    `tasks`, the loaded presets'); raises `Refused`."""
     ranges = {"temperature": (0.0, 2.0), "max_tokens": (16, 1024), "per_user_per_minute": (0, 120)}
     changes: dict[str, Any] = {}
     for name, (low, high) in ranges.items():
@@ -245,7 +248,7 @@ def settings_changes(options: dict[str, Any]) -> dict[str, Any]:
                 raise Refused(problem)
             changes[name] = value
     parsers = {
-        "enabled_tasks": parse_tasks,
+        "enabled_tasks": partial(parse_tasks, tasks=tasks),
         "channels": parse_channels,
         "blocklist": parse_blocklist,
     }

@@ -16,15 +16,14 @@ from bot.core.compare import run_compare
 from bot.core.plans import admitted_plan
 from bot.discord.admission import admitted
 from bot.discord.buttons import VIEWS
-from bot.discord.cogs.generation import TwoTakeTask, two_take_task
+from bot.discord.cogs.generation import task_option, two_take_task
 from bot.discord.compare_reply import CompareReply
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of, where_of
-from generation.tasks.presets import PresetError
+from generation.errors import OptionError
 from storage.leaderboard import Leaderboard, leaderboard_chart_png
 
 log = logging.getLogger("muse.bot.discord.cogs.arena")
 
-Task = TwoTakeTask
 NO_VOTES = "No arena votes yet: `/arena` shows two models' takes of one prompt, blind; vote there."
 
 
@@ -60,7 +59,7 @@ class ArenaCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, 1000],
-        task: Task | None = None,
+        task: str | None = None,
     ) -> None:
         """Two models write the same prompt, blind: vote for the better take."""
         task = await two_take_task(interaction, task)
@@ -76,7 +75,7 @@ class ArenaCog(commands.Cog):
             fields = {self.app.presets[task].main_field: prompt}
             try:
                 first = admitted_plan(self.app, admission, interaction.user.id, task, fields)
-            except PresetError as exc:
+            except OptionError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
             plan_a, plan_b = arena.bout_plans(first, arena.draw_sides(*sides))
@@ -87,8 +86,10 @@ class ArenaCog(commands.Cog):
     @app_commands.command()
     @app_commands.guild_only()
     @app_commands.describe(task="Only the arena votes of this kind of text")
-    async def leaderboard(self, interaction: discord.Interaction, task: Task | None = None) -> None:
+    async def leaderboard(self, interaction: discord.Interaction, task: str | None = None) -> None:
         """The models ranked by this server's arena votes, with 95 % intervals."""
+        if task is not None and await task_option(interaction, "leaderboard", task, task) is None:
+            return
         await interaction.response.defer(thinking=True)
         board = await arena.leaderboard(self.app, interaction.guild_id, task)
         title = "Arena leaderboard" + (f" · /{task}" if task else "")

@@ -21,7 +21,7 @@ from bot.discord.admission import admitted
 from bot.discord.buttons import VIEWS
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of
 from bot.discord.replies import Progress, final_pieces, progress_text, run_in_reply
-from generation.tasks.presets import PresetError
+from generation.errors import OptionError
 from generation.types import GenerationChunk
 
 log = logging.getLogger("muse.bot.discord.cogs.chat")
@@ -54,6 +54,7 @@ class ThreadReply:
         self.message: discord.Message | None = None
         self._progress = Progress(app.edit_interval_s, f"thread {thread.id}")
         self._view: discord.ui.View | None = None
+        self.kind = app.kind_of("chat")
 
     async def refuse(self, text: str) -> None:
         await self.thread.send(text, reference=self.reply_to, allowed_mentions=NO_MENTIONS)
@@ -74,7 +75,7 @@ class ThreadReply:
     async def progress(self, latest: GenerationChunk | None, queued: int | None) -> None:
         assert self.message is not None
         kwargs = {"view": self._view} if self._view is not None else {}
-        content, edit = progress_text("chat", latest, queued), self.message.edit
+        content, edit = progress_text(self.kind, latest, queued), self.message.edit
         if await self._progress.offer(
             content, lambda: edit(content=content, allowed_mentions=NO_MENTIONS, **kwargs)
         ):
@@ -84,7 +85,7 @@ class ThreadReply:
         assert self.message is not None
         pieces = final_pieces(settled)
         view = (
-            VIEWS.finished(settled.generation_id, settled.task, settled.cut)
+            VIEWS.finished(settled.generation_id, settled.kind, settled.cut)
             if settled.rateable
             else None
         )
@@ -196,7 +197,7 @@ class ChatCog(commands.Cog):
                 plan = await chat_plan(
                     self.app, interaction.user.id, message, conversation.id, admission
                 )
-            except PresetError as exc:
+            except OptionError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
             await run_in_reply(interaction, plan, VIEWS, admission.slot)

@@ -1,14 +1,19 @@
-"""The generation commands: /story, /poem, /dialogue, /describe, /generate, /compare."""
+"""The generation commands: /story, /poem, /dialogue, /describe, /generate, /compare.
+
+Options that offer choices (/poem's form, /compare's task, …) are plain text here: their
+choices come from the loaded presets (`bot.discord.choices`), and `Preset.resolve` or the
+command re-validates what arrives."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.core.choices import one_of, option_choices
 from bot.core.compare import run_compare
 from bot.core.plans import admitted_plan
 from bot.core.policy import check_range, texts_of
@@ -17,23 +22,29 @@ from bot.discord.buttons import VIEWS
 from bot.discord.compare_reply import CompareReply
 from bot.discord.context import answer_ephemeral, app_of, where_of
 from bot.discord.replies import run_in_reply
-from generation.tasks.presets import PresetError
+from generation.errors import OptionError
 
 log = logging.getLogger("muse.bot.discord.cogs.generation")
 
 Text = app_commands.Range[str, 1, 1000]
-TwoTakeTask = Literal["story", "poem", "describe", "generate"]  # /compare's and /arena's
-TWO_TAKE_TASKS = ("story", "poem", "describe", "generate")
+
+
+async def task_option(
+    interaction: discord.Interaction, command: str, task: str | None, default: str
+) -> str | None:
+    """`command`'s task option (`default` when not given), re-validated against the presets'
+    choices (Discord clients validate; the API does not promise to); None after refusing."""
+    task = task or default
+    offered = option_choices(app_of(interaction.client).presets).get((command, "task"), (default,))
+    if task not in offered:
+        await answer_ephemeral(interaction, f"⚠️ task must be {one_of(offered)}.")
+        return None
+    return task
 
 
 async def two_take_task(interaction: discord.Interaction, task: str | None) -> str | None:
-    """/compare's or /arena's task (default generate), re-validated (Discord clients validate;
-    the API does not promise to); None after refusing."""
-    task = task or "generate"
-    if task not in TWO_TAKE_TASKS:
-        await answer_ephemeral(interaction, "⚠️ task must be story, poem, describe or generate.")
-        return None
-    return task
+    """/compare's or /arena's task (default generate); None after refusing."""
+    return await task_option(interaction, "compare", task, "generate")
 
 
 class GenerationCog(commands.Cog):
@@ -56,7 +67,7 @@ class GenerationCog(commands.Cog):
                 return
             try:
                 plan = admitted_plan(self.app, admission, interaction.user.id, task, fields, **kw)
-            except PresetError as exc:
+            except OptionError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
             await run_in_reply(interaction, plan, VIEWS, admission.slot)
@@ -68,7 +79,7 @@ class GenerationCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         prompt: Text,
-        length: Literal["short", "medium", "long"] | None = None,
+        length: str | None = None,
     ) -> None:
         """Write a short story."""
         await self.start(interaction, "story", {"prompt": prompt, "length": length})
@@ -80,7 +91,7 @@ class GenerationCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         topic: Text,
-        form: Literal["free", "haiku", "sonnet", "limerick"] | None = None,
+        form: str | None = None,
     ) -> None:
         """Write a poem."""
         await self.start(interaction, "poem", {"topic": topic, "form": form})
@@ -92,6 +103,7 @@ class GenerationCog(commands.Cog):
         characters="Who speaks, comma-separated (e.g. Innkeeper, Stranger)",
         lines="How many lines (2–20)",
         tone="The mood, e.g. tense or funny",
+        task="Which kind of dialogue (default dialogue)",
     )
     async def dialogue(
         self,
@@ -100,17 +112,21 @@ class GenerationCog(commands.Cog):
         characters: Text,
         lines: app_commands.Range[int, 2, 20] | None = None,
         tone: app_commands.Range[str, 1, 100] | None = None,
+        task: str | None = None,
     ) -> None:
         """Write NPC dialogue for a scene."""
+        chosen = await task_option(interaction, "dialogue", task, "dialogue")
+        if chosen is None:
+            return
         fields = {"scene": scene, "characters": characters, "lines": lines, "tone": tone}
         try:
             check_range("lines", lines, 2, 20)
             if len(characters.split(",")) < 1 or not characters.strip(" ,"):
-                raise PresetError("characters needs at least one name.")
-        except PresetError as exc:
+                raise OptionError("characters needs at least one name.")
+        except OptionError as exc:
             await answer_ephemeral(interaction, f"⚠️ {exc}")
             return
-        await self.start(interaction, "dialogue", fields)
+        await self.start(interaction, chosen, fields)
 
     @app_commands.command()
     @app_commands.guild_only()
@@ -124,7 +140,7 @@ class GenerationCog(commands.Cog):
         interaction: discord.Interaction,
         product: Text,
         audience: app_commands.Range[str, 1, 200] | None = None,
-        kind: Literal["product", "ad", "social", "news"] | None = None,
+        kind: str | None = None,
     ) -> None:
         """Write product / marketing copy, an ad, a social-media post or a news blurb."""
         fields = {"product": product, "audience": audience, "kind": kind}
@@ -178,7 +194,7 @@ class GenerationCog(commands.Cog):
         try:
             check_range("temperature", temperature, 0.0, 2.0)
             check_range("max_tokens", max_tokens, 16, 1024)
-        except PresetError as exc:
+        except OptionError as exc:
             await answer_ephemeral(interaction, f"⚠️ {exc}")
             return
         await self.start(
@@ -198,7 +214,7 @@ class GenerationCog(commands.Cog):
         self,
         interaction: discord.Interaction,
         prompt: Text,
-        task: TwoTakeTask | None = None,
+        task: str | None = None,
     ) -> None:
         """Two takes side by side: vote for the better one."""
         task = await two_take_task(interaction, task)
@@ -210,7 +226,7 @@ class GenerationCog(commands.Cog):
             fields = {self.app.presets[task].main_field: prompt}
             try:
                 plan = admitted_plan(self.app, admission, interaction.user.id, task, fields)
-            except PresetError as exc:
+            except OptionError as exc:
                 await answer_ephemeral(interaction, f"⚠️ {exc}")
                 return
             reply = CompareReply(interaction, self.app, VIEWS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import unicodedata
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,9 +27,11 @@ from bot.core.scripts import (
     yarn_speaker,
     yarn_title,
 )
+from generation.tasks.presets import load_presets
 from storage.models import Generation
 from tests.bot import script_grammar_ink as ink
 from tests.bot import script_grammar_yarn as yarn
+from tests.bot.community_presets import write_presets
 
 GOLDEN = Scene(
     title="The Crooked Flagon, past midnight",
@@ -351,6 +354,16 @@ async def test_a_branch_continued_keeps_the_branch_line_and_a_retake_replaces_it
     branch = await scenes.scene_of(STORE, BRANCH_A)
     assert [line for _, line in branch.lines][-2:] == ["Gold.", "Not enough."]
     assert branch.options == []  # its 🔁 take is another take, not an alternative
+
+
+async def test_a_task_of_the_dialogue_kind_is_followed_by_its_kind(tmp_path: Path):
+    presets = load_presets(write_presets(tmp_path))  # adds screenplay, of kind dialogue
+    root = _generation(1, None, "Ana: Open it.", task="screenplay")
+    more = _generation(2, root, "Ben: It's empty.", ask=CONTINUE, task="screenplay")
+    assert scenes.follow_kind(more) is None  # the built-in presets have no screenplay
+    assert scenes.follow_kind(more, presets) == "continue"
+    scene = await scenes.scene_of(FakeStore(root, more), more, presets)
+    assert scene.lines == [("Ana", "Open it."), ("Ben", "It's empty.")]
 
 
 async def test_a_missing_ancestor_ends_the_lineage_there():

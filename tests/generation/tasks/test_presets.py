@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from generation.tasks.presets import TASKS, PresetError, load_presets, parse_presets
+from generation.errors import OptionError
+from generation.tasks.presets import TASKS, load_presets, parse_presets
 from generation.tasks.task_rules import build_request, finish_text
 
 
@@ -46,7 +47,7 @@ def test_choices_change_sampling_and_overrides_win():
     ],
 )
 def test_bad_fields_are_refused_with_the_reason(task, fields, message):
-    with pytest.raises(PresetError, match=message):
+    with pytest.raises(OptionError, match=message):
         load_presets()[task].render(fields)
 
 
@@ -90,7 +91,7 @@ def test_a_community_file_adds_and_replaces_presets(tmp_path: Path):
 def test_invalid_preset_files_are_refused_clearly(tmp_path: Path, text, message):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    with pytest.raises(PresetError, match=message):
+    with pytest.raises(OptionError, match=message):
         parse_presets(path)
 
 
@@ -113,5 +114,5 @@ def test_a_community_task_of_the_dialogue_kind_gets_the_dialogue_rules(tmp_path:
 def test_an_unknown_kind_is_refused(tmp_path: Path):
     path = tmp_path / "bad.toml"
     path.write_text("[x]\ntemplate = '{a}'\nmain_field = 'a'\nkind = 'song'\n")
-    with pytest.raises(PresetError, match="kind must be one of text, dialogue"):
+    with pytest.raises(OptionError, match="kind must be one of text, dialogue"):
         parse_presets(path)
