@@ -21,13 +21,14 @@ from typing import Any, TextIO
 
 import aiosqlite
 
-from storage import arena, reads, registry, retention, writes
+from storage import arena, reads, retention, writes
 from storage.db import Clock, format_utc, utc_now
 from storage.export import ExportFilters, export_jsonl
 from storage.location import database_target
 from storage.loops import LoopRecords
 from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, Migration
+from storage.model_registry import ModelRegistry
 from storage.models import (
     FINISHED_STATUSES,
     ROLES,
@@ -36,14 +37,13 @@ from storage.models import (
     FeedbackOutcome,
     Generation,
     GuildSettings,
-    ModelRecord,
-    Persona,
     Thumbs,
     Winner,
     verdict_of,
 )
 from storage.opening import Claim, Opening, open_connections
 from storage.owners import Owners
+from storage.personas import PersonaRecords
 from storage.pg_conn import PgReader
 from storage.pg_opening import open_postgres
 from storage.slots import Slots
@@ -58,7 +58,7 @@ def approximate_tokens(text: str) -> int:
     return len(text) // 4 + 1
 
 
-class Store(LoopRecords, Owners, Slots):
+class Store(LoopRecords, ModelRegistry, PersonaRecords, Owners, Slots):
     """Everything the bot stores. Open with `Store.open(path)`; all methods are coroutines."""
 
     def __init__(
@@ -359,45 +359,6 @@ class Store(LoopRecords, Owners, Slots):
     async def mark_notice_shown(self, user_id: int) -> bool:
         """Record the first-use notice; True if this was the first time (show it)."""
         return await self._write(writes.mark_notice_shown, user_id, self._now())
-
-    # --- personas and models --------------------------------------------------------
-
-    async def set_persona(self, guild_id: int, channel_id: int, name: str, prompt: str) -> Persona:
-        """Give the channel a persona (replacing its previous one); returns it."""
-        if not name.strip() or not prompt.strip():
-            raise ValueError("a persona needs a name and a prompt")
-        values = dict(guild_id=guild_id, channel_id=channel_id, name=name, prompt=prompt)
-        return await self._write(registry.set_persona, {**values, "now": self._now()})
-
-    async def get_persona(self, channel_id: int) -> Persona | None:
-        """The channel's persona, if it has one."""
-        return await registry.get_persona(self._reader, channel_id)
-
-    async def clear_persona(self, channel_id: int) -> bool:
-        """Remove the channel's persona; True if it had one."""
-        return await self._write(registry.clear_persona, channel_id)
-
-    async def register_model(self, record: ModelRecord, *, replace: bool = False) -> None:
-        """Add a model to the registry (`created_utc` None: now, `retired` True: retired now).
-
-        Raises `ModelExists` for a name already there, unless `replace`: then the record
-        overwrites it, and a retired model comes back unless `record.retired`.
-        """
-        values = registry.model_values(record, self._now())  # validates
-        await self._write(registry.register_model, values, replace)
-
-    async def get_model(self, name: str) -> ModelRecord | None:
-        """A registered model by name, retired or not."""
-        return await registry.get_model(self._reader, name)
-
-    async def list_models(self, include_retired: bool = False) -> list[ModelRecord]:
-        """The registered models, newest first."""
-        return await registry.list_models(self._reader, include_retired)
-
-    async def retire_model(self, name: str, reason: str | None = None) -> bool:
-        """Stop offering a model (it stays registered), saying why; False if missing or
-        retired already."""
-        return await self._write(registry.retire_model, name, self._now(), reason)
 
     # --- statistics, retention, privacy, export --------------------------------------
 

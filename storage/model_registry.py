@@ -1,51 +1,48 @@
-"""Personas (one per channel) and the models registry: the writer's operations and the reads."""
+"""The models registry (base and tuned models, who owns them, who retired them and why): the
+`Store`'s methods, the writer's operations and the reads."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiosqlite
 
 from storage.db import format_utc
 from storage.errors import ModelExists
-from storage.models import ModelRecord, Persona
+from storage.models import ModelRecord
 from storage.writes import encode_json
 
-# --- personas -------------------------------------------------------------------------------
 
+class ModelRegistry:
+    """The `Store`'s registry methods (the store supplies `_write`, `_reader` and `_now`)."""
 
-def set_persona(conn: sqlite3.Connection, values: Mapping[str, Any]) -> Persona:
-    """Insert or replace the channel's persona; returns it as stored."""
-    conn.row_factory = sqlite3.Row
-    try:
-        row = conn.execute(
-            """INSERT INTO personas (channel_id, guild_id, name, prompt, updated_utc)
-               VALUES (:channel_id, :guild_id, :name, :prompt, :now)
-               ON CONFLICT (channel_id) DO UPDATE SET guild_id = excluded.guild_id,
-                   name = excluded.name, prompt = excluded.prompt,
-                   updated_utc = excluded.updated_utc
-               RETURNING *""",
-            values,
-        ).fetchone()
-        return Persona.from_row(row)
-    finally:
-        conn.row_factory = None
+    _reader: aiosqlite.Connection
+    _write: Callable[..., Awaitable[Any]]
+    _now: Callable[[], str]
 
+    async def register_model(self, record: ModelRecord, *, replace: bool = False) -> None:
+        """Add a model to the registry (`created_utc` None: now, `retired` True: retired now).
 
-def clear_persona(conn: sqlite3.Connection, channel_id: int) -> bool:
-    """Remove the channel's persona; True if it had one."""
-    return conn.execute("DELETE FROM personas WHERE channel_id = ?", (channel_id,)).rowcount == 1
+        Raises `ModelExists` for a name already there, unless `replace`: then the record
+        overwrites it, and a retired model comes back unless `record.retired`.
+        """
+        values = model_values(record, self._now())  # validates
+        await self._write(register_model, values, replace)
 
+    async def get_model(self, name: str) -> ModelRecord | None:
+        """A registered model by name, retired or not."""
+        return await get_model(self._reader, name)
 
-async def get_persona(conn: aiosqlite.Connection, channel_id: int) -> Persona | None:
-    async with conn.execute("SELECT * FROM personas WHERE channel_id = ?", (channel_id,)) as cur:
-        row = await cur.fetchone()
-    return None if row is None else Persona.from_row(row)
+    async def list_models(self, include_retired: bool = False) -> list[ModelRecord]:
+        """The registered models, newest first."""
+        return await list_models(self._reader, include_retired)
 
-
-# --- models ---------------------------------------------------------------------------------
+    async def retire_model(self, name: str, reason: str | None = None) -> bool:
+        """Stop offering a model (it stays registered), saying why; False if missing or
+        retired already."""
+        return await self._write(retire_model, name, self._now(), reason)
 
 
 def model_values(record: ModelRecord, now: str) -> dict[str, Any]:
