@@ -50,7 +50,7 @@ from benchmarks.throughput import (  # noqa: E402
     raw_server,
 )
 from generation.engine.local_engine import Engine, EngineConfig  # noqa: E402
-from generation.model import quantize  # noqa: E402
+from generation.model import prefill_mode  # noqa: E402
 from generation.model.agreement import along_greedy, stepped_logits, teacher_forced  # noqa: E402
 from generation.model.batch_runner import BatchRunner  # noqa: E402
 from generation.model.loading import (  # noqa: E402
@@ -153,7 +153,7 @@ def quality(variants: dict[str, LoadedModel], prompts: int = 16) -> None:
     if reference is None:
         print("quality: needs fp32 among --weights")
         return
-    many_rows = quantize.WIDE_ROWS
+    many_rows = prefill_mode.WIDE_ROWS
     for name, other in variants.items():
         if name == "fp32":
             continue
@@ -166,7 +166,7 @@ def quality(variants: dict[str, LoadedModel], prompts: int = 16) -> None:
         if runner._decode is not None and runner._decode.native is not None:
             ways["C++ steps of one row"] = (10**9, functools.partial(stepped, runner))
         for way, (wide_rows, compared) in ways.items():
-            quantize.WIDE_ROWS = wide_rows
+            prefill_mode.WIDE_ROWS = wide_rows
             agree = positions = 0
             flipped, largest = 0.0, 0.0
             for i in range(prompts):
@@ -182,7 +182,7 @@ def quality(variants: dict[str, LoadedModel], prompts: int = 16) -> None:
                 f"prompts): top token agrees at {agree}/{positions}; widest fp32 tie that "
                 f"flipped {flipped:.2f} logits; largest logit difference {largest:.2f}"
             )
-    quantize.WIDE_ROWS = many_rows
+    prefill_mode.WIDE_ROWS = many_rows
 
 
 def stepped(

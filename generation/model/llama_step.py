@@ -12,17 +12,17 @@ without the bookkeeping:
 - When no row of the step uses an adapter, the layers' weights are called directly (no module
   calls), the batch held as [rows, features], and with int8 or int4 weights the query/key/value
   projections, and the gate/up projections, run as one kernel call each over weights fused once
-  (`generation.model.quantize.fuse`; the layers' own weights become views into them, no memory
+  (`generation.model.fusion.fuse`; the layers' own weights become views into them, no memory
   added).
 - When some row uses an adapter, the step calls the model's modules (an adapter wraps them,
   `generation/model/adapters.py`), still without transformers' forward around them.
 
-- Rows of an int4 model with no adapter, and fewer than `quantize.WIDE_ROWS` of an int8 one,
+- Rows of an int4 model with no adapter, and fewer than `prefill_mode.WIDE_ROWS` of an int8 one,
   take the C++ step (`generation/model/native_step.py`) where it could be built: the same
   arithmetic as loops, equal to this step's to bf16 rounding.
 
 Only for models whose layers are transformers' Llama layers (`LlamaStep.supports`) with growing
-cache layers (`kv_batch.GrowingLayer`); the others keep the model's forward.
+cache layers (`batch_runner.GrowingLayer`); the others keep the model's forward.
 """
 
 from __future__ import annotations
@@ -34,16 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generation.model.native_step import NativeFewRows
-from generation.model.quantize import (
-    Int4Linear,
-    Int8Linear,
-    bf16_matmul,
-    fuse,
-    int4_matmul,
-    int8_matmul,
-    wide_rows,
-)
+from generation.model.bf16_products import bf16_matmul
+from generation.model.fusion import fuse
+from generation.model.native_step import NativeQuantisedStep
+from generation.model.prefill_mode import wide_rows
+from generation.model.quantize import Int4Linear, Int8Linear, int4_matmul, int8_matmul
 
 SUPPORTED = ("LlamaForCausalLM",)
 
@@ -169,7 +164,7 @@ class LlamaStep:
         self.intermediate = config.intermediate_size
         self.final_norm = self.inner.norm.weight
         self.head = _Projection.of(model.lm_head)
-        self.native = NativeFewRows.of(self)  # the step of an int8 / int4 model in C++
+        self.native = NativeQuantisedStep.of(self)  # the step of an int8 / int4 model in C++
 
     @torch.inference_mode()
     def __call__(

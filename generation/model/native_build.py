@@ -28,8 +28,8 @@ from types import ModuleType
 
 import torch
 
-NAME = "muse_few_rows_step"
-SOURCE = Path(__file__).with_name("native") / "few_rows_step.cpp"
+NAME = "muse_quantised_step"
+SOURCE = Path(__file__).with_name("native") / "quantised_step.cpp"
 ROOT = Path(__file__).resolve().parents[2]  # where the child imports `generation` from
 SMOKE_FILE = "smoke.json"
 CPUINFO = Path("/proc/cpuinfo")

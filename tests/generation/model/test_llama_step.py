@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generation.model import quantize
+from generation.model import prefill_mode
 from generation.model.adapters import Adapters
 from generation.model.batch_runner import BatchRunner, KVBatch
 from generation.model.llama_step import LlamaStep
@@ -58,7 +58,7 @@ def test_the_step_gives_transformers_numbers_bit_for_bit(fp32: LoadedModel, kind
     steps_agree(runner, prompts[:1], [0])  # one row: no mask at all
     steps_agree(runner, [prompts[0], prompts[1][:7], prompts[2]], [0, 0, 0])  # left padding
     many = [prompt[: len(prompt) - i] for i in range(4) for prompt in prompts]
-    assert len(many) >= quantize.WIDE_ROWS  # int4: the bf16 weights
+    assert len(many) >= prefill_mode.WIDE_ROWS  # int4: the bf16 weights
     steps_agree(runner, many, [0] * len(many), steps=2)
 
 

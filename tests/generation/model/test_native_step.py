@@ -1,5 +1,5 @@
 """The C++ decoding step of a few rows (generation/model/native_step.py, generation/model/native/
-few_rows_step.cpp) on the real default model with int8 and int4 weights: against the Python
+quantised_step.cpp) on the real default model with int8 and int4 weights: against the Python
 step to rounding, for one row over more steps than the cache has spare room and for padded
 rows joining and leaving, with a hole in the mask, held to the quantised weights' quality guard
 along fp32's greedy text, in the engine, and the Python step wherever it cannot serve."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from generation.engine.local_engine import Engine, EngineConfig
-from generation.model import native_build, native_step, quantize
+from generation.model import native_build, native_step, prefill_mode
 from generation.model.agreement import along_greedy, python_step, stepped_logits
 from generation.model.batch_runner import SPARE_COLUMNS, BatchRunner
 from generation.model.loading import LoadedModel, describe
@@ -110,7 +110,7 @@ def test_padded_rows_joining_and_leaving_agree_with_the_python_step(
 class Counting:
     """A C++ step that records the rows of each step it takes."""
 
-    def __init__(self, native: native_step.NativeFewRows) -> None:
+    def __init__(self, native: native_step.NativeQuantisedStep) -> None:
         self.native, self.calls = native, []
 
     def serves(self, rows: int) -> bool:
@@ -128,7 +128,7 @@ def test_many_rows_of_int4_take_the_c_step_on_bf16_weights_and_of_int8_the_pytho
     prompts = [prompt_ids(quantised, text) for text in PROMPTS]
     tolerance = logit_tolerance(quantised)
     counting = Counting(runner._decode.native)
-    sizes = (1, quantize.WIDE_ROWS - 1, quantize.WIDE_ROWS, quantize.WIDE_ROWS + 3)
+    sizes = (1, prefill_mode.WIDE_ROWS - 1, prefill_mode.WIDE_ROWS, prefill_mode.WIDE_ROWS + 3)
     runner._decode.native = counting
     try:
         for rows in sizes:
