@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from bot.cli.wiring import build_engine
+from bot.cli.wiring import build_backend
 from bot.core.settings import Settings
 from generation.errors import EngineBusy, GenerationFailed, ModelLoadError
 from generation.remote.backend import OpenAIBackend, RemoteConfig
@@ -277,13 +277,13 @@ async def test_dialogue_preset_starts_with_the_first_character(make_remote):
     assert not result.text.startswith("Innkeeper:Innkeeper:")
 
 
-async def test_build_engine_makes_the_remote_engine(monkeypatch, proxy):
+async def test_build_backend_makes_the_remote_backend(monkeypatch, proxy):
     monkeypatch.setenv("MUSE_BACKEND", "openai")
     monkeypatch.setenv("MUSE_OPENAI_BASE_URL", proxy.base_url)
     monkeypatch.setenv("MUSE_OPENAI_API_KEY", KEY)
     monkeypatch.setenv("MUSE_OPENAI_MODEL", "served-model")
     monkeypatch.setenv("MUSE_QUEUE_SIZE", "3")
-    engine = build_engine(Settings.load(env_file=None))
+    engine = build_backend(Settings.load(env_file=None))
     try:
         assert isinstance(engine, OpenAIBackend)
         assert engine.config.queue_size == 3 and engine.config.api_key == KEY
