@@ -1,10 +1,11 @@
 """One decoding step of a Llama-architecture model, written out instead of through transformers'
 forward.
 
-A one-row step of the default model on the CPU is short (about 4 ms of matrix products with int4
-weights), so the Python around them decides its speed: transformers' forward builds a mask,
-passes keyword arguments through five levels of modules per layer and calls each projection on
-its own, and every tensor operation here costs a few microseconds whatever its size. This step
+A one-row step of the default model on the CPU is short (a few milliseconds of matrix products
+with int4 weights; see benchmarks/README.md), so the Python around them decides its speed:
+transformers' forward builds a mask, passes keyword arguments through five levels of modules per
+layer and calls each projection on its own, and every tensor operation here costs a few
+microseconds whatever its size. This step
 does what transformers' Llama layers do, in the same order and with the same operations (so each
 row's numbers are those of `model(...)`, bit for bit: `tests/generation/model/test_llama_step.py`),
 without the bookkeeping:

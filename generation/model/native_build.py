@@ -36,7 +36,7 @@ CPUINFO = Path("/proc/cpuinfo")
 # Tests only: make the child fault (`sigill`, `segv`) after its build, as a build for another
 # CPU would at its first step.
 FAULT = "MUSE_TEST_NATIVE_FAULT"
-CHILD_TIMEOUT_S = 900.0  # a first compile takes ~30 s here, minutes on a busy small machine
+CHILD_TIMEOUT_S = 900.0  # a first compile takes tens of seconds, minutes on a busy small machine
 
 
 def cpu_features() -> str:

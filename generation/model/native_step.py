@@ -35,7 +35,7 @@ import torch
 from generation.model import native_build
 from generation.model.prefill_mode import wide_rows
 
-log = logging.getLogger("muse.generation.native_step")
+log = logging.getLogger("muse.generation.model.native_step")
 
 # Set to "0" to keep every step in Python (the tests compare the two ways).
 SWITCH = "MUSE_NATIVE_STEP"

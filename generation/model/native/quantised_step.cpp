@@ -193,7 +193,7 @@ class QuantisedStep {
 
   // Queries and keys (the first heads + kv_heads heads of a row's `qkv`) rotated, in fp32:
   // x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1), that is x * cos + (x2, x1)
-  // * `signed_sin`, signed_sin = (-sin1, sin2) (as generation/decode_step.py has it).
+  // * `signed_sin`, signed_sin = (-sin1, sin2) (as generation/model/llama_step.py has it).
   void rotate(const BFloat16* qkv, const float* cos, const float* signed_sin, float* out) const {
     const int64_t half = head_dim_ / 2;
     for (int64_t head = 0; head < heads_ + kv_heads_; ++head) {

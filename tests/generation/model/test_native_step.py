@@ -272,7 +272,7 @@ def test_a_build_folder_of_another_user_or_writable_by_others_is_not_loaded(
     else:
         os.chmod(folder, 0o770 if how == "group-writable" else 0o777)
         why = "writable by group or others"
-    caplog.set_level("WARNING", logger="muse.generation.native_step")
+    caplog.set_level("WARNING", logger="muse.generation.model.native_step")
     assert native_step.compiled() is None and native_step.compiled() is None
     assert fresh_build == []  # nothing built, nothing loaded
     assert why in native_step.build().reason
@@ -287,7 +287,7 @@ def test_a_build_folder_that_cannot_be_created_leaves_the_python_step_with_one_l
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocked / "extensions"))
-    caplog.set_level("WARNING", logger="muse.generation.native_step")
+    caplog.set_level("WARNING", logger="muse.generation.model.native_step")
     assert BatchRunner(quantised.model, quantised.tokenizer.pad_token_id)._decode.native is None
     assert native_step.compiled() is None
     assert len(caplog.records) == 1 and "cannot be created" in caplog.records[0].getMessage()
