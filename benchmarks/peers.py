@@ -49,6 +49,7 @@ from benchmarks.throughput import (  # noqa: E402
     prompt,
     raw_server,
 )
+from bot.cli.engine_process import free_port  # noqa: E402
 from generation.engine.local_engine import Engine, EngineConfig  # noqa: E402
 from generation.model import prefill_mode  # noqa: E402
 from generation.model.agreement import along_greedy, stepped_logits, teacher_forced  # noqa: E402
@@ -61,7 +62,6 @@ from generation.model.loading import (  # noqa: E402
     with_weights,
 )
 from generation.model.prompting import encode_messages  # noqa: E402
-from tests.generation.remote.llama_server import free_port  # noqa: E402
 
 SLOTS = 16
 OVERLAPPING_S = 0.1  # the staggered row whose arrivals overlap: 16 within 1.5 s
@@ -133,7 +133,7 @@ def loaded_variants(choices: list[str]) -> dict[str, LoadedModel]:
 
 
 def big_model(weights: str) -> LoadedModel:
-    from tests.generation.random_model import random_model
+    from generation.model.random_model import random_model
 
     tokenizer = load_model(None, "cpu", default_cache_dir(), weights="fp32").tokenizer
     return with_weights(random_model("smollm2-1.7b", tokenizer, "cpu", torch.float32), weights)

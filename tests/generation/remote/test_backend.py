@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from benchmarks.llama_cpp_server import LlamaServer
+from bot.cli.engine_process import free_port
 from bot.cli.wiring import build_backend
 from bot.core.settings import Settings
 from generation.errors import EngineBusy, GenerationFailed, ModelLoadError
@@ -19,7 +21,6 @@ from generation.tasks.presets import load_presets
 from generation.tasks.task_rules import build_request, finish_text
 from tests.generation.helpers import ask
 from tests.generation.remote.fault_proxy import Fault, FaultProxy
-from tests.generation.remote.llama_server import LlamaServer, free_port
 
 KEY = "sk-test-secret-4242"
 SLOW = Fault(delay_per_chunk_s=0.05)  # keeps a long answer streaming while a test acts on it
