@@ -1,7 +1,7 @@
 """The written-out decoding step (generation/model/llama_step.py) against transformers' own forward:
 the same numbers, bit for bit, on the real default model with each kind of weights, for batches
-with and without padding, and for rows routed through an adapter. (The C++ step of a few rows
-of an int model: tests/generation/model/test_native_step.py.)"""
+with and without padding, and for rows routed through an adapter. (The C++ step of an int
+model: tests/generation/model/test_native_step.py.)"""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_the_step_gives_transformers_numbers_bit_for_bit(fp32: LoadedModel, kind
     loaded = with_weights(fp32, kind, copy=True) if kind != "fp32" else fp32
     runner = BatchRunner(loaded.model, loaded.tokenizer.pad_token_id)
     assert runner._decode is not None  # the default model is a Llama
-    # A few rows of an int model take the C++ step, which agrees to rounding only
+    # Rows of an int model take the C++ step, which agrees to rounding only
     # (tests/generation/model/test_native_step.py); here the Python step's rows.
     assert (runner._decode.native is not None) == (kind != "fp32")
     runner._decode.native = None

@@ -1,8 +1,9 @@
-"""The C++ decoding step of a few rows (generation/model/native_step.py, generation/model/native/
-quantised_step.cpp) on the real default model with int8 and int4 weights: against the Python
-step to rounding, for one row over more steps than the cache has spare room and for padded
-rows joining and leaving, with a hole in the mask, held to the quantised weights' quality guard
-along fp32's greedy text, in the engine, and the Python step wherever it cannot serve."""
+"""The C++ decoding step of a quantised model (generation/model/native_step.py,
+generation/model/native/quantised_step.cpp) on the real default model with int8 and int4
+weights: against the Python step to rounding, for one row over more steps than the cache has
+spare room and for padded rows joining and leaving, with a hole in the mask, held to the
+quantised weights' quality guard along fp32's greedy text, in the engine, and the Python step
+wherever it cannot serve."""
 
 from __future__ import annotations
 
