@@ -6,7 +6,7 @@ adapting to a real CUDA out-of-memory.
     python benchmarks/gpu.py --tokenizer DIR --device cpu --shapes tiny --tokens 8   # the script
 
 The GPU machine gets neither downloads nor the default GGUF (too big to carry), so the models
-have random weights in real models' shapes (tests/generation/random_model.py) and the real
+have random weights in real models' shapes (generation/model/random_model.py) and the real
 SmolLM2 tokenizer (DIR: a folder with tokenizer.json, e.g. the converted model's cache folder).
 Every request generates exactly `--tokens` tokens (EOS ignored), as in throughput.py, so random
 weights measure the same work as trained ones. Not a test: prints tables.
@@ -37,8 +37,8 @@ from generation.engine.local_engine import Engine, EngineConfig  # noqa: E402
 from generation.model.batch_runner import BatchRunner  # noqa: E402
 from generation.model.loading import LoadedModel  # noqa: E402
 from generation.model.prompting import encode_messages  # noqa: E402
+from generation.model.random_model import parameters, random_model  # noqa: E402
 from generation.types import GenerationRequest, Message  # noqa: E402
-from tests.generation.random_model import parameters, random_model  # noqa: E402
 
 
 async def throughput(loaded: LoadedModel, tokens: int, naive16: bool) -> dict[str, float]:

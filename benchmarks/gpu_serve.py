@@ -5,7 +5,7 @@ target: ≥ 0.9 of the bound at 16 and 64 streams; in-process it reached 0.31–
     python benchmarks/gpu_serve.py --tokenizer DIR                    # on a CUDA machine
     python benchmarks/gpu_serve.py --tokenizer DIR --device cpu --shapes tiny --streams 4 --tokens 8
 
-For each shape (random weights, tests/generation/random_model.py, saved to a temporary folder
+For each shape (random weights, generation/model/random_model.py, saved to a temporary folder
 with the real tokenizer so `muse serve` loads it as any local model): the padded bound is
 measured in this process first (then the model is freed), `muse serve` is started as a child as
 `MUSE_ENGINE_PROCESS=1` does, and `--streams` streams of `--tokens` tokens (EOS ignored) go
@@ -37,7 +37,7 @@ from benchmarks.throughput import (  # noqa: E402
 from bot.cli.engine_process import engine_process  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
 from generation.model.prompting import encode_messages  # noqa: E402
-from tests.generation.random_model import random_model  # noqa: E402
+from generation.model.random_model import random_model  # noqa: E402
 
 
 async def busy_loop(share: float = 0.5, slice_s: float = 0.005) -> None:

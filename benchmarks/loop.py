@@ -36,7 +36,7 @@ from bot.cli.run import LOOP_TUNE  # noqa: E402
 from bot.cli.wiring import presets_from  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
 from bot.discord.client import MuseBot  # noqa: E402
-from generation.engine import Engine, EngineConfig  # noqa: E402
+from generation.engine.local_engine import Engine, EngineConfig  # noqa: E402
 from generation.model.loading import load_model  # noqa: E402
 from storage.store import Store  # noqa: E402
 from tests.discord_emulator import DiscordEmulator, run_bot  # noqa: E402

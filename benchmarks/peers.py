@@ -49,8 +49,9 @@ from benchmarks.throughput import (  # noqa: E402
     prompt,
     raw_server,
 )
+from bot.cli.engine_process import free_port  # noqa: E402
 from generation.engine.local_engine import Engine, EngineConfig  # noqa: E402
-from generation.model import quantize  # noqa: E402
+from generation.model import prefill_mode  # noqa: E402
 from generation.model.agreement import along_greedy, stepped_logits, teacher_forced  # noqa: E402
 from generation.model.batch_runner import BatchRunner  # noqa: E402
 from generation.model.loading import (  # noqa: E402
@@ -61,7 +62,6 @@ from generation.model.loading import (  # noqa: E402
     with_weights,
 )
 from generation.model.prompting import encode_messages  # noqa: E402
-from tests.generation.remote.llama_server import free_port  # noqa: E402
 
 SLOTS = 16
 OVERLAPPING_S = 0.1  # the staggered row whose arrivals overlap: 16 within 1.5 s
@@ -133,7 +133,7 @@ def loaded_variants(choices: list[str]) -> dict[str, LoadedModel]:
 
 
 def big_model(weights: str) -> LoadedModel:
-    from tests.generation.random_model import random_model
+    from generation.model.random_model import random_model
 
     tokenizer = load_model(None, "cpu", default_cache_dir(), weights="fp32").tokenizer
     return with_weights(random_model("smollm2-1.7b", tokenizer, "cpu", torch.float32), weights)
@@ -153,7 +153,7 @@ def quality(variants: dict[str, LoadedModel], prompts: int = 16) -> None:
     if reference is None:
         print("quality: needs fp32 among --weights")
         return
-    many_rows = quantize.WIDE_ROWS
+    many_rows = prefill_mode.WIDE_ROWS
     for name, other in variants.items():
         if name == "fp32":
             continue
@@ -166,7 +166,7 @@ def quality(variants: dict[str, LoadedModel], prompts: int = 16) -> None:
         if runner._decode is not None and runner._decode.native is not None:
             ways["C++ steps of one row"] = (10**9, functools.partial(stepped, runner))
         for way, (wide_rows, compared) in ways.items():
-            quantize.WIDE_ROWS = wide_rows
+            prefill_mode.WIDE_ROWS = wide_rows
             agree = positions = 0
             flipped, largest = 0.0, 0.0
             for i in range(prompts):
@@ -182,7 +182,7 @@ def quality(variants: dict[str, LoadedModel], prompts: int = 16) -> None:
                 f"prompts): top token agrees at {agree}/{positions}; widest fp32 tie that "
                 f"flipped {flipped:.2f} logits; largest logit difference {largest:.2f}"
             )
-    quantize.WIDE_ROWS = many_rows
+    prefill_mode.WIDE_ROWS = many_rows
 
 
 def stepped(

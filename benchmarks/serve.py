@@ -3,7 +3,7 @@ engine-process work: serve at 16 concurrent ≥ 0.95 of in-process).
 
     .venv/bin/python benchmarks/serve.py [--tokens 64] [--rounds 4] [--concurrency 16]
 
-Both engines are built the way `muse run` builds them (`build_engine` here; `muse serve` as a
+Both engines are built the way `muse run` builds them (`build_backend` here; `muse serve` as a
 supervised child through `EngineProcess`, talked to by the OpenAI backend, as with
 `MUSE_ENGINE_PROCESS=1`), load the default model, and are warmed up. Then rounds alternate
 (in-process, then serve), each round `--concurrency` streams of `--tokens` new tokens
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.throughput import engine_concurrency  # noqa: E402
 from bot.cli.engine_process import engine_process  # noqa: E402
-from bot.cli.wiring import build_engine  # noqa: E402
+from bot.cli.wiring import build_backend  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
 from bot.core.shutdown import close_engine  # noqa: E402
 from generation.backend import Backend  # noqa: E402
@@ -48,7 +48,7 @@ async def warm(backend: Backend) -> None:
 
 async def main(tokens: int, rounds: int, concurrency: int) -> None:
     config = settings(concurrency, tokens)
-    local = build_engine(config, on_fatal=lambda why: print(f"engine fatal: {why}"))
+    local = build_backend(config, on_fatal=lambda why: print(f"engine fatal: {why}"))
     figures: dict[str, list[float]] = {"in-process": [], "muse serve": []}
     try:
         async with engine_process(config) as served:

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.throughput import engine_concurrency, engine_run  # noqa: E402
-from bot.cli.wiring import build_engine  # noqa: E402
+from bot.cli.wiring import build_backend  # noqa: E402
 from bot.core.settings import Settings  # noqa: E402
 from bot.core.shutdown import close_engine  # noqa: E402
 from generation.model.loading import default_cache_dir  # noqa: E402
@@ -25,7 +25,7 @@ from generation.model.loading import default_cache_dir  # noqa: E402
 
 async def measure(threads: int) -> tuple[float, float]:
     settings = Settings(device="cpu", cache_dir=default_cache_dir(), threads=threads, timeout_s=600)
-    engine = build_engine(settings, on_fatal=lambda why: print(f"engine fatal: {why}"))
+    engine = build_backend(settings, on_fatal=lambda why: print(f"engine fatal: {why}"))
     try:
         await engine.wait_ready()  # type: ignore[attr-defined]
         await engine_concurrency(engine, 2, 2, 8)  # type: ignore[arg-type]  # warm up

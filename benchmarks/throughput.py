@@ -31,12 +31,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.llama_cpp_server import LlamaServer  # noqa: E402
 from generation.engine.local_engine import Engine, EngineConfig  # noqa: E402
 from generation.model.loading import LoadedModel, default_cache_dir, load_model  # noqa: E402
 from generation.model.prompting import encode_messages  # noqa: E402
 from generation.remote.backend import OpenAIBackend, RemoteConfig  # noqa: E402
 from generation.types import GenerationRequest, Message  # noqa: E402
-from tests.generation.remote.llama_server import LlamaServer  # noqa: E402
 
 T = TypeVar("T")
 STAGGER_S = 0.5  # the staggered row: one request every half second

@@ -1,5 +1,8 @@
-"""The one face every engine shows: the local batching engine, the remote OpenAI-compatible
-backend and the tests' doubles. Nothing outside `generation/` needs to know which it has."""
+"""`Backend`: the one face of whatever writes the text, as `MUSE_BACKEND` chooses: the local
+batching `Engine` (`generation/engine/`), the remote `OpenAIBackend` (`generation/remote/`) and
+the tests' doubles. "Engine" names the local one only; the bot holds a `Backend` (its `engine`
+argument and attribute keep their contract name). Nothing outside `generation/` needs to know
+which it has."""
 
 from __future__ import annotations
 

@@ -303,8 +303,8 @@ def test_generation_serve_reaches_only_the_backend_face() -> None:
 
 # Exceptions to "the engine schedules and steps, the tasks shape text", each with its reason.
 ENGINE_MAY_IMPORT_OF_TASKS = {
-    # The worker stops a labelled form (`/character`, `/quest`) at its last label while decoding,
-    # which needs the form's rule for the next label; the rule itself stays with the task.
+    # The worker asks a labelled form's rule (`form_turn`: `/character`, `/quest`) after each
+    # token while decoding: which label it writes next, and when the form ends.
     "generation.tasks.forms",
 }
 
@@ -319,6 +319,27 @@ def test_generation_engine_imports_of_tasks_are_named() -> None:
 
 def test_generation_engine_reaches_no_remote_or_serve() -> None:
     assert_layer("generation.engine", rooms("remote", "serve", "tuning"), transitive=True)
+
+
+# What the benchmarks may import of tests/, each with its reason; everything else they need is
+# the project's or benchmarks/' own.
+BENCHMARKS_MAY_IMPORT_OF_TESTS = {
+    # The Discord API emulator lives in tests/ (the contract puts it there); benchmarks/load.py
+    # and loop.py drive the real bot through it.
+    "tests.discord_emulator",
+}
+
+
+def test_benchmarks_import_no_tests_but_the_named() -> None:
+    graph = build_graph(ROOT, ["benchmarks"])
+    found = [
+        f"    {graph.where(name, target)} imports {target}"
+        for name, module in sorted(graph.modules.items())
+        for target in module.imports
+        if (target == "tests" or target.startswith("tests."))
+        and target not in BENCHMARKS_MAY_IMPORT_OF_TESTS
+    ]
+    assert not found, "benchmarks/ imports tests (move it into the project):\n" + "\n".join(found)
 
 
 def test_bot_core_package_exists() -> None:

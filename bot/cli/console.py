@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from bot.cli.wiring import build_engine, presets_from, registered_adapters, setup_logging
+from bot.cli.wiring import build_backend, presets_from, registered_adapters, setup_logging
 from bot.console.session import Console
 from bot.console.terminal import Terminal
 from bot.core.app import Muse
@@ -74,7 +74,7 @@ async def main(
         io.say(f"muse console: {exc}")
         return 2
     async with Store.open(settings.db_path, mark_interrupted=mark_interrupted) as store:
-        engine = build_engine(settings, adapters=await registered_adapters(store))
+        engine = build_backend(settings, adapters=await registered_adapters(store))
         ready = asyncio.ensure_future(engine.wait_ready())
         app = Muse(settings=settings, store=store, engine=engine, presets=presets)
         console = Console(app, io, ready=ready)

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import aiohttp
 
-from bot.cli.wiring import build_engine, registered_adapters
+from bot.cli.wiring import build_backend, registered_adapters
 from bot.core.settings import Settings
 from bot.core.shutdown import close_engine
 from generation.backend import Backend
@@ -367,7 +367,7 @@ async def open_engine(settings: Settings, store: Store) -> AsyncIterator[Backend
         async with engine_process(settings) as backend:
             yield backend
         return
-    engine = build_engine(settings, adapters=await registered_adapters(store))
+    engine = build_backend(settings, adapters=await registered_adapters(store))
     try:
         yield engine
     finally:

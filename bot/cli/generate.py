@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from bot.cli.wiring import build_engine, presets_from, setup_logging
+from bot.cli.wiring import build_backend, presets_from, setup_logging
 from generation.errors import EngineBusy, EngineDead, GenerationFailed, ModelLoadError, OptionError
 from generation.tasks.presets import TASKS
 from generation.tasks.task_rules import build_request, finish_text
@@ -77,7 +77,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 async def _stream(settings, request, preset, fields: dict[str, str]) -> int:
-    engine = build_engine(settings)
+    engine = build_backend(settings)
     try:
         try:
             loaded = await engine.wait_ready()

@@ -16,7 +16,7 @@ from bot.cli import (
     generate,
     leaderboard,
     loop,
-    models,
+    model_registry,
     run,
     serve,
     tune,
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_subcommand(commands)
     serve.add_subcommand(commands)
     tune.add_subcommand(commands)
-    models.add_subcommand(commands)
+    model_registry.add_subcommand(commands)
     leaderboard.add_subcommand(commands)
     loop.add_subcommand(commands)
     return parser

@@ -19,7 +19,7 @@ import signal
 import sys
 import threading
 
-from bot.cli.wiring import build_engine, registered_adapters, setup_logging
+from bot.cli.wiring import build_backend, registered_adapters, setup_logging
 from bot.core.settings import Settings
 from generation.backend import Backend
 from generation.serve import ServeConfig, ServeConfigError, Server, check_bind
@@ -105,7 +105,7 @@ async def main(settings: Settings, config: ServeConfig, *, exit_with_parent: boo
         _watch_stdin(loop, stopping)
     async with Store.open(settings.db_path, mark_interrupted=False) as store:
         adapters = await registered_adapters(store)  # closed again: the bot's process owns it
-    engine = build_engine(settings, adapters=adapters)
+    engine = build_backend(settings, adapters=adapters)
     server = Server(engine, config)
     try:
         await server.start()

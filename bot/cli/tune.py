@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.cli.data import _db_path, _parse_date
-from bot.core.models import BASE
+from bot.core.model_choice import BASE
 from bot.core.settings import Settings
 from generation.tuning import (
     ProgressEvent,

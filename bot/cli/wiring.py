@@ -61,14 +61,15 @@ def engine_model(settings: Settings) -> LoadedModel:
     return load_model(settings.model or None, settings.device, settings.cache_dir, settings.weights)
 
 
-def build_engine(
+def build_backend(
     settings: Settings,
     on_fatal: Callable[[str], None] = exit_on_fatal,
     *,
     adapters: Mapping[str, Path] | None = None,
 ) -> Backend:
-    """An engine whose worker thread loads the configured model (the caller does not wait);
-    with `MUSE_BACKEND=openai`, one that sends requests to an OpenAI-compatible server."""
+    """The backend `MUSE_BACKEND` names: the local `Engine`, whose worker thread loads the
+    configured model (the caller does not wait), or (`openai`) the `OpenAIBackend`, which sends
+    requests to an OpenAI-compatible server."""
     if settings.backend == "openai":
         remote = RemoteConfig(
             base_url=settings.openai_base_url,

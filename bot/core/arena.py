@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass, replace
 
 from bot.core.app import Muse
-from bot.core.models import BASE, default_model, served, visible
+from bot.core.model_choice import BASE, default_model, served, visible
 from bot.core.plans import Plan
 from storage.arena import leaderboard_votes
 from storage.leaderboard import Leaderboard, build_leaderboard

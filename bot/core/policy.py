@@ -1,5 +1,5 @@
 """A guild's rules for starting a generation: enabled tasks, allowed channels, the blocklist,
-the limits; and the parsing of `/settings` options (pure functions, tested without Discord).
+the limits, an option's range. Parsing `/settings`' options is `bot/core/settings_options.py`'s.
 
 Every command or button that starts a generation goes through `admit` (the Discord front end
 wraps it in `bot.discord.admission.admitted`, which answers a refusal); so does a ✏️ edit
@@ -10,32 +10,21 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bot.core.app import Muse
 from bot.core.limits import Slot
-from bot.core.models import default_model
+from bot.core.model_choice import default_model
 from bot.core.shared_limits import share
 from generation.errors import OptionError
-from generation.tasks.presets import TASKS
 from storage.models import GuildSettings, Persona
 
 log = logging.getLogger("muse.bot.core.policy")
 
-CHANNEL = re.compile(r"^(?:<#(\d+)>|(\d+))$")
-
 
 class Refused(Exception):
     """A start the guild's rules refuse; the message says why (and which rule)."""
-
-
-# --- /settings options -------------------------------------------------------------------
-
-
-def split_list(raw: str) -> list[str]:
-    """A comma list, trimmed, empties dropped ("" = clear)."""
-    return [part.strip() for part in raw.split(",") if part.strip()]
 
 
 def out_of_range(name: str, value: object, low: float, high: float) -> str | None:
@@ -57,32 +46,6 @@ def check_range(name: str, value: float | None, low: float, high: float) -> None
         raise OptionError(problem)
 
 
-def parse_tasks(raw: str, tasks: Sequence[str] = TASKS) -> tuple[str, ...] | None:
-    """Names of `tasks` (the loaded presets'; default the built-in ones); unknown names are
-    refused; "" = every task (None)."""
-    names = [name.lower().lstrip("/") for name in split_list(raw)]
-    unknown = [name for name in names if name not in tasks]
-    if unknown:
-        raise Refused(f"Unknown task {', '.join(unknown)}; the tasks are {', '.join(tasks)}.")
-    return tuple(dict.fromkeys(names)) or None
-
-
-def parse_channels(raw: str) -> tuple[int, ...]:
-    """Channel ids or <#id> mentions; "" = every channel."""
-    ids = []
-    for part in split_list(raw):
-        match = CHANNEL.match(part)
-        if match is None:
-            raise Refused(f"{part!r} is not a channel: use #channel mentions or ids.")
-        ids.append(int(match[1] or match[2]))
-    return tuple(dict.fromkeys(ids))
-
-
-def parse_blocklist(raw: str) -> tuple[str, ...]:
-    """Words or phrases (case-insensitive); "" = no blocklist."""
-    return tuple(dict.fromkeys(word.lower() for word in split_list(raw)))
-
-
 def blocked_by(blocklist: Iterable[str], text: str) -> str | None:
     """The first rule `text` hits (whole words/phrases, any case), or None."""
     for rule in blocklist:
@@ -97,35 +60,6 @@ def withheld_text(rule: str) -> str:
     return (
         f"🚫 The text was withheld: it contained `{rule}`, which this server's blocklist forbids."
     )
-
-
-def describe(settings: GuildSettings, bot_default_per_minute: int) -> str:
-    """The settings as shown by `/settings` with no option."""
-    tasks = ", ".join(settings.enabled_tasks) if settings.enabled_tasks else "all"
-    channels = " ".join(f"<#{c}>" for c in settings.channels) or "all"
-    blocklist = ", ".join(f"`{w}`" for w in settings.blocklist) or "none"
-    per_minute = settings.per_user_per_minute
-    return "\n".join(
-        [
-            "**Muse settings for this server**",
-            f"temperature: {_or_default(settings.temperature)}",
-            f"max_tokens: {_or_default(settings.max_tokens)}",
-            "per_user_per_minute: "
-            + (
-                str(per_minute) if per_minute is not None else f"{bot_default_per_minute} (default)"
-            ),
-            f"enabled_tasks: {tasks}",
-            f"channels: {channels}",
-            f"blocklist: {blocklist}",
-        ]
-    )
-
-
-def _or_default(value: object) -> str:
-    return "preset default" if value is None else str(value)
-
-
-# --- the checks --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ EXTENSIONS = (
     "bot.discord.cogs.account",
     "bot.discord.cogs.admin",
     "bot.discord.cogs.persona",
-    "bot.discord.cogs.models",
+    "bot.discord.cogs.model",
     "bot.discord.cogs.arena",
     "bot.discord.cogs.loop",
 )

@@ -14,9 +14,9 @@ class Mailbox:
     `call_soon_threadsafe` per event loop.
 
     Each wake-up of a loop from the worker costs the worker a GIL hand-off, and when the loop
-    keeps re-taking the GIL that hand-off waits out the interpreter's switch interval (5 ms).
-    Measured on an H200 (benchmarks/README.md): one wake-up per row per step held a 16-row
-    step of a 135M model at ~80 ms; the model itself needs ~20.
+    keeps re-taking the GIL that hand-off waits out the interpreter's switch interval: one
+    wake-up per row per step held a many-row step on a GPU to several times what the model
+    itself needs (see benchmarks/README.md).
     """
 
     def __init__(self) -> None:

@@ -3,7 +3,8 @@ seeded sampling, with each row's own settings.
 
 The rows' settings and the tokens each row has seen live in tensors in the batch's row order, so a
 step costs a handful of tensor operations and one transfer to the host, however many rows there
-are (one Python loop per row cost ~0.6 ms a row on the CPU and a device sync a row on a GPU).
+are (one Python loop per row cost time in every row on the CPU, and a device sync a row on a
+GPU).
 Each row draws its random numbers from its own generator, so a seed gives the same text whatever
 else shares the batch (up to the batch's floating-point noise).
 """

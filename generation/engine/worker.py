@@ -29,8 +29,8 @@ from generation.model.batch_runner import BatchRunner
 from generation.model.loading import LoadedModel, eos_token_ids
 from generation.model.prefix_cache import PrefixCache
 from generation.model.prompting import encode_messages
-from generation.tasks.forms import next_form_line
-from generation.types import FinishReason, GenerationRequest
+from generation.tasks.forms import form_turn
+from generation.types import GenerationRequest
 
 log = logging.getLogger("muse.generation.engine")
 
@@ -305,22 +305,14 @@ class Worker:
             text = tokenizer.decode(job.generated + [token], skip_special_tokens=True)
             reason = job.accept(token, text, self._eos)
             if reason is None and job.request.labels and not job.forced:
-                reason = self._next_form_line(job)
+                label, reason = form_turn(job.text, job.request.labels)
+                if label:
+                    job.forced = tokenizer.encode(label, add_special_tokens=False)
             if reason is None:
                 job.emit_progress(model_id)
             else:
                 with scheduler.lock:
                     scheduler.drop(job, reason, model_id)
-
-    def _next_form_line(self, job: Job) -> FinishReason | None:
-        """A labelled form's line ended: have the next label written, or end the form."""
-        label = next_form_line(job.text, job.request.labels)
-        if label is None:
-            return None
-        if not label:
-            return "stop"  # every label has its line: what would follow is stray text
-        job.forced = self.loaded.tokenizer.encode(label, add_special_tokens=False)
-        return None
 
     def _timed(self, phase: str, jobs: list[Job]) -> None:
         self._watchdog.started()

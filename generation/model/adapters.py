@@ -36,7 +36,7 @@ from generation.model.adapter_checks import (
     tensor_names,
 )
 
-log = logging.getLogger("muse.generation.adapters")
+log = logging.getLogger("muse.generation.model.adapters")
 
 BASE_SLOT = 0
 # PEFT's name for the adapter while it is read (user names may hold dots, which PEFT refuses).
@@ -236,7 +236,8 @@ class Adapters:
         path = str(getattr(model, "name_or_path", "") or "")
         self.base = ServedBase(base_id, path, revision) if base_id else None
         # slot - 1 → name; "" for a slot removed. Slots are never reused: remembered beginnings
-        # (generation/prefix_cache.py) are keyed by slot, so a new adapter must not inherit them.
+        # (generation/model/prefix_cache.py) are keyed by slot, so a new adapter must not
+        # inherit them.
         self._slots: list[str] = []
         self._layers: dict[str, RoutedLinear] = {}  # by the adapted layer's name
         self._router = Router()

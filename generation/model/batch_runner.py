@@ -19,8 +19,8 @@ from transformers.cache_utils import DynamicLayer
 
 from generation.model.adapters import BASE_SLOT, Adapters
 from generation.model.llama_step import LlamaStep
+from generation.model.prefill_mode import prefilling
 from generation.model.prefix_cache import LayerStates, PrefixCache
-from generation.model.quantize import prefilling
 
 # Room for this many more tokens per layer before its buffers are reallocated.
 SPARE_COLUMNS = 64

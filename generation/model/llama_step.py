@@ -1,10 +1,11 @@
 """One decoding step of a Llama-architecture model, written out instead of through transformers'
 forward.
 
-A one-row step of the default model on the CPU is short (about 4 ms of matrix products with int4
-weights), so the Python around them decides its speed: transformers' forward builds a mask,
-passes keyword arguments through five levels of modules per layer and calls each projection on
-its own, and every tensor operation here costs a few microseconds whatever its size. This step
+A one-row step of the default model on the CPU is short (a few milliseconds of matrix products
+with int4 weights; see benchmarks/README.md), so the Python around them decides its speed:
+transformers' forward builds a mask, passes keyword arguments through five levels of modules per
+layer and calls each projection on its own, and every tensor operation here costs a few
+microseconds whatever its size. This step
 does what transformers' Llama layers do, in the same order and with the same operations (so each
 row's numbers are those of `model(...)`, bit for bit: `tests/generation/model/test_llama_step.py`),
 without the bookkeeping:
@@ -12,17 +13,17 @@ without the bookkeeping:
 - When no row of the step uses an adapter, the layers' weights are called directly (no module
   calls), the batch held as [rows, features], and with int8 or int4 weights the query/key/value
   projections, and the gate/up projections, run as one kernel call each over weights fused once
-  (`generation.model.quantize.fuse`; the layers' own weights become views into them, no memory
+  (`generation.model.fusion.fuse`; the layers' own weights become views into them, no memory
   added).
 - When some row uses an adapter, the step calls the model's modules (an adapter wraps them,
   `generation/model/adapters.py`), still without transformers' forward around them.
 
-- Rows of an int4 model with no adapter, and fewer than `quantize.WIDE_ROWS` of an int8 one,
+- Rows of an int4 model with no adapter, and fewer than `prefill_mode.WIDE_ROWS` of an int8 one,
   take the C++ step (`generation/model/native_step.py`) where it could be built: the same
   arithmetic as loops, equal to this step's to bf16 rounding.
 
 Only for models whose layers are transformers' Llama layers (`LlamaStep.supports`) with growing
-cache layers (`kv_batch.GrowingLayer`); the others keep the model's forward.
+cache layers (`batch_runner.GrowingLayer`); the others keep the model's forward.
 """
 
 from __future__ import annotations
@@ -34,16 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generation.model.native_step import NativeFewRows
-from generation.model.quantize import (
-    Int4Linear,
-    Int8Linear,
-    bf16_matmul,
-    fuse,
-    int4_matmul,
-    int8_matmul,
-    wide_rows,
-)
+from generation.model.bf16_products import bf16_matmul
+from generation.model.fusion import fuse
+from generation.model.native_step import NativeQuantisedStep
+from generation.model.prefill_mode import wide_rows
+from generation.model.quantize import Int4Linear, Int8Linear, int4_matmul, int8_matmul
 
 SUPPORTED = ("LlamaForCausalLM",)
 
@@ -169,7 +165,7 @@ class LlamaStep:
         self.intermediate = config.intermediate_size
         self.final_norm = self.inner.norm.weight
         self.head = _Projection.of(model.lm_head)
-        self.native = NativeFewRows.of(self)  # the step of an int8 / int4 model in C++
+        self.native = NativeQuantisedStep.of(self)  # the step of an int8 / int4 model in C++
 
     @torch.inference_mode()
     def __call__(

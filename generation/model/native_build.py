@@ -28,15 +28,15 @@ from types import ModuleType
 
 import torch
 
-NAME = "muse_few_rows_step"
-SOURCE = Path(__file__).with_name("native") / "few_rows_step.cpp"
+NAME = "muse_quantised_step"
+SOURCE = Path(__file__).with_name("native") / "quantised_step.cpp"
 ROOT = Path(__file__).resolve().parents[2]  # where the child imports `generation` from
 SMOKE_FILE = "smoke.json"
 CPUINFO = Path("/proc/cpuinfo")
 # Tests only: make the child fault (`sigill`, `segv`) after its build, as a build for another
 # CPU would at its first step.
 FAULT = "MUSE_TEST_NATIVE_FAULT"
-CHILD_TIMEOUT_S = 900.0  # a first compile takes ~30 s here, minutes on a busy small machine
+CHILD_TIMEOUT_S = 900.0  # a first compile takes tens of seconds, minutes on a busy small machine
 
 
 def cpu_features() -> str:

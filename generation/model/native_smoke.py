@@ -22,7 +22,7 @@ from generation.model.native_build import (
     make_folder,
     smoke_record,
 )
-from generation.model.native_step import NativeFewRows
+from generation.model.native_step import NativeQuantisedStep
 from generation.model.quantize import quantise
 
 
@@ -46,7 +46,7 @@ def smoke(extension: ModuleType) -> None:
     step = runner._decode
     if step is None:
         raise RuntimeError("the smoke model has no written-out step")
-    step.native = NativeFewRows.of(step, extension)
+    step.native = NativeQuantisedStep.of(step, extension)
     if step.native is None:
         raise RuntimeError("the built step does not serve the smoke model")
     prompt = [1, 5, 9, 13, 17]

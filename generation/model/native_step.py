@@ -1,20 +1,21 @@
-"""The decoding step of a few rows in C++ (`generation/model/native/few_rows_step.cpp`), for int8 /
-int4 Llama models on the CPU.
+"""The decoding step of an int8 / int4 Llama model on the CPU in C++
+(`generation/model/native/quantised_step.cpp`): every step of an int4 model, and the steps of
+fewer than `prefill_mode.WIDE_ROWS` rows of an int8 one.
 
-A request decoding alone spends ~40 % of each step of the default model in the small operations
-around the weight kernels (norms, rotation, attention, casts), a few microseconds of dispatch
-each, and so do a few requests together; the C++ step does them as plain loops over the rows
-and calls torch's weight kernels once per projection (one request: 11.9 ms a step in Python,
-7.5 in C++; figures in `benchmarks/README.md`). From `quantize.WIDE_ROWS` rows on an int4 model
-multiplies with its bf16 weights, and the C++ step does too (oneDNN's product, as
-`quantize.bf16_matmul`); an int8 model has none, so the Python step serves it there.
+A request decoding alone spends a large share of each step of the default model in the small
+operations around the weight kernels (norms, rotation, attention, casts), a few microseconds of
+dispatch each, and so do a few requests together; the C++ step does them as plain loops over
+the rows and calls torch's weight kernels once per projection (how much that saves:
+`benchmarks/README.md`, "Step"). From `WIDE_ROWS` rows an int4 model multiplies with its bf16
+weights, and the C++ step does too (oneDNN's product, as `bf16_products.bf16_matmul`); an int8
+model has none, so the Python step serves it there.
 
-It is compiled on first use with torch's extension builder (a C++ compiler and ninja; ~30 s
-here, then kept per machine, CPU and checkout in a folder of torch's extension folder, rebuilt
-when the source changes; a lock that a killed build left is cleared), and run first in a child
-process (`generation/model/native_build.py`: the folder's key, owner and mode, the child). Where it
-cannot be built or used, or the model or the step does not fit (`NativeFewRows.of`), `LlamaStep`
-keeps its Python way; the two agree to float rounding
+It is compiled on first use with torch's extension builder (a C++ compiler and ninja; tens of
+seconds, then kept per machine, CPU and checkout in a folder of torch's extension folder,
+rebuilt when the source changes; a lock that a killed build left is cleared), and run first in
+a child process (`generation/model/native_build.py`: the folder's key, owner and mode, the
+child). Where it cannot be built or used, or the model or the step does not fit
+(`NativeQuantisedStep.of`), `LlamaStep` keeps its Python way; the two agree to float rounding
 (`tests/generation/model/test_native_step.py`), not bit for bit: the loops sum in another order.
 """
 
@@ -32,15 +33,15 @@ from typing import Any
 import torch
 
 from generation.model import native_build
-from generation.model.quantize import wide_rows
+from generation.model.prefill_mode import wide_rows
 
-log = logging.getLogger("muse.generation.native_step")
+log = logging.getLogger("muse.generation.model.native_step")
 
 # Set to "0" to keep every step in Python (the tests compare the two ways).
 SWITCH = "MUSE_NATIVE_STEP"
 
 
-# A build takes ~30 s here; a lock file older than this was left by a build that was killed.
+# A build takes well under this; a lock file older than this was left by a build that was killed.
 STALE_LOCK_S = 600.0
 
 
@@ -129,9 +130,10 @@ def availability(loaded: Any) -> str:
     return "the C++ step (built and run first in a child process on this CPU)"
 
 
-class NativeFewRows:
-    """`LlamaStep`'s step through the C++ extension: any number of rows of an int4 model (which
-    holds bf16 weights for many rows), fewer than `WIDE_ROWS` of an int8 one."""
+class NativeQuantisedStep:
+    """`LlamaStep`'s step of a quantised model through the C++ extension: any number of rows of
+    an int4 model (which holds bf16 weights for many rows), fewer than `WIDE_ROWS` of an int8
+    one."""
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
@@ -142,7 +144,7 @@ class NativeFewRows:
         return self.kernel.has_wide or not wide_rows(rows)
 
     @staticmethod
-    def of(step: Any, extension: ModuleType | None = None) -> NativeFewRows | None:
+    def of(step: Any, extension: ModuleType | None = None) -> NativeQuantisedStep | None:
         """The C++ step for the model of `step` (a `generation.model.llama_step.LlamaStep`, which
         imports this module), or None: it takes fp32 models on the CPU whose projections are
         all int8 or int4, with queries/keys/values and gate/up fused. `extension`: the built
@@ -170,7 +172,7 @@ class NativeFewRows:
         extension = extension or compiled()
         if extension is None:
             return None
-        kernel = extension.FewRowsStep(
+        kernel = extension.QuantisedStep(
             step.heads,
             step.kv_heads,
             head_dim,
@@ -184,7 +186,7 @@ class NativeFewRows:
             [list(p.wide) for p in projections],
             step.final_norm.contiguous(),
         )
-        return NativeFewRows(kernel)
+        return NativeQuantisedStep(kernel)
 
     def __call__(
         self,

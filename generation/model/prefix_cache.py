@@ -20,9 +20,9 @@ import torch
 # Shorter shared beginnings are not worth a separate prefill group.
 MIN_SHARED_TOKENS = 16
 # A prompt's last tokens are always computed, at least this many. Attention over one or two
-# new tokens rounds otherwise than over more (the smallest products take other kernels:
-# measured on the default int4 model, 0.25 apart in the logits), and a seeded request must give
-# the same text whether its beginning was remembered or not (with `quantize.PREFILL_TILE`,
+# new tokens rounds otherwise than over more (the smallest products take other kernels, far
+# apart in the logits on the default int4 model), and a seeded request must give
+# the same text whether its beginning was remembered or not (with `bf16_products.PREFILL_TILE`,
 # which makes the weights' products alike). A prefill pads its products to 64 rows anyway.
 MIN_REST_TOKENS = 16
 

@@ -6,21 +6,20 @@ per parameter each step, int8 one, int4 half of one. torch's own kernels
 zero per 32 inputs of each row) multiply bf16 activations by those weights (with fp32
 activations they are many times slower), so each layer takes its input to bf16 and gives its
 output back in the model's dtype: the rest of the model (norms, attention, the residual stream,
-the cache) stays as it was, fp32 on the CPU. Measured on the default model that costs nothing
-against running all of it in bf16, and the drift from fp32 is the weights' rounding alone.
+the cache) stays as it was, fp32 on the CPU. That costs nothing against running all of it in
+bf16 (`benchmarks/README.md`), and the drift from fp32 is the weights' rounding alone.
 
 int4 in groups of 32 with a scale and a minimum is how a Q4_0 / Q4_1 GGUF holds its weights, so
 for such a file (the default model) the groups found again from its de-quantised weights are the
 file's own: little is lost beyond rounding each group's scale and zero to bf16. The output head
 stays int8 (the GGUF keeps it 8-bit too).
 
-The int kernels' cost grows with every row they multiply (they are compute-bound beyond a few
-rows), where one bf16 matrix product of many rows on the CPU's bf16 units costs about what one
-row does. So many rows multiply with bf16 weights instead: a prefill's forward (inside
-`prefilling()`; int8: widened for the call, exactly, bf16 holds every int8, the scales applied
-after; int4: a bf16 copy kept beside the packed weights), and with int4 also a decoding step of
-`WIDE_ROWS` rows or more (the bf16 copy; for the output head, the original weights in bf16).
-Figures in `benchmarks/README.md`.
+Many rows multiply with bf16 weights instead of the int kernels (a prefill's forward; with int4
+also a decoding step of `WIDE_ROWS` rows or more): int8 widened for the call, exactly (bf16
+holds every int8, the scales applied after); int4 with a bf16 copy kept beside the packed
+weights; an int4 model's output head with its original weights in bf16. When is
+`generation/model/prefill_mode.py`'s, the bf16 products `generation/model/bf16_products.py`'s,
+and joining layers into one call `generation/model/fusion.py`'s.
 
 `Int8Linear` and `Int4Linear` are `nn.Linear`s to everything that asks (PEFT adapts them like any
 linear layer; their `weight` is the packed matrix, which PEFT reads only for its device), so LoRA
@@ -29,65 +28,24 @@ adapters load onto a quantised model as they do onto the original.
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from generation.model.bf16_products import (
+    COMPUTE,
+    bf16_matmul,
+    bf16_weights,
+    in_tiles,
+    plain_weights,
+)
+from generation.model.prefill_mode import in_prefill, many_rows, wide_rows
+
 GROUP = 32  # inputs per int4 scale and zero
 BLOCK = 64  # the packed int4 layout interleaves output rows in blocks of this many
-COMPUTE = torch.bfloat16
-# From this many rows in one call, an int4 model multiplies with its bf16 weights outside prefills
-# too. The int4 kernel's cost grows with the rows (one pass of the default model's layers, each
-# with weights of its own: 3.7 ms at one row, 11.9 at 8, 21.9 at 16), the bf16 product's hardly
-# (12.3 ms at 1, 8 or 16 rows); the int8 head: 3.2 ms at 8 rows, 6.5 at 16, in bf16 2.1 and 2.3.
-# In whole decoding steps (`benchmarks/step.py`): 8 rows 26.3 ms with the kernels, 27.8 in bf16;
-# 12 rows 36.4 against 30.2; 16 rows 46.5 against 33.2.
-WIDE_ROWS = 10
-# A prefill's bf16 products go in tiles of exactly this many rows (the last one padded with
-# zeros): oneDNN picks its kernel by the number of rows (here 15 to 32 rows round otherwise than
-# 8 or 33 and more), so a token's numbers would move with how many tokens share its forward, and
-# a prompt whose beginning the prefix cache remembered (only the rest is computed) would decode
-# otherwise than the same prompt computed whole: the same seed would not give the same text.
-# 64 rows round here as a whole prompt's product did before tiles. The padding and the smaller
-# calls cost a prefill here (one thread, a busy 2-core machine, best of 6) 60 tokens 77 → 87 ms,
-# 200 tokens 130-170 → 180-260 ms, 500 tokens 415-460 → 505-580 ms; decoding steps are as before.
-PREFILL_TILE = 64
-
-_phase = threading.local()  # .prefilling: this thread runs a prefill's forward
-
-
-@contextmanager
-def prefilling() -> Iterator[None]:
-    """Inside (on this thread), quantised layers multiply with bf16 weights, whatever the number
-    of rows: a prefill's many rows run on the CPU's bf16 units, where the int kernels are
-    compute-bound at a third of their speed. Outside, int8 layers use their kernel; int4 layers
-    theirs below `WIDE_ROWS` rows and the bf16 copy from there on (`wide_rows`). The int
-    kernels give a row the same numbers however many rows share the call; the bf16 product can
-    move an output by one bf16 rounding step with the number of rows (oneDNN picks its kernel
-    by it), and the two ways differ by bf16 rounding. So with quantised weights a row's numbers
-    depend on what shares its batch by that much; fp32 (`MUSE_WEIGHTS=fp32`) is the exact
-    choice."""
-    before = getattr(_phase, "prefilling", False)
-    _phase.prefilling = True
-    try:
-        yield
-    finally:
-        _phase.prefilling = before
-
-
-def in_prefill() -> bool:
-    return getattr(_phase, "prefilling", False)
-
-
-def wide_rows(rows: int) -> bool:
-    """Whether a call of `rows` rows multiplies an int4 model's weights in bf16."""
-    return rows >= WIDE_ROWS or in_prefill()
 
 
 class QuantisedLinear(nn.Linear, ABC):
@@ -152,7 +110,7 @@ class Int8Linear(QuantisedLinear):
         self.wide = bf16_weights(linear.weight.detach().to(COMPUTE))
 
     def product(self, flat: torch.Tensor) -> torch.Tensor:
-        if self.wide is not None and flat.shape[0] >= WIDE_ROWS:
+        if self.wide is not None and many_rows(flat.shape[0]):
             return bf16_matmul(flat, self.wide)
         return int8_matmul(flat, self.weight, self.scales, in_prefill() and not self.kernel_only)
 
@@ -188,10 +146,10 @@ class Int4Linear(QuantisedLinear):
     """A linear layer holding int4 weights (torch's packed CPU layout) with a bf16 scale and
     zero for every `GROUP` inputs of each output row: weight = (q - 8) * scale + zero; and the
     same weights widened to bf16 (`wide`) for prefills and calls of `WIDE_ROWS` rows or more
-    (see `prefilling`): the int4 kernel is compute-bound there at a third of the bf16 units'
-    speed or less, and widening per call would cost more than the product (~8 ns a weight
-    here). So int4 holds 2.5 bytes a weight, against int8's 1 and fp32's 4, and reads half a
-    byte a weight per decoding step of few rows."""
+    (see `prefill_mode.prefilling`): the int4 kernel is compute-bound there, and widening per
+    call would cost more than the product (`benchmarks/README.md`). So int4 holds 2.5 bytes a
+    weight, against int8's 1 and fp32's 4, and reads half a byte a weight per decoding step of
+    few rows."""
 
     kind = "int4"
 
@@ -242,49 +200,6 @@ def int4_matmul(
     return bf16_matmul(flat, wide)
 
 
-def bf16_weights(weight: torch.Tensor) -> torch.Tensor:
-    """bf16 `weight` [out, in] laid out once for oneDNN's matrix product (`bf16_matmul`), or as
-    it is where oneDNN cannot take it. `F.linear` lays the weights out again on every call:
-    a pass over the default model's layers at 16 rows took 17.6 ms that way, 12.3 laid out once
-    (the int4 kernel: 21.9)."""
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return weight
-    try:
-        return torch.ops.mkldnn._reorder_linear_weight(weight, 16)
-    except RuntimeError:  # a build or CPU without oneDNN's bf16 product
-        return weight
-
-
-def bf16_matmul(flat: torch.Tensor, weight: torch.Tensor, cast: bool = True) -> torch.Tensor:
-    """`flat` [rows, in] times bf16 `weight` from `bf16_weights`, in `flat`'s dtype (in bf16 if
-    not `cast`)."""
-    x = flat.to(COMPUTE)
-    product = partial(_bf16_product, weight=weight)
-    out = in_tiles(product, x) if in_prefill() else product(x)
-    return out.to(flat.dtype) if cast else out
-
-
-def _bf16_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    if weight.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-    return F.linear(x, weight)
-
-
-def in_tiles(product: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """`product(x)` for `x` [rows, in], computed `PREFILL_TILE` rows at a time (the last tile
-    padded), so each row's result is the same whatever the number of rows."""
-    rows = x.shape[0]
-    if rows == PREFILL_TILE:
-        return product(x)
-    padded = F.pad(x, (0, 0, 0, -rows % PREFILL_TILE))
-    return torch.cat([product(tile) for tile in padded.split(PREFILL_TILE)])[:rows]
-
-
-def plain_weights(weight: torch.Tensor) -> torch.Tensor:
-    """`bf16_weights`' weights as an ordinary tensor again."""
-    return weight.to_dense() if weight.is_mkldnn else weight
-
-
 def int4_dequantised(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
     """The bf16 weights [out, in] that `packed` and its scales stand for. The packed layout holds,
     for each block of `BLOCK` output rows and each input, a byte per pair of rows j and j + 32
@@ -296,51 +211,6 @@ def int4_dequantised(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> to
     scales, zeros = scales_and_zeros.to(torch.float32).transpose(0, 1).unbind(-1)  # [out, groups]
     weight = (levels.to(torch.float32) - 8.0) * scales[..., None] + zeros[..., None]
     return weight.view(rows, columns).to(COMPUTE)
-
-
-def fuse(layers: list[nn.Module]) -> nn.Module | None:
-    """One quantised layer computing `layers`' outputs one after another (one kernel call for
-    all, on the same input), or None unless they are all bias-free `Int8Linear`s or all
-    `Int4Linear`s. The layers' packed weights become views into the fused one (no memory is
-    added) and each output is the same number as the layer's own."""
-    kinds = {type(layer) for layer in layers}
-    if (
-        len(kinds) != 1
-        or not issubclass(next(iter(kinds)), QuantisedLinear)
-        or any(layer.bias is not None for layer in layers)
-    ):
-        return None
-    if len({layer.in_features for layer in layers}) != 1:
-        return None
-    fused = nn.Module.__new__(kinds.pop())
-    nn.Module.__init__(fused)
-    fused.in_features = layers[0].in_features
-    fused.out_features = sum(layer.out_features for layer in layers)
-    fused.bias = None
-    fused.weight = nn.Parameter(torch.cat([layer.weight for layer in layers]), requires_grad=False)
-    _share_rows(layers, "weight", fused.weight)
-    if isinstance(fused, Int8Linear):
-        fused.kernel_only = False
-        fused.wide = None  # only an int4 model's head has bf16 weights
-        fused.register_buffer("scales", torch.cat([layer.scales for layer in layers]))
-        _share_rows(layers, "scales", fused.scales)
-    else:  # the scales run along the middle dimension: views would not be contiguous
-        parts = [layer.scales_and_zeros for layer in layers]
-        fused.register_buffer("scales_and_zeros", torch.cat(parts, dim=1).contiguous())
-        # The bf16 weights stay the layers' own (laid out for oneDNN, they cannot be views): a
-        # call of many rows multiplies with each layer's (`parts`).
-        fused.wide = None
-    fused.parts = list(layers)
-    return fused
-
-
-def _share_rows(layers: list[nn.Module], name: str, whole: torch.Tensor) -> None:
-    """Each layer's `name` becomes the view of its own output rows in `whole`."""
-    first = 0
-    for layer in layers:
-        rows = whole.detach()[first : first + layer.out_features]
-        setattr(layer, name, nn.Parameter(rows, requires_grad=False) if name == "weight" else rows)
-        first += layer.out_features
 
 
 def quantise(model: nn.Module, bits: int) -> int:

@@ -34,7 +34,7 @@ from generation.remote.job import RemoteJob
 from generation.remote.sse import SSEDecoder
 from generation.types import GenerationChunk, GenerationRequest, GenerationResult, drain
 
-log = logging.getLogger("muse.generation.openai_backend")
+log = logging.getLogger("muse.generation.remote.backend")
 
 # (API base, key) of a server that moves: `muse run`'s child, new port and key at each restart.
 Endpoint = Callable[[], Awaitable[tuple[str, str]]]
@@ -53,7 +53,8 @@ class RemoteConfig:
     ready_timeout_s: float = 15.0  # how long `wait_ready` waits for the server to answer
     # Send `response_prefix` as an assistant message for the server to continue (vLLM with
     # `continue_final_message`, llama.cpp's own llama-server). Off: llama-cpp-python's server
-    # closes that message and starts a new turn, so the prefix is only shown (see openai_job).
+    # closes that message and starts a new turn, so the prefix is only shown (see
+    # generation/remote/job.py).
     prefill: bool = False
     # MUSE_OPENAI_RUNTIME_LORA: new adapters are loaded into the server with vLLM's runtime-LoRA
     # endpoints (vLLM started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; `muse serve` has them).

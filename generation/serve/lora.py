@@ -4,8 +4,8 @@
 Only with a key: loading makes the server read a folder named by the client, so, as vLLM asks for
 VLLM_ALLOW_RUNTIME_LORA_UPDATING, `muse serve` answers them only when MUSE_SERVE_API_KEY is set
 (else 403), and the key middleware has already refused a wrong key (401). The folder passes the
-same checks as a registered adapter's (generation/adapter_checks.py). Answers are vLLM's: plain
-text on success, OpenAI's error shape otherwise.
+same checks as a registered adapter's (generation/model/adapter_checks.py). Answers are vLLM's:
+plain text on success, OpenAI's error shape otherwise.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
 """Labelled forms (a game character's "Name: …", "Look: …"; a quest's "Giver: …"): the finished
 text keeps one line per label, in the preset's order. A small model adds stray lines or repeats
-a label; those go, as narration goes from dialogue."""
+a label; those go, as narration goes from dialogue. While a form is written, the engine asks
+`form_turn` after each token: it writes the next label itself, and ends the form once every
+label has its line."""
 
 from __future__ import annotations
 
 import re
+
+from generation.types import FinishReason
 
 _LABEL = re.compile(r"^\s*(?:[-*•]\s*)?\**\s*([^:*\n]{1,30}?)\s*\**\s*:\s*\**\s*(.*)$")
 
@@ -51,3 +55,13 @@ def next_form_line(text: str, labels: tuple[str, ...]) -> str | None:
         if match and match[1].strip().casefold() in wanted:
             last = max(last, wanted.index(match[1].strip().casefold()))
     return f"{labels[last + 1]}:" if last + 1 < len(labels) else ""
+
+
+def form_turn(text: str, labels: tuple[str, ...]) -> tuple[str, FinishReason | None]:
+    """The labelled-form rule after each token of `text`: the label the engine writes next,
+    its tokens forced rather than sampled ("" for none), and why the text ends (None while it
+    goes on): "stop" once every label has its line, as what would follow is stray text."""
+    label = next_form_line(text, labels)
+    if label == "":
+        return "", "stop"
+    return label or "", None

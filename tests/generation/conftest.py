@@ -12,7 +12,7 @@ import torch
 from generation.engine.local_engine import Engine, EngineConfig
 from generation.model.agreement import greedy_text
 from generation.model.loading import LoadedModel, load_model, with_weights
-from tests.generation.random_model import random_model
+from generation.model.random_model import random_model
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +42,7 @@ def loaded(model_cache_dir: Path) -> LoadedModel:
     """The real default model on the CPU. MUSE_TEST_MODEL=random:<shape> runs the same tests on
     a random-weight model in fp32 on MUSE_TEST_DEVICE (e.g. cuda) with the tokenizer folder
     MUSE_TEST_TOKENIZER: how the batching tests run on a GPU machine the real weights cannot
-    reach (tests/generation/random_model.py). MUSE_TEST_WEIGHTS=int8 (or int4, bf16) runs them on
+    reach (generation/model/random_model.py). MUSE_TEST_WEIGHTS=int8 (or int4, bf16) runs them on
     those weights (`MUSE_WEIGHTS`) instead of fp32."""
     spec = os.environ.get("MUSE_TEST_MODEL", "")
     weights = os.environ.get("MUSE_TEST_WEIGHTS") or None

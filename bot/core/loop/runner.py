@@ -20,7 +20,7 @@ from bot.core.app import Muse
 from bot.core.loop.checks import PROBE_TOKENS, PROBES, degenerate, loss_verdict
 from bot.core.loop.status import arena_standing, default_name, thresholds, training_rows
 from bot.core.loop.tuner import TuneOutcome, run_tune
-from bot.core.models import BASE
+from bot.core.model_choice import BASE
 from generation.types import GenerationRequest, Message
 from storage.models import LoopState
 

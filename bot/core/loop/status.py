@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bot.core.loop.odds import Standing, standing
-from bot.core.models import ALL_GUILDS, BASE
+from bot.core.model_choice import ALL_GUILDS, BASE
 from bot.core.settings import Settings
 from generation.tuning.data import examples
 from generation.tuning.rules import Rules, screen

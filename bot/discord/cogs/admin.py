@@ -16,14 +16,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.core.policy import (
-    Refused,
-    describe,
-    out_of_range,
-    parse_blocklist,
-    parse_channels,
-    parse_tasks,
-)
+from bot.core.policy import Refused, out_of_range
+from bot.core.settings_options import describe, parse_blocklist, parse_channels, parse_tasks
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of
 from generation.tasks.presets import TASKS
 from storage.export import ExportFilters

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main as cli
-from bot.cli.models import listing
+from bot.cli.model_registry import listing
 from storage.models import ModelRecord
 from storage.store import Store
 from tests.bot.edits_data import community

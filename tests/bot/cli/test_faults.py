@@ -154,7 +154,7 @@ async def test_a_hung_step_trips_the_watchdog_and_exits_70(emu: DiscordEmulator,
     db = tmp_path / "muse.db"
     async with muse_run(emu, db, MUSE_TEST_FAULT="hang:decode:2", MUSE_TIMEOUT_S="2") as bot:
         # The request's own 2 s would run out while the model loads: wait for it first.
-        await emu.wait_for(lambda: "muse.generation.models: loaded" in bot.output(), 60)
+        await emu.wait_for(lambda: "muse.generation.model.loading: loaded" in bot.output(), 60)
         await emu.slash_command("generate", SHORT, user="alice")
         assert await bot.wait_exit(60) == EXIT_ENGINE_DEAD
         assert "engine watchdog: a model step hung" in bot.output()

@@ -5,15 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bot.core.limits import Limited, Limits
-from bot.core.policy import (
-    Refused,
-    Where,
-    blocked_by,
-    check_rules,
-    parse_blocklist,
-    parse_channels,
-    parse_tasks,
-)
+from bot.core.policy import Refused, Where, blocked_by, check_rules
+from bot.core.settings_options import parse_blocklist, parse_channels, parse_tasks
 from bot.discord.cogs.account import removed_summary
 from bot.discord.cogs.admin import export_command, settings_changes, stats_lines
 from bot.discord.cogs.chat import thread_name

@@ -215,7 +215,7 @@ async def test_refused_adapters_are_logged_by_name_and_why_and_the_others_serve(
     adapters = {
         name: spoil(folders["y"], tmp_path / name, how) for name, (how, _) in broken.items()
     }
-    caplog.set_level(logging.ERROR, logger="muse.generation.adapters")
+    caplog.set_level(logging.ERROR, logger="muse.generation.model.adapters")
     engine = serve(adapters={"x": folders["x"], **adapters, "y": folders["y"]})
     await engine.wait_ready()
     assert engine.models() == [base.model_id, "x", "y"]
@@ -251,7 +251,7 @@ async def test_an_adapter_that_would_rewrite_the_base_is_refused_before_peft_run
         name: spoil(folders["y"], tmp_path / name, how) for name, (how, _) in crafted.items()
     }
     before = weights_of(base.model)
-    caplog.set_level(logging.ERROR, logger="muse.generation.adapters")
+    caplog.set_level(logging.ERROR, logger="muse.generation.model.adapters")
     engine = serve(adapters={**adapters, "x": folders["x"]})
     await engine.wait_ready()
     assert engine.models() == [base.model_id, "x"]

@@ -1,7 +1,7 @@
 """The written-out decoding step (generation/model/llama_step.py) against transformers' own forward:
 the same numbers, bit for bit, on the real default model with each kind of weights, for batches
-with and without padding, and for rows routed through an adapter. (The C++ step of a few rows
-of an int model: tests/generation/model/test_native_step.py.)"""
+with and without padding, and for rows routed through an adapter. (The C++ step of an int
+model: tests/generation/model/test_native_step.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generation.model import quantize
+from generation.model import prefill_mode
 from generation.model.adapters import Adapters
 from generation.model.batch_runner import BatchRunner, KVBatch
 from generation.model.llama_step import LlamaStep
@@ -50,7 +50,7 @@ def test_the_step_gives_transformers_numbers_bit_for_bit(fp32: LoadedModel, kind
     loaded = with_weights(fp32, kind, copy=True) if kind != "fp32" else fp32
     runner = BatchRunner(loaded.model, loaded.tokenizer.pad_token_id)
     assert runner._decode is not None  # the default model is a Llama
-    # A few rows of an int model take the C++ step, which agrees to rounding only
+    # Rows of an int model take the C++ step, which agrees to rounding only
     # (tests/generation/model/test_native_step.py); here the Python step's rows.
     assert (runner._decode.native is not None) == (kind != "fp32")
     runner._decode.native = None
@@ -58,7 +58,7 @@ def test_the_step_gives_transformers_numbers_bit_for_bit(fp32: LoadedModel, kind
     steps_agree(runner, prompts[:1], [0])  # one row: no mask at all
     steps_agree(runner, [prompts[0], prompts[1][:7], prompts[2]], [0, 0, 0])  # left padding
     many = [prompt[: len(prompt) - i] for i in range(4) for prompt in prompts]
-    assert len(many) >= quantize.WIDE_ROWS  # int4: the bf16 weights
+    assert len(many) >= prefill_mode.WIDE_ROWS  # int4: the bf16 weights
     steps_agree(runner, many, [0] * len(many), steps=2)
 
 

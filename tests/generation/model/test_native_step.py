@@ -1,8 +1,9 @@
-"""The C++ decoding step of a few rows (generation/model/native_step.py, generation/model/native/
-few_rows_step.cpp) on the real default model with int8 and int4 weights: against the Python
-step to rounding, for one row over more steps than the cache has spare room and for padded
-rows joining and leaving, with a hole in the mask, held to the quantised weights' quality guard
-along fp32's greedy text, in the engine, and the Python step wherever it cannot serve."""
+"""The C++ decoding step of a quantised model (generation/model/native_step.py,
+generation/model/native/quantised_step.cpp) on the real default model with int8 and int4
+weights: against the Python step to rounding, for one row over more steps than the cache has
+spare room and for padded rows joining and leaving, with a hole in the mask, held to the
+quantised weights' quality guard along fp32's greedy text, in the engine, and the Python step
+wherever it cannot serve."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from generation.engine.local_engine import Engine, EngineConfig
-from generation.model import native_build, native_step, quantize
+from generation.model import native_build, native_step, prefill_mode
 from generation.model.agreement import along_greedy, python_step, stepped_logits
 from generation.model.batch_runner import SPARE_COLUMNS, BatchRunner
 from generation.model.loading import LoadedModel, describe
@@ -110,7 +111,7 @@ def test_padded_rows_joining_and_leaving_agree_with_the_python_step(
 class Counting:
     """A C++ step that records the rows of each step it takes."""
 
-    def __init__(self, native: native_step.NativeFewRows) -> None:
+    def __init__(self, native: native_step.NativeQuantisedStep) -> None:
         self.native, self.calls = native, []
 
     def serves(self, rows: int) -> bool:
@@ -128,7 +129,7 @@ def test_many_rows_of_int4_take_the_c_step_on_bf16_weights_and_of_int8_the_pytho
     prompts = [prompt_ids(quantised, text) for text in PROMPTS]
     tolerance = logit_tolerance(quantised)
     counting = Counting(runner._decode.native)
-    sizes = (1, quantize.WIDE_ROWS - 1, quantize.WIDE_ROWS, quantize.WIDE_ROWS + 3)
+    sizes = (1, prefill_mode.WIDE_ROWS - 1, prefill_mode.WIDE_ROWS, prefill_mode.WIDE_ROWS + 3)
     runner._decode.native = counting
     try:
         for rows in sizes:
@@ -272,7 +273,7 @@ def test_a_build_folder_of_another_user_or_writable_by_others_is_not_loaded(
     else:
         os.chmod(folder, 0o770 if how == "group-writable" else 0o777)
         why = "writable by group or others"
-    caplog.set_level("WARNING", logger="muse.generation.native_step")
+    caplog.set_level("WARNING", logger="muse.generation.model.native_step")
     assert native_step.compiled() is None and native_step.compiled() is None
     assert fresh_build == []  # nothing built, nothing loaded
     assert why in native_step.build().reason
@@ -287,7 +288,7 @@ def test_a_build_folder_that_cannot_be_created_leaves_the_python_step_with_one_l
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocked / "extensions"))
-    caplog.set_level("WARNING", logger="muse.generation.native_step")
+    caplog.set_level("WARNING", logger="muse.generation.model.native_step")
     assert BatchRunner(quantised.model, quantised.tokenizer.pad_token_id)._decode.native is None
     assert native_step.compiled() is None
     assert len(caplog.records) == 1 and "cannot be created" in caplog.records[0].getMessage()

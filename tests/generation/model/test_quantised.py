@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generation.model import quantize
+from generation.model import prefill_mode
 from generation.model.adapters import Adapters
 from generation.model.agreement import teacher_forced
 from generation.model.batch_runner import BatchRunner
+from generation.model.bf16_products import plain_weights
+from generation.model.fusion import fuse
 from generation.model.loading import (
     LoadedModel,
     ModelLoadError,
@@ -26,16 +28,9 @@ from generation.model.loading import (
     weights_for,
     with_weights,
 )
+from generation.model.prefill_mode import prefilling
 from generation.model.prompting import encode_messages
-from generation.model.quantize import (
-    GROUP,
-    Int4Linear,
-    Int8Linear,
-    fuse,
-    plain_weights,
-    prefilling,
-    quantise,
-)
+from generation.model.quantize import GROUP, Int4Linear, Int8Linear, quantise
 from tests.generation.helpers import ask, logit_tolerance
 from tests.generation.model.guards import GUARDS, PROMPTS
 
@@ -64,7 +59,7 @@ def test_a_quantised_layer_computes_what_its_weights_stand_for_with_few_rows_and
     one_step = wide.abs().max() * 2**-7
     for rows in (1, 3, 5, 16, 32, 33):  # twice as many rows in the call
         got = layer(x[:, :rows])
-        if kind == "int4" and 2 * rows >= quantize.WIDE_ROWS:
+        if kind == "int4" and 2 * rows >= prefill_mode.WIDE_ROWS:
             assert (got - wide[:, :rows]).abs().max() <= one_step
         else:
             assert torch.equal(got, kernel[:, :rows])
@@ -141,9 +136,9 @@ def test_a_quantised_model_copies_and_its_copy_computes_the_same(quantised: Load
     copied = copy.deepcopy(quantised.model)
     head, original = copied.lm_head, quantised.model.lm_head
     assert head.wide is not original.wide or head.wide is None
-    x = torch.randn(quantize.WIDE_ROWS, 1, quantised.model.config.hidden_size)
+    x = torch.randn(prefill_mode.WIDE_ROWS, 1, quantised.model.config.hidden_size)
     with torch.inference_mode():
-        for rows in (1, quantize.WIDE_ROWS):  # the int kernels, then the bf16 weights
+        for rows in (1, prefill_mode.WIDE_ROWS):  # the int kernels, then the bf16 weights
             assert torch.equal(copied.lm_head(x[:rows]), original(x[:rows]))
             layer = copied.model.layers[0].mlp.down_proj
             wide = torch.randn(rows, layer.in_features)
@@ -176,8 +171,8 @@ def test_quality_guard_quantised_logits_stay_within_tolerance_of_fp32(
     kind = describe(quantised).split()[0]
     agreement, tie, largest = GUARDS[kind]
     # The teacher-forced forward has ~70 rows: WIDE_ROWS decides which way it multiplies.
-    for wide_rows in [10**9] + ([quantize.WIDE_ROWS] if kind == "int4" else []):
-        monkeypatch.setattr(quantize, "WIDE_ROWS", wide_rows)
+    for wide_rows in [10**9] + ([prefill_mode.WIDE_ROWS] if kind == "int4" else []):
+        monkeypatch.setattr(prefill_mode, "WIDE_ROWS", wide_rows)
         agree = positions = 0
         for text in PROMPTS:
             want, got = teacher_forced(fp32, quantised, text)

@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from bot.cli.wiring import build_engine
+from benchmarks.llama_cpp_server import LlamaServer
+from bot.cli.engine_process import free_port
+from bot.cli.wiring import build_backend
 from bot.core.settings import Settings
 from generation.errors import EngineBusy, GenerationFailed, ModelLoadError
 from generation.remote.backend import OpenAIBackend, RemoteConfig
@@ -19,7 +21,6 @@ from generation.tasks.presets import load_presets
 from generation.tasks.task_rules import build_request, finish_text
 from tests.generation.helpers import ask
 from tests.generation.remote.fault_proxy import Fault, FaultProxy
-from tests.generation.remote.llama_server import LlamaServer, free_port
 
 KEY = "sk-test-secret-4242"
 SLOW = Fault(delay_per_chunk_s=0.05)  # keeps a long answer streaming while a test acts on it
@@ -277,13 +278,13 @@ async def test_dialogue_preset_starts_with_the_first_character(make_remote):
     assert not result.text.startswith("Innkeeper:Innkeeper:")
 
 
-async def test_build_engine_makes_the_remote_engine(monkeypatch, proxy):
+async def test_build_backend_makes_the_remote_backend(monkeypatch, proxy):
     monkeypatch.setenv("MUSE_BACKEND", "openai")
     monkeypatch.setenv("MUSE_OPENAI_BASE_URL", proxy.base_url)
     monkeypatch.setenv("MUSE_OPENAI_API_KEY", KEY)
     monkeypatch.setenv("MUSE_OPENAI_MODEL", "served-model")
     monkeypatch.setenv("MUSE_QUEUE_SIZE", "3")
-    engine = build_engine(Settings.load(env_file=None))
+    engine = build_backend(Settings.load(env_file=None))
     try:
         assert isinstance(engine, OpenAIBackend)
         assert engine.config.queue_size == 3 and engine.config.api_key == KEY

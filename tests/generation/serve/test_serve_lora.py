@@ -40,7 +40,8 @@ def base(loaded: LoadedModel) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def folder(base: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A PEFT adapter with random (non-trivial) weights, as tests/generation/test_adapters.py."""
+    """A PEFT adapter with random (non-trivial) weights, as in
+    tests/generation/model/test_adapters.py."""
     root = tmp_path_factory.mktemp("lora") / "x"
     torch.manual_seed(1)
     config = LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from generation.tasks.forms import next_form_line, normalise_form
+from generation.tasks.forms import form_turn, next_form_line, normalise_form
 from generation.tasks.presets import load_presets
 from generation.tasks.task_rules import build_request, finish_text
 
@@ -69,3 +69,9 @@ async def test_the_engine_writes_each_label_so_a_quest_keeps_all_five_lines(make
         assert result.finish_reason == "stop" and all(line.split(":", 1)[1] for line in lines)
         shown = finish_text(preset, fields, result.text)
         assert shown.splitlines() == lines
+
+
+def test_the_form_turn_has_the_next_label_written_and_ends_the_form_once_every_label_has_its_line():
+    assert form_turn("Giver: Hadi, the well-keeper", QUEST) == ("", None)  # the line is open
+    assert form_turn("Giver: Hadi\n", QUEST) == ("Goal:", None)
+    assert form_turn("\n".join(f"{label}: x" for label in QUEST) + "\n", QUEST) == ("", "stop")

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from generation.model.loading import load_model
+from generation.model.random_model import random_model
 from generation.tuning.train import default_base_path
-from tests.generation.random_model import random_model
 
 
 def save_tiny_base(folder: Path, cache_dir: Path) -> Path:

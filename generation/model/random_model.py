@@ -1,4 +1,6 @@
-"""Random-weight models in real models' shapes, for machines the real weights cannot reach.
+"""Random-weight models in real models' shapes, for machines the real weights cannot reach:
+the GPU checks and benchmarks (`benchmarks/gpu.py`, `gpu_serve.py`, `peers.py --big`) and the
+tests (`MUSE_TEST_MODEL=random:SHAPE`, the tuning tests' tiny base).
 
 The GPU machine gets no download and at most 64 MB of our files, less than the default GGUF, so
 its checks run on models built from a config: SmolLM2-135M's shape (the default model), and

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from bot.cli.data import _db_path
-from bot.core.models import ALL_GUILDS, BASE
+from bot.core.model_choice import ALL_GUILDS, BASE
 from storage.models import ModelRecord
 from storage.store import Store
 

@@ -12,7 +12,7 @@ import logging
 from bot.core.app import Muse
 from storage.models import GuildSettings, ModelRecord
 
-log = logging.getLogger("muse.bot.core.models")
+log = logging.getLogger("muse.bot.core.model_choice")
 
 BASE = "base"  # what users call the base model
 ALL_GUILDS = -1  # the guild-settings row that holds the default for every other guild

@@ -1,6 +1,7 @@
 """llama-cpp-python's OpenAI-compatible server in a child process, on a free loopback port.
 
-Used by the remote-backend tests (a session fixture) and by `benchmarks/throughput.py`.
+Used by `benchmarks/throughput.py` and by the remote-backend tests (a session fixture), which
+import it from here. (llama.cpp's own `llama-server` is `benchmarks/llama_build.py`'s.)
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from bot.cli.engine_process import free_port
 from generation.model.loading import default_model_path
 
 # `python -m llama_cpp.server`, with the model's weights kept out of ggml's "extra" CPU buffers
@@ -33,13 +34,6 @@ def model_params():
 llama_cpp.llama_model_default_params = model_params
 runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
 """
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class LlamaServer:

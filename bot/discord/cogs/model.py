@@ -9,12 +9,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.core.models import BASE, choices, default_model, served
+from bot.core.model_choice import BASE, choices, default_model, served
 from bot.core.policy import guild_settings
 from bot.discord.cogs.admin import MANAGERS_ONLY, is_manager
 from bot.discord.context import answer_ephemeral, app_of
 
-log = logging.getLogger("muse.bot.discord.cogs.models")
+log = logging.getLogger("muse.bot.discord.cogs.model")
 
 NO_ADAPTERS = (
     "This server has only the base model. Train one on its ratings and edits: turn on the "

@@ -1,18 +1,18 @@
-// One decoding step of a few rows of a Llama-architecture model with int8 / int4 weights, in
-// C++.
+// One decoding step of a Llama-architecture model with int8 / int4 weights, in C++: every step
+// of an int4 model, the steps of few rows of an int8 one.
 //
-// A step of one row of the default model on the CPU spends ~6 ms in the weight kernels and ~4
-// ms in the ~35 small tensor operations per layer around them (norms, rotation, attention,
+// A step of one row of the default model on the CPU spends a large share of its time in the
+// ~35 small tensor operations per layer around the weight kernels (norms, rotation, attention,
 // casts, residual adds), each a few microseconds of dispatch for a few hundred numbers. Here
 // those are plain loops over the rows (the norm writes the kernel's bf16 input directly, the
 // rotation writes the cache, attention is a dot product per cached column), and only the weight
 // kernels are torch's own (`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`), called once
 // per projection for all the rows; or, for an int4 model's many rows, oneDNN's product with its
-// bf16 copy of the weights (`wide`), as generation/quantize.py does.
+// bf16 copy of the weights (`wide`), as generation/model/quantize.py does.
 //
-// The arithmetic is transformers' in fp32 (see generation/decode_step.py), in another order of
+// The arithmetic is transformers' in fp32 (see generation/model/llama_step.py), in another order of
 // summation: a row's numbers can differ from the Python step's by float rounding.
-// generation/native_step.py builds and calls it; tests/generation/test_native_step.py.
+// generation/model/native_step.py builds and calls it; tests/generation/model/test_native_step.py.
 
 #include <torch/extension.h>
 
@@ -28,7 +28,7 @@ namespace {
 
 using at::BFloat16;
 
-constexpr int64_t kGroup = 32;  // inputs per int4 scale and zero (generation/quantize.py GROUP)
+constexpr int64_t kGroup = 32;  // inputs per int4 scale and zero (generation/model/quantize.py GROUP)
 
 struct Projection {
   int64_t bits;       // 4 or 8
@@ -37,7 +37,7 @@ struct Projection {
   std::vector<at::Tensor> wide;  // the same weights in bf16 laid out for oneDNN, per part
 };
 
-// generation/quantize.py `bf16_matmul`: oneDNN's product with weights it laid out once.
+// generation/model/bf16_products.py `bf16_matmul`: oneDNN's product with weights it laid out once.
 at::Tensor bf16_product(const at::Tensor& input, const at::Tensor& weight) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
@@ -88,9 +88,9 @@ void add_bf16(float* x, const BFloat16* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += static_cast<float>(y[i]);
 }
 
-class FewRowsStep {
+class QuantisedStep {
  public:
-  FewRowsStep(int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
+  QuantisedStep(int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
               double eps, std::vector<double> scaling, std::vector<at::Tensor> norms,
               std::vector<int64_t> bits, std::vector<at::Tensor> weights,
               std::vector<at::Tensor> scales, std::vector<std::vector<at::Tensor>> wide,
@@ -193,7 +193,7 @@ class FewRowsStep {
 
   // Queries and keys (the first heads + kv_heads heads of a row's `qkv`) rotated, in fp32:
   // x * cos + rotate_half(x) * sin with rotate_half(x) = (-x2, x1), that is x * cos + (x2, x1)
-  // * `signed_sin`, signed_sin = (-sin1, sin2) (as generation/decode_step.py has it).
+  // * `signed_sin`, signed_sin = (-sin1, sin2) (as generation/model/llama_step.py has it).
   void rotate(const BFloat16* qkv, const float* cos, const float* signed_sin, float* out) const {
     const int64_t half = head_dim_ / 2;
     for (int64_t head = 0; head < heads_ + kv_heads_; ++head) {
@@ -290,11 +290,11 @@ class FewRowsStep {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  pybind11::class_<FewRowsStep>(m, "FewRowsStep")
+  pybind11::class_<QuantisedStep>(m, "QuantisedStep")
       .def(pybind11::init<int64_t, int64_t, int64_t, int64_t, double, std::vector<double>,
                           std::vector<at::Tensor>, std::vector<int64_t>, std::vector<at::Tensor>,
                           std::vector<at::Tensor>, std::vector<std::vector<at::Tensor>>,
                           at::Tensor>())
-      .def_property_readonly("has_wide", [](const FewRowsStep& s) { return s.has_wide(); })
-      .def("step", &FewRowsStep::step, pybind11::call_guard<pybind11::gil_scoped_release>());
+      .def_property_readonly("has_wide", [](const QuantisedStep& s) { return s.has_wide(); })
+      .def("step", &QuantisedStep::step, pybind11::call_guard<pybind11::gil_scoped_release>());
 }
