@@ -13,7 +13,7 @@ from storage.errors import (
     StoreClosed,
 )
 from storage.export import FORMATS, ExportFilters
-from storage.models import (
+from storage.rows import (
     ArenaVote,
     Conversation,
     FeedbackOutcome,

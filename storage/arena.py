@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import aiosqlite
 
 from storage.leaderboard import Vote
-from storage.models import ArenaVote
+from storage.rows import ArenaVote
 
 # Both generations are model answers (an edit is a member's text, not its model's) and neither
 # is deleted; the voter has not opted out. `record_comparison` keeps one vote per voter per pair

@@ -12,7 +12,7 @@ from typing import Any
 import aiosqlite
 
 from storage.db import format_utc
-from storage.models import LOOP_EVENTS, LOOP_STATES, LoopEvent, LoopState
+from storage.rows import LOOP_EVENTS, LOOP_STATES, LoopEvent, LoopState
 from storage.writes import encode_json
 
 

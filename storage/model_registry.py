@@ -11,7 +11,7 @@ import aiosqlite
 
 from storage.db import format_utc
 from storage.errors import ModelExists
-from storage.models import ModelRecord
+from storage.rows import ModelRecord
 from storage.writes import encode_json
 
 

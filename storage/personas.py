@@ -8,7 +8,7 @@ from typing import Any
 
 import aiosqlite
 
-from storage.models import Persona
+from storage.rows import Persona
 
 
 class PersonaRecords:

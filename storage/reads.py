@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import aiosqlite
 
-from storage.models import Conversation, Generation, GuildSettings
+from storage.rows import Conversation, Generation, GuildSettings
 
 
 async def get_generation(conn: aiosqlite.Connection, generation_id: int) -> Generation | None:

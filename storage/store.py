@@ -29,7 +29,12 @@ from storage.loops import LoopRecords
 from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, Migration
 from storage.model_registry import ModelRegistry
-from storage.models import (
+from storage.opening import Claim, Opening, open_connections
+from storage.owners import Owners
+from storage.personas import PersonaRecords
+from storage.pg_conn import PgReader
+from storage.pg_opening import open_postgres
+from storage.rows import (
     FINISHED_STATUSES,
     ROLES,
     ArenaVote,
@@ -41,11 +46,6 @@ from storage.models import (
     Winner,
     verdict_of,
 )
-from storage.opening import Claim, Opening, open_connections
-from storage.owners import Owners
-from storage.personas import PersonaRecords
-from storage.pg_conn import PgReader
-from storage.pg_opening import open_postgres
 from storage.slots import Slots
 from storage.stats import TaskModelStats, task_stats
 from storage.writer import Writer

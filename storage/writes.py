@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from storage.errors import ConversationGone, GenerationGone
-from storage.models import (
+from storage.rows import (
     VERDICT_NAMES,
     Conversation,
     FeedbackOutcome,

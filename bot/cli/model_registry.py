@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bot.cli.data import _db_path
 from bot.core.model_choice import ALL_GUILDS, BASE
-from storage.models import ModelRecord
+from storage.rows import ModelRecord
 from storage.store import Store
 
 VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)

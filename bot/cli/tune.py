@@ -37,7 +37,7 @@ from generation.tuning import (
 from generation.tuning.rules import MAX_SHARE, MIN_CONTRIBUTORS
 from storage.errors import ModelExists, StorageError
 from storage.export import ExportFilters
-from storage.models import ModelRecord
+from storage.rows import ModelRecord
 from storage.store import Store
 
 FORMATS = ("sft", "dpo", "kto")

@@ -16,7 +16,7 @@ from bot.core.texts import (
     thanks_vote,
 )
 from storage.errors import GenerationGone
-from storage.models import Generation
+from storage.rows import Generation
 
 log = logging.getLogger("muse.bot.core.actions")
 

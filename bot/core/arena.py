@@ -12,7 +12,7 @@ from bot.core.model_choice import BASE, default_model, served, visible
 from bot.core.plans import Plan
 from storage.arena import leaderboard_votes
 from storage.leaderboard import Leaderboard, build_leaderboard
-from storage.models import Generation, GuildSettings
+from storage.rows import Generation, GuildSettings
 
 NEED_TWO = (
     "🏟️ The arena needs two models, and this server has only {served}. Train one on this "

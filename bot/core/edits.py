@@ -14,7 +14,7 @@ from bot.core.limits import Limited
 from bot.core.policy import Refused, Where, admit, check_rules, guild_settings
 from bot.core.texts import DELETED
 from storage.errors import GenerationGone
-from storage.models import Generation
+from storage.rows import Generation
 
 EDIT_LIMIT = 4000  # a Discord modal's paragraph field holds at most this many characters
 TOO_LONG = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from bot.core.app import Muse
-from storage.models import GuildSettings, ModelRecord
+from storage.rows import GuildSettings, ModelRecord
 
 log = logging.getLogger("muse.bot.core.model_choice")
 

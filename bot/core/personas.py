@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from generation.types import GenerationRequest, Message
-from storage.models import Persona
+from storage.rows import Persona
 
 NAME_LIMIT = 80
 PROMPT_LIMIT = 1000

@@ -14,7 +14,7 @@ from generation.errors import OptionError
 from generation.tasks.presets import DIALOGUE
 from generation.tasks.task_rules import build_request
 from generation.types import GenerationRequest, Message
-from storage.models import Generation, GuildSettings, Persona
+from storage.rows import Generation, GuildSettings, Persona
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from bot.core.limits import Slot
 from bot.core.model_choice import default_model
 from bot.core.shared_limits import share
 from generation.errors import OptionError
-from storage.models import GuildSettings, Persona
+from storage.rows import GuildSettings, Persona
 
 log = logging.getLogger("muse.bot.core.policy")
 

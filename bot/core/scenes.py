@@ -11,7 +11,7 @@ from bot.core.scripts import Scene
 from generation.tasks.dialogue import parse_characters
 from generation.tasks.presets import DIALOGUE, Preset, builtin_presets, kind_of
 from generation.types import Message
-from storage.models import Generation
+from storage.rows import Generation
 
 CONTINUE = "Continue the scene with {lines} more lines of dialogue, in the same format."
 BRANCH = "Write one different next line for this scene, in the same format."

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from bot.core.policy import Refused
 from generation.tasks.presets import TASKS
-from storage.models import GuildSettings
+from storage.rows import GuildSettings
 
 CHANNEL = re.compile(r"^(?:<#(\d+)>|(\d+))$")
 

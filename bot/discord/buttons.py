@@ -26,7 +26,7 @@ from bot.discord.modals import StarsModal
 from bot.discord.replies import run_in_reply
 from generation.errors import OptionError
 from generation.tasks.presets import DIALOGUE
-from storage.models import Generation, GuildSettings
+from storage.rows import Generation, GuildSettings
 
 Style = discord.ButtonStyle
 

@@ -6,7 +6,7 @@ import re
 
 from bot.core import texts
 from generation.tasks.presets import DIALOGUE
-from storage.models import Generation
+from storage.rows import Generation
 
 IN_PROGRESS = "▌"
 _SPEAKER = re.compile(r"^([^:\n*]{1,40}):\s*(.*)$")

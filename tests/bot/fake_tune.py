@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bot.cli.loop import _hand_over, _next_name
 from storage.export import ExportFilters
-from storage.models import ModelRecord
+from storage.rows import ModelRecord
 from storage.store import Store
 
 

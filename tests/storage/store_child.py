@@ -19,7 +19,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from storage.models import ModelRecord
+from storage.rows import ModelRecord
 from storage.store import Store
 
 START = datetime(2025, 1, 1, tzinfo=UTC)

@@ -21,8 +21,8 @@ from storage.errors import ConnectionLost, DatabaseTooNew, DatabaseUnreachable, 
 from storage.export import FORMATS, ExportFilters
 from storage.maintenance import backup_file
 from storage.migrations import MIGRATIONS, schema_version
-from storage.models import ModelRecord
 from storage.pg_conn import PgConnection, try_advisory_lock
+from storage.rows import ModelRecord
 from storage.store import Store
 from storage.writer import Writer
 from tests.postgres_server import PASSWORD, USER, PostgresServer

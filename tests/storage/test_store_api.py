@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from storage.errors import ConversationGone, GenerationGone
-from storage.models import GuildSettings
+from storage.rows import GuildSettings
 from storage.store import Store
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from storage.arena import leaderboard_votes
 from storage.leaderboard import Vote, build_leaderboard
-from storage.models import ArenaVote
+from storage.rows import ArenaVote
 from storage.store import Store
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from storage import writes
 from storage.errors import GenerationGone
 from storage.migrations import migrate
-from storage.models import verdict_of
+from storage.rows import verdict_of
 from storage.store import Store
 from tests.storage import peek
 

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from storage.export_rows import Pseudonyms
-from storage.models import ModelRecord
+from storage.rows import ModelRecord
 from storage.store import Store
 from tests.storage.peek import foreign_key_problems, rows, tables_with
 

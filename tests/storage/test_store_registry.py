@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from storage.errors import ModelExists
-from storage.models import GuildSettings, ModelRecord, Persona
+from storage.rows import GuildSettings, ModelRecord, Persona
 from storage.store import Store
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from storage.models import ArenaVote
+from storage.rows import ArenaVote
 
 BOOTSTRAP_ROUNDS = 2000
 SEED = 0  # the same votes give the same probability

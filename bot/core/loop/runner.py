@@ -22,7 +22,7 @@ from bot.core.loop.status import arena_standing, default_name, thresholds, train
 from bot.core.loop.tuner import TuneOutcome, run_tune
 from bot.core.model_choice import BASE
 from generation.types import GenerationRequest, Message
-from storage.models import LoopState
+from storage.rows import LoopState
 
 log = logging.getLogger("muse.bot.core.loop.runner")
 

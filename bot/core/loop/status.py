@@ -17,7 +17,7 @@ from generation.tuning.data import examples
 from generation.tuning.rules import Rules, screen
 from storage.db import format_utc
 from storage.export import ExportFilters
-from storage.models import ArenaVote, LoopEvent, LoopState
+from storage.rows import ArenaVote, LoopEvent, LoopState
 from storage.store import Store
 
 HISTORY = 10

@@ -15,7 +15,7 @@ from bot.core.policy import out_of_range
 from bot.discord.context import NO_MENTIONS, answer_ephemeral, app_of
 from bot.discord.rendering import jump_link
 from bot.discord.splitting import split_message
-from storage.models import Generation
+from storage.rows import Generation
 
 log = logging.getLogger("muse.bot.discord.cogs.account")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main as cli
-from storage.models import ModelRecord
+from storage.rows import ModelRecord
 from storage.store import Store
 from tests.bot.edits_data import community
 from tests.cli_process import run_muse

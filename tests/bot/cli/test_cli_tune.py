@@ -17,7 +17,7 @@ import pytest
 
 from bot.cli import main as cli
 from bot.cli.model_registry import listing
-from storage.models import ModelRecord
+from storage.rows import ModelRecord
 from storage.store import Store
 from tests.bot.edits_data import community
 

@@ -397,7 +397,7 @@ def test_console_arena_needs_two_models_then_battles_blind(tmp_path: Path, loade
 
     from peft import LoraConfig, get_peft_model
 
-    from storage.models import ModelRecord
+    from storage.rows import ModelRecord
     from storage.store import Store
 
     db = tmp_path / "muse.db"

@@ -10,7 +10,7 @@ from bot.core.settings_options import parse_blocklist, parse_channels, parse_tas
 from bot.discord.cogs.account import removed_summary
 from bot.discord.cogs.admin import export_command, settings_changes, stats_lines
 from bot.discord.cogs.chat import thread_name
-from storage.models import GuildSettings
+from storage.rows import GuildSettings
 from storage.stats import TaskModelStats
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from bot.discord.client import MuseBot
 from generation.errors import AdapterError
 from generation.types import GenerationChunk, GenerationRequest
-from storage.models import ModelRecord
+from storage.rows import ModelRecord
 from storage.store import Store
 from tests.bot.community import answered, arena_reply, ephemeral, finished, muse, refusal, rows
 from tests.bot.fakes import ReplayEngine

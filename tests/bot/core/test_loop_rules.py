@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bot.core.loop.checks import degenerate, loss_verdict
 from bot.core.loop.odds import p_better, standing
-from storage.models import ArenaVote
+from storage.rows import ArenaVote
 
 
 def votes(pattern: str, voters: int = 3) -> list[ArenaVote]:

@@ -28,7 +28,7 @@ from bot.core.scripts import (
     yarn_title,
 )
 from generation.tasks.presets import load_presets
-from storage.models import Generation
+from storage.rows import Generation
 from tests.bot import script_grammar_ink as ink
 from tests.bot import script_grammar_yarn as yarn
 from tests.bot.community_presets import write_presets

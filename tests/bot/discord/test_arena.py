@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model
 
 from generation.engine.local_engine import Engine, EngineConfig
 from generation.model.loading import LoadedModel
-from storage.models import ModelRecord
+from storage.rows import ModelRecord
 from storage.store import Store
 from tests.bot.community import arena_reply, ephemeral, finished, muse, refusal, rows
 from tests.cli_process import run_muse

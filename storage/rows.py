@@ -1,4 +1,5 @@
-"""Plain values the store returns, and the rules that turn ratings into verdicts."""
+"""The stored rows as plain values (generations, conversations, personas, models, guild settings,
+loops), and the rule that turns ratings into verdicts."""
 
 from __future__ import annotations
 
