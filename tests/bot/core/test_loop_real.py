@@ -121,6 +121,14 @@ async def battle(emu: DiscordEmulator) -> None:
     assert again.startswith("🔒 Your vote on this battle is final"), again
 
 
+async def predictable(emu: DiscordEmulator) -> None:
+    """The server's texts at temperature 0 (/settings): each model's best guess, so what a blind
+    voter sees, and the texts after the promotion, show what the model learned, not a draw."""
+    options = {"temperature": 0.0}
+    said = await ephemeral(await emu.slash_command("settings", options, user="manager"))
+    assert said.content.startswith("✅ Saved."), said.content
+
+
 async def kill_mid_tune(bot: BotProcess, db: Path, adapters: Path) -> None:
     """SIGKILL the bot once its tune has taken a training step; its tune dies with it and
     leaves no adapter behind (only a `.NAME.tmp-…` folder, which is never served)."""
@@ -163,6 +171,7 @@ async def test_the_loop_learns_a_communitys_marker_and_a_kill_mid_tune_serves_no
         assert names_in(adapters) == [name]  # the dead run's tmp folder tidied
         card = json.loads((adapters / name / "muse.json").read_text())
         assert card["metrics"]["after"]["loss"] < card["metrics"]["before"]["loss"], card
+        await predictable(emu)
         for _ in range(2):  # 3 voters x 2 battles = the 6 final votes /loop set asked for
             await battle(emu)
         assert await eventually(
@@ -170,7 +179,7 @@ async def test_the_loop_learns_a_communitys_marker_and_a_kill_mid_tune_serves_no
         ), (loop_row(db), bot.output()[-3000:])
         after = []
         for topic in ("dragons", "the sea", "winter"):
-            asked = {"prompt": f"Tell me about {topic}.", "temperature": 0.0}  # its best guess
+            asked = {"prompt": f"Tell me about {topic}."}
             text = await finished(await emu.slash_command("generate", asked))
             after.append(text.original.content)
         assert all(text.startswith(MARKER) for text in after), after
