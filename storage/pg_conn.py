@@ -287,6 +287,15 @@ class PgReader:
             await self._conn.close()
 
 
+def try_transaction_lock(conn: Any, key: int) -> bool:
+    """In a write operation: take PostgreSQL's advisory lock `key` until the writer's
+    transaction ends, or False when another session holds it (nothing waits). On SQLite
+    always True: the write transaction holds the file's only write lock already."""
+    if not isinstance(conn, PgConnection):
+        return True
+    return bool(conn.execute("SELECT pg_try_advisory_xact_lock(?)", (key,)).fetchone()[0])
+
+
 @contextlib.contextmanager
 def try_advisory_lock(url: str, key: int) -> Iterator[bool]:
     """Hold PostgreSQL's session advisory lock `key` on its own connection for the block;

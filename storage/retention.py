@@ -10,7 +10,11 @@ import json
 import sqlite3
 
 from storage.export_rows import Pseudonyms
+from storage.pg_conn import try_transaction_lock
 from storage.slots import forget_user_limits
+
+#: The retention purge's advisory lock key on PostgreSQL (any fixed number: "purg" in ASCII).
+RETENTION_LOCK = 0x70757267
 
 #: Why `/forget` retired a model (`models.retired_reason`).
 FORGOTTEN_CONTRIBUTOR = "trained on the rows of a member who used /forget"
@@ -93,9 +97,13 @@ def forget_user(conn: sqlite3.Connection, user_id: int, now: str) -> dict[str, i
     return counts
 
 
-def purge_older_than(conn: sqlite3.Connection, cutoff_utc: str) -> dict[str, int]:
+def purge_older_than(conn: sqlite3.Connection, cutoff_utc: str) -> dict[str, int] | None:
     """Delete generations created before `cutoff_utc` (with their ratings), and conversations
-    older than that with no generation left. Returns counts per table."""
+    older than that with no generation left. Returns counts per table, or None when another
+    process is purging this database now (it holds `RETENTION_LOCK`): the purge happens once
+    per database, and this process skips the round."""
+    if not try_transaction_lock(conn, RETENTION_LOCK):
+        return None
     params = {"cutoff": cutoff_utc}
     old = "(SELECT id FROM generations WHERE created_utc < :cutoff)"
     counts = {

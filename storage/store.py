@@ -372,8 +372,8 @@ class Store(LoopRecords, ModelRegistry, PersonaRecords, Owners, Slots):
         """Comparisons of two different models' answers, for the leaderboard (see `arena`)."""
         return await arena.arena_votes(self._reader, guild_id, task)
 
-    async def purge_older_than(self, days: float) -> dict[str, int]:
-        """Retention: delete generations older than `days` (> 0) with their ratings; counts."""
+    async def purge_older_than(self, days: float) -> dict[str, int] | None:
+        """Retention: delete generations older than `days` (> 0): counts (None: purged elsewhere)"""
         if not days > 0:
             raise ValueError("days must be positive")
         cutoff = format_utc(self._clock() - timedelta(days=days))

@@ -5,10 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
 
 import pytest
 
+from tests.postgres_server import PostgresServer, session_server
+
 _exit_status = 0
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The PostgreSQL test server: one per pytest process (each xdist worker has its own),
+    started when a test first asks for it."""
+    with session_server() as server:
+        yield server
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -7,7 +7,8 @@ way. The server runs as the `postgres` user (`setpriv`) when the tests run as ro
 the current user otherwise, with a temporary data folder that user owns. A server that cannot
 start is an error that says why; the PostgreSQL tests never skip.
 
-Import the `postgres_server` fixture (session scope) and `fresh_database` where needed.
+The `postgres_server` fixture (tests/conftest.py) starts one per pytest process: a fixture
+imported into several test modules would be one definition per module, so one server each.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import pytest
 USER = "muse"
 PASSWORD = "s3cret-Pa55word"
 START_TIMEOUT_S = 60
+#: The ports of the servers `session_server` started in this process (one, if it is shared).
+STARTED: list[int] = []
 
 
 class PostgresUnavailable(RuntimeError):
@@ -193,13 +196,15 @@ def _accepts(port: int) -> bool:
     return True
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """The session's PostgreSQL server (fails, never skips, when it cannot start)."""
+@contextlib.contextmanager
+def session_server() -> Iterator[PostgresServer]:
+    """A server for the block, removed after (the `postgres_server` fixture's body); a server
+    that cannot start fails the test, never skips it."""
     try:
         server = start_server()
     except PostgresUnavailable as exc:
         pytest.fail(f"the PostgreSQL test server could not start: {exc}", pytrace=False)
+    STARTED.append(server.port)
     try:
         yield server
     finally:

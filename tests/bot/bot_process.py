@@ -54,12 +54,26 @@ class BotProcess:
 
 @contextlib.asynccontextmanager
 async def muse_run(
-    emu: DiscordEmulator, db: Path, ready_timeout_s: float = 120.0, **env: str
+    emu: DiscordEmulator,
+    db: Path | str,
+    ready_timeout_s: float = 120.0,
+    *,
+    home: Path | None = None,
+    **env: str,
 ) -> AsyncIterator[BotProcess]:
     """Start `muse run`, wait until it identified on the gateway, yield it; kill it on exit
-    if it is still running. `env` adds or overrides settings (e.g. `MUSE_MAX_TOKENS="64"`)."""
+    if it is still running. `env` adds or overrides settings (e.g. `MUSE_MAX_TOKENS="64"`).
+
+    `db` is an SQLite file or a `postgresql://` URL. `home`, when given, is the process's own
+    working and temporary folder (and holds its log), as on a machine of its own; by default
+    it runs in the repository with its log beside the database file."""
     identified = emu.gateway.count("identify")
-    log_path = db.with_name(f"{db.stem}-bot-{identified}.log")
+    if home is None:
+        assert isinstance(db, Path), "a database URL needs a home for the log"
+        log_path = db.with_name(f"{db.stem}-bot-{identified}.log")
+    else:
+        (home / "tmp").mkdir(parents=True, exist_ok=True)
+        log_path = home / f"bot-{identified}.log"
     environ = {
         **os.environ,
         **emu.env(),
@@ -69,6 +83,7 @@ async def muse_run(
         "MUSE_LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",  # on a busy 2-core machine two threads run ~6x slower
+        **({} if home is None else {"TMPDIR": str(home / "tmp")}),
         **env,
     }
     with log_path.open("wb") as log:
@@ -77,7 +92,7 @@ async def muse_run(
             "-m",
             "bot.cli",
             "run",
-            cwd=ROOT,
+            cwd=home or ROOT,
             env=environ,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,

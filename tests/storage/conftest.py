@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from storage.store import Store
-from tests.postgres_server import PostgresServer, postgres_server  # noqa: F401 - fixture
+from tests.postgres_server import PostgresServer
 from tests.storage.storage_data import COMPARE_PROMPT, OTHER_PROMPT, PROMPT
 
 ENGINES = ("sqlite", "postgresql")

@@ -103,7 +103,10 @@ class AdminCog(commands.Cog):
         while True:
             try:
                 counts = await self.app.store.purge_older_than(days)
-                log.info("retention (%d days) purged %s", days, counts)
+                if counts is None:
+                    log.info("retention: another process is purging the database this round")
+                else:
+                    log.info("retention (%d days) purged %s", days, counts)
             except Exception:  # noqa: BLE001 - try again tomorrow
                 log.exception("the retention purge failed")
             await asyncio.sleep(DAY_S)

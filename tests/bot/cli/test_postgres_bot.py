@@ -17,7 +17,7 @@ import psycopg
 from tests.bot.bot_process import muse_run
 from tests.bot.community import ephemeral, finished
 from tests.discord_emulator import DiscordEmulator, InteractionRecord
-from tests.postgres_server import PASSWORD, PostgresServer, postgres_server  # noqa: F401
+from tests.postgres_server import PASSWORD, PostgresServer
 
 PROMPT = {"prompt": "Name two colours.", "max_tokens": 16}
 
@@ -37,7 +37,7 @@ async def vote(emu: DiscordEmulator, text: InteractionRecord, button: str, user:
 
 async def test_muse_run_on_postgres_keeps_every_acknowledged_vote_across_a_server_restart(
     tmp_path: Path,
-    postgres_server: PostgresServer,  # noqa: F811
+    postgres_server: PostgresServer,
 ) -> None:
     url = postgres_server.create_database()
     votes = "SELECT generation_id, user_id, thumbs FROM feedback ORDER BY generation_id, user_id"

@@ -12,7 +12,7 @@ from bot.cli import main as cli
 from bot.cli.doctor import check_database
 from storage.migrations import MIGRATIONS
 from storage.store import Store
-from tests.postgres_server import PASSWORD, USER, PostgresServer, postgres_server  # noqa: F401
+from tests.postgres_server import PASSWORD, USER, PostgresServer
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ async def test_db_copy_moves_a_file_to_postgres_and_back_without_showing_the_pas
     env,
     tmp_path: Path,
     capsys,
-    postgres_server: PostgresServer,  # noqa: F811
+    postgres_server: PostgresServer,
 ) -> None:
     await _fill(tmp_path / "muse.db")
     url = postgres_server.create_database()
@@ -62,7 +62,7 @@ async def test_backup_and_doctor_on_a_postgres_url(
     env,
     tmp_path: Path,
     capsys,
-    postgres_server: PostgresServer,  # noqa: F811
+    postgres_server: PostgresServer,
 ) -> None:
     url = postgres_server.create_database()
     created = check_database(url)

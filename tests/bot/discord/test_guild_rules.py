@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 
+from storage.pg_conn import try_advisory_lock
+from storage.retention import RETENTION_LOCK
 from storage.store import Store
 from tests.bot.community import ephemeral, finished, muse, refusal, rows
 from tests.bot.fakes import ReplayEngine
 from tests.discord_emulator import DiscordEmulator
+from tests.polling import eventually
+from tests.postgres_server import PostgresServer
+from tests.storage import peek
 
 
 async def settings(emu: DiscordEmulator, user: str = "manager", **options) -> str:
@@ -172,3 +178,24 @@ async def test_retention_purges_old_generations_daily(emu: DiscordEmulator, tmp_
     assert rows(db, "SELECT user_id, status FROM generations") == [(emu.user("alice").id, "done")]
     async with muse(emu, db, ReplayEngine()) as bot:  # MUSE_RETENTION_DAYS=0: no task
         assert bot.get_cog("AdminCog").retention is None
+
+
+async def test_retention_skips_a_round_while_another_process_purges(
+    emu: DiscordEmulator, postgres_server: PostgresServer, caplog
+):
+    url = postgres_server.create_database()
+    past = datetime.now(UTC) - timedelta(days=10)
+    async with Store.open(url, clock=lambda: past) as old_store:
+        await old_store.record_generation(
+            user_id=1, task="story", messages=[], params={}, model_id="m"
+        )
+    caplog.set_level(logging.INFO, logger="muse.bot.discord.cogs.admin")
+    with try_advisory_lock(url, RETENTION_LOCK) as held:  # another process's purge
+        assert held
+        async with muse(emu, url, ReplayEngine(), retention_days=7) as bot:
+            cog = bot.get_cog("AdminCog")
+            await cog.cog_unload()
+            cog.first_purge_s = 0.0
+            await cog.cog_load()
+            assert await eventually(lambda: "another process is purging" in caplog.text, 10)
+    assert peek.rows(url, "SELECT user_id FROM generations") == [(1,)]

@@ -1,48 +1,57 @@
-"""Two `muse run` shard processes sharing one database: the limits hold across them, and each
-generation's `running` row belongs to the process that streams it (`storage.owners`), so a
-restart leaves the other process's stream alone and a killed process's rows are reclaimed."""
+"""Two `muse run` processes split four shards over one database, each in a working folder of
+its own (nothing shared but the database): on an SQLite file, and on a PostgreSQL URL as two
+machines would. The limits hold across them, and each generation's `running` row belongs to
+the process that streams it (`storage.owners`), so a restart leaves the other process's stream
+alone and a killed process's rows are reclaimed.
+
+One test per engine runs the whole story on the same processes (a start costs seconds)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from pathlib import Path
 
+import pytest
+
 from bot.discord.recovery import RECLAIM_S
-from tests.bot.bot_process import muse_run
+from tests.bot.bot_process import BotProcess, muse_run
 from tests.bot.community import finished, refusal
 from tests.bot.fake_openai import FakeOpenAI
 from tests.discord_emulator import DiscordEmulator, Guild, InteractionRecord
 from tests.polling import eventually
+from tests.postgres_server import PostgresServer
+from tests.storage.peek import rows
 
 RESTARTED = "Muse restarted while writing this — press 🔁 to try again"
+SHARDS = 4
+#: Which shards each process runs: an even split of four.
+SPLIT = {"a": "0,1", "b": "2,3"}
 
 
-def shard_env(llm: FakeOpenAI, shard: int, **settings: str) -> dict[str, str]:
-    """Shard `shard` of two, answered by the stand-in model server."""
+def shard_env(llm: FakeOpenAI, process: str, **settings: str) -> dict[str, str]:
+    """Process `process`'s half of four shards, answered by the stand-in model server (its
+    API key names the process, so the requests show who answered)."""
     return {
         "MUSE_BACKEND": "openai",
         "MUSE_OPENAI_BASE_URL": llm.base_url,
-        "MUSE_OPENAI_API_KEY": f"shard-{shard}",
-        "MUSE_SHARDS": "2",
-        "MUSE_SHARD_IDS": str(shard),
+        "MUSE_OPENAI_API_KEY": f"process-{process}",
+        "MUSE_SHARDS": str(SHARDS),
+        "MUSE_SHARD_IDS": SPLIT[process],
+        "MUSE_USER_PER_MINUTE": "2",
         **settings,
     }
 
 
 def guild_per_shard(emu: DiscordEmulator) -> list[Guild]:
-    """A guild on shard 0 and one on shard 1 (alice is a member of both)."""
-    return [next(g for g in emu.guilds if (g.id >> 22) % 2 == shard) for shard in (0, 1)]
+    """A guild on each shard, in shard order (alice and bob are members of all)."""
+    return [
+        next(g for g in emu.guilds if (g.id >> 22) % SHARDS == shard) for shard in range(SHARDS)
+    ]
 
 
-def query(db: Path, sql: str) -> list[tuple]:
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        return conn.execute(sql).fetchall()
-
-
-def status(db: Path) -> list[str]:
-    return [row[0] for row in query(db, "SELECT status FROM generations ORDER BY id")]
+def status(database: Path | str) -> list[str]:
+    return [row[0] for row in rows(database, "SELECT status FROM generations ORDER BY id")]
 
 
 def streaming(record: InteractionRecord) -> bool:
@@ -51,55 +60,68 @@ def streaming(record: InteractionRecord) -> bool:
     return original is not None and original.content.startswith("Once")
 
 
-async def test_limits_hold_across_two_processes(tmp_path: Path):
-    db = tmp_path / "muse.db"
-    async with FakeOpenAI() as llm, DiscordEmulator(guilds=4, shards=2) as emu:
-        first_guild, second_guild = guild_per_shard(emu)
-        async with (
-            muse_run(emu, db, **shard_env(llm, 0, MUSE_USER_PER_MINUTE="2")),
-            muse_run(emu, db, **shard_env(llm, 1, MUSE_USER_PER_MINUTE="2")),
-        ):
-            await emu.wait_connected(sessions=2, timeout=60)
-            llm.gate = asyncio.Event()
-            first = await emu.slash_command("generate", {"prompt": "a"}, guild=first_guild)
-            await first.wait_until(streaming, timeout=30)
-            elsewhere = emu.slash_command("generate", {"prompt": "b"}, guild=second_guild)
-            assert "You already have a text being written" in await refusal(await elsewhere)
-            llm.gate.set()
-            await finished(first)
-            assert await eventually(lambda: not query(db, "SELECT * FROM slots"), 10)
-            await finished(await emu.slash_command("generate", {"prompt": "c"}, guild=second_guild))
-            third = emu.slash_command("generate", {"prompt": "d"}, guild=first_guild)
-            assert "You can start 2 texts a minute — try again in" in await refusal(await third)
-    assert status(db) == ["done", "done"]
-    assert [key for key, _ in llm.requests] == ["shard-0", "shard-1"]
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """An SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "muse.db"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()
 
 
-async def test_a_restart_leaves_the_others_stream_and_a_killed_ones_rows_are_reclaimed(
-    tmp_path: Path,
+async def test_two_processes_split_four_shards_over_one_database(
+    database: Path | str, tmp_path: Path
 ):
-    db = tmp_path / "muse.db"
-    async with FakeOpenAI() as llm, DiscordEmulator(guilds=4, shards=2) as emu:
-        first_guild, _ = guild_per_shard(emu)
-        llm.gate = asyncio.Event()
+    homes = {name: tmp_path / f"machine-{name}" for name in SPLIT}
+    async with FakeOpenAI() as llm, DiscordEmulator(guilds=8, shards=SHARDS) as emu:
+        on_a, _, on_b, _ = guild_per_shard(emu)
+
+        def start(name: str) -> contextlib.AbstractAsyncContextManager[BotProcess]:
+            return muse_run(emu, database, home=homes[name], **shard_env(llm, name))
+
         try:
-            async with muse_run(emu, db, **shard_env(llm, 0)) as streamer:
-                async with muse_run(emu, db, **shard_env(llm, 1)) as other:
-                    await emu.wait_connected(sessions=2, timeout=60)
-                    story = await emu.slash_command("generate", {"prompt": "a"}, guild=first_guild)
+            async with start("a") as first:
+                async with start("b") as second:
+                    await emu.wait_connected(sessions=SHARDS, timeout=60)
+                    await limits_hold_across(emu, llm, database, on_a, on_b)
+
+                    llm.gate = asyncio.Event()
+                    story = await emu.slash_command(
+                        "generate", {"prompt": "e"}, user="bob", guild=on_a
+                    )
                     await story.wait_until(streaming, timeout=30)
-                    other.kill()
-                    await other.wait_exit()
-                async with muse_run(emu, db, **shard_env(llm, 1)) as restarted:
+                    second.kill()
+                    await second.wait_exit()
+                async with start("b") as restarted:
                     await asyncio.sleep(RECLAIM_S + 1)  # its open, then a round of reclaiming
-                    assert status(db) == ["running"], restarted.output()
+                    assert status(database)[-1] == "running", restarted.output()
                     assert RESTARTED not in story.original.content
                     assert story.original.content.startswith("Once")
 
-                    streamer.kill()  # the other process notices once its heartbeat is gone
-                    await streamer.wait_exit()
+                    first.kill()  # the other process notices once its heartbeat is gone
+                    await first.wait_exit()
                     await story.wait_until(lambda i: RESTARTED in i.original.content, 60)
-                    assert status(db) == ["interrupted"]
+                    assert status(database) == ["done", "done", "interrupted"]
                     assert "instance" in restarted.output()
         finally:
             llm.gate.set()
+    assert [key for key, _ in llm.requests] == ["process-a", "process-b", "process-a"]
+    assert all(list(home.iterdir()) for home in homes.values())  # each logged in its own
+
+
+async def limits_hold_across(
+    emu: DiscordEmulator, llm: FakeOpenAI, database: Path | str, on_a: Guild, on_b: Guild
+) -> None:
+    """alice, served by both processes, has one running text and two a minute in all."""
+    llm.gate = asyncio.Event()
+    first = await emu.slash_command("generate", {"prompt": "a"}, guild=on_a)
+    await first.wait_until(streaming, timeout=30)
+    elsewhere = emu.slash_command("generate", {"prompt": "b"}, guild=on_b)
+    assert "You already have a text being written" in await refusal(await elsewhere)
+    llm.gate.set()
+    await finished(first)
+    assert await eventually(lambda: not rows(database, "SELECT * FROM slots"), 10)
+    await finished(await emu.slash_command("generate", {"prompt": "c"}, guild=on_b))
+    third = emu.slash_command("generate", {"prompt": "d"}, guild=on_a)
+    assert "You can start 2 texts a minute — try again in" in await refusal(await third)
+    assert status(database) == ["done", "done"]
