@@ -1,9 +1,9 @@
 """The PostgreSQL half of `benchmarks/storage.py`: committed writes/s from one and from four
 processes (each 50 writers through its own Store, group commit), and the export's peak memory.
 
-The server: `--postgres URL` (a database this benchmark may fill), else a temporary one that
-the test suite's helper starts (tests/postgres_server.py, Debian's binaries, loopback, fsync
-on as a real server).
+The server: `--postgres URL` (a database this benchmark may fill), else a temporary one, as the
+test suite starts it (benchmarks/postgres_server.py: Debian's binaries, loopback, fsync on as
+a real server).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def server(url: str | None) -> Iterator[tuple[str, object | None]]:
         yield url, None
         return
     sys.path.insert(0, str(REPO))
-    from tests.postgres_server import start_server
+    from benchmarks.postgres_server import start_server
 
     started = start_server(fsync=True)  # durable commits, as a real server's
     try:
