@@ -16,8 +16,10 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # bot/core/settings.py reads `parse_memory` without importing torch
+    from torch import nn
 
 log = logging.getLogger("muse.generation.memory")
 
