@@ -40,36 +40,23 @@ def llama_quantize_binary(log=print) -> Path:
 
 
 def convert_script(log=print) -> Path:
-    """The cached `convert_hf_to_gguf.py` (beside its own `gguf-py`), kept from the build."""
-    _build(log)
+    """The cached `convert_hf_to_gguf.py` (beside its `conversion` package and `gguf-py`),
+    taken from the same source (downloaded again if the build did not keep it)."""
+    if not (CONVERTER / "conversion").is_dir():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
+            _keep_converter(_source(Path(scratch)), Path(scratch))
     return CONVERTER / "convert_hf_to_gguf.py"
 
 
 def _build(log) -> None:
-    if all(path.exists() for path in [*TARGETS.values(), CONVERTER]):
+    if all(path.exists() for path in TARGETS.values()):
         return
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
         work = Path(scratch)
         log(f"building llama.cpp's tools from llama-cpp-python {VERSION} (about 12 minutes)...")
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-binary",
-                ":all:",
-                "--no-deps",
-                f"llama-cpp-python=={VERSION}",
-                "-d",
-                str(work),
-            ]
-        )
-        archive = next(work.glob("llama_cpp_python-*.tar.gz"))
-        with tarfile.open(archive) as tar:
-            tar.extractall(work, filter="data")
-        source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+        source = _source(work)
         build = work / "build"
         _run(
             [
@@ -92,12 +79,40 @@ def _build(log) -> None:
             partial = CACHE / f".{final.name}.partial"
             shutil.copy2(build / "bin" / name, partial)
             partial.replace(final)
-        converter = work / "converter"
-        converter.mkdir()
-        shutil.copy2(source / "convert_hf_to_gguf.py", converter)
-        shutil.copytree(source / "gguf-py", converter / "gguf-py")
-        shutil.rmtree(CONVERTER, ignore_errors=True)
-        converter.replace(CONVERTER)
+        _keep_converter(source, work)
+
+
+def _source(work: Path) -> Path:
+    """llama.cpp's source as llama-cpp-python vendors it, downloaded and unpacked into `work`."""
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-binary",
+            ":all:",
+            "--no-deps",
+            f"llama-cpp-python=={VERSION}",
+            "-d",
+            str(work),
+        ]
+    )
+    archive = next(work.glob("llama_cpp_python-*.tar.gz"))
+    with tarfile.open(archive) as tar:
+        tar.extractall(work, filter="data")
+    return next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
+
+
+def _keep_converter(source: Path, work: Path) -> None:
+    """Copy the converter script and what it imports out of `source` into `CONVERTER`."""
+    converter = work / "converter"
+    converter.mkdir()
+    shutil.copy2(source / "convert_hf_to_gguf.py", converter)
+    for package in ("conversion", "gguf-py"):
+        shutil.copytree(source / package, converter / package)
+    shutil.rmtree(CONVERTER, ignore_errors=True)
+    converter.replace(CONVERTER)
 
 
 def _run(command: list[str]) -> None:

@@ -27,6 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.llama_build import ROOT, convert_script, llama_quantize_binary  # noqa: E402
 
 CACHE = ROOT / ".venv" / "muse-gguf"
+# What the converter imports that Muse does not install (it tries a SentencePiece vocabulary
+# first and only falls back to the tokenizer.json one when that says the file is missing).
+CONVERTER_DEPS = CACHE / "deps"
 
 
 def made_gguf(shape: str = "smollm2-1.7b", kind: str = "Q4_1", log=print) -> Path:
@@ -42,7 +45,8 @@ def made_gguf(shape: str = "smollm2-1.7b", kind: str = "Q4_1", log=print) -> Pat
         _save_random(shape, work / "hf")
         log("converting it with llama.cpp's convert_hf_to_gguf.py...")
         f16 = work / "f16.gguf"
-        env = {**os.environ, "PYTHONPATH": ""}  # the script's own gguf-py, not the installed one
+        # The script's own gguf-py (it puts it first), and the converter's own deps.
+        env = {**os.environ, "PYTHONPATH": str(_converter_deps())}
         _run([sys.executable, str(converter), str(work / "hf"), "--outfile", str(f16),
               "--outtype", "f16"], env)  # fmt: skip
         log(f"quantising it to {kind} with llama-quantize...")
@@ -50,6 +54,14 @@ def made_gguf(shape: str = "smollm2-1.7b", kind: str = "Q4_1", log=print) -> Pat
         _run([str(quantize), str(f16), str(partial), kind], env)
         partial.replace(final)
     return final
+
+
+def _converter_deps() -> Path:
+    """A folder with `sentencepiece`, installed there once with pip."""
+    if not (CONVERTER_DEPS / "sentencepiece").is_dir():
+        _run([sys.executable, "-m", "pip", "install", "-q", "--target", str(CONVERTER_DEPS),
+              "sentencepiece"], dict(os.environ))  # fmt: skip
+    return CONVERTER_DEPS
 
 
 def _save_random(shape: str, folder: Path) -> None:

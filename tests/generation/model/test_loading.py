@@ -139,8 +139,9 @@ def test_the_cache_holds_the_served_int4_weights_and_no_float_copy(fresh_cache):
     embeddings = "model.embed_tokens.weight"
     floats = [name for name, t in tensors.items() if t.is_floating_point() and t.dim() == 2]
     assert floats == [embeddings]  # no float linear layer: only the embeddings' lookup table
-    linear_weights = sum(m.weight.numel() for m in first.model.modules() if hasattr(m, "kind"))
-    assert (folder / "model.safetensors").stat().st_size < 2 * linear_weights  # fp32 took 4x
+    linear = sum(m.weight.numel() for m in first.model.modules() if type(m) is torch.nn.Linear)
+    served = sum(t.numel() * t.element_size() for name, t in tensors.items() if name != embeddings)
+    assert served < linear  # under a byte a weight, where fp32 took 4
 
 
 def test_a_cached_model_loads_again_with_the_same_logits_and_greedy_text(fresh_cache):
@@ -201,8 +202,9 @@ def test_a_killed_conversion_leaves_nothing_that_is_served(tmp_path):
     finally:
         child.kill()
         child.wait()
-    assert not folder.exists()
-    assert load_model(None, "cpu", tmp_path, "auto").from_cache is False  # converted afresh
-    assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # the leftover removed
-    _remove_killed_conversions(folder)  # nothing left to remove, the served folder kept
-    assert (folder / "muse.json").is_file()
+    assert not folder.exists()  # nothing a start would load
+    leftover = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    alive = tmp_path / f".{folder.name}-{os.getpid()}-running"  # a conversion still at work
+    alive.mkdir()
+    _remove_killed_conversions(folder)  # what the next conversion does first
+    assert leftover and not any(p.exists() for p in leftover) and alive.is_dir()
