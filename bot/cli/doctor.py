@@ -118,7 +118,7 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
         return found
     from bot.cli.wiring import engine_model
     from generation.model.loading import describe
-    from generation.model.memory import has_wide, resident_bytes
+    from generation.model.memory import has_wide, model_bytes, resident_bytes
     from generation.model.native_step import availability
 
     try:
@@ -137,7 +137,9 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
         "model",
         True,
         f"loaded {loaded.model_id} on {device} ({weights}) in {took}; resident memory "
-        f"{resident / 2**30:.2f} GiB{wide}; a few requests decode with {step}",
+        f"{resident / 2**30:.2f} GiB (its weights {model_bytes(loaded.model) / 2**30:.2f} GiB, "
+        f"those mapped from the cache resident once read){wide}; a few requests decode with "
+        f"{step}",
     )
 
 

@@ -6,8 +6,12 @@ of `quantize.WIDE_ROWS` rows or more it multiplies with a bf16 copy of its weigh
 weight more), where the int4 kernel is compute-bound. That copy is four times the int4 weights:
 for a 1.7B model 3.2 GiB beside 1.0. So it is kept only when the budget holds it; without it many
 rows run on the int4 kernel (slower at many rows, the same numbers for a row whatever shares its
-batch). `auto` gives the model a quarter of the memory available at start (the bot, the
-database, the key/value caches of the requests and anything else on the machine share the rest).
+batch). A size (`MUSE_MEMORY=6GiB`) keeps it whenever the model with it fits. `auto` keeps it
+only when it is small (`AUTO_WIDE_MAX`: widening takes ~12 ns a weight at every start, 6 s a GiB
+of copy here, and a 1.7B model's copy would be 3.4 GiB beside 1.5) and the model with it fits a
+quarter of the memory available at start (the bot, the database, the key/value caches of the
+requests and anything else on the machine share the rest): the default model keeps it, a 1.7B
+one does not.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ log = logging.getLogger("muse.generation.memory")
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 AUTO_SHARE = 0.25  # of the memory available at start, for `MUSE_MEMORY=auto`
+AUTO_WIDE_MAX = 1 << 30  # the largest bf16 copy `auto` keeps
 MEMINFO = Path("/proc/meminfo")
 
 
@@ -102,6 +107,8 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
     if not extra:
         return False
     budget = budget_bytes(setting)
+    if parse_memory(setting or "auto") is None:
+        budget = min(budget, model_bytes(model) + AUTO_WIDE_MAX)
     needed = model_bytes(model) + extra
     if needed > budget:
         log.info(

@@ -175,6 +175,7 @@ def test_muse_memory_decides_the_bf16_copy(fresh_cache):
     roomy = load_model(None, "cpu", cache, "auto", memory="64GiB")
     assert not has_wide(small.model) and has_wide(roomy.model)
     assert small.model.lm_head.wide is None and roomy.model.lm_head.wide is not None
+    assert has_wide(load_model(None, "cpu", cache, "auto", memory="auto").model)  # a small copy
     layer = next(m for m in small.model.modules() if isinstance(m, Int4Linear))
     x = torch.randn(16, layer.in_features)
     with prefilling():  # many rows without the copy: the int4 kernel
@@ -183,6 +184,15 @@ def test_muse_memory_decides_the_bf16_copy(fresh_cache):
     ids = small.tokenizer("The lighthouse keeper", return_tensors="pt").input_ids[:, :1]
     with torch.no_grad():  # one row takes the int4 kernel either way
         assert torch.equal(small.model(ids).logits, roomy.model(ids).logits)
+
+
+def test_auto_keeps_no_large_bf16_copy(fresh_cache, monkeypatch):
+    from generation.model import memory
+
+    cache, _ = fresh_cache
+    monkeypatch.setattr(memory, "AUTO_WIDE_MAX", 1 << 20)  # as if the copy were a 1.7B model's
+    assert not memory.has_wide(load_model(None, "cpu", cache, "auto").model)
+    assert memory.has_wide(load_model(None, "cpu", cache, "auto", memory="8GiB").model)
 
 
 def test_a_killed_conversion_leaves_nothing_that_is_served(tmp_path):
