@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The repository in place of benchmarks/: its kernels.py would shadow the `kernels` package
+# that transformers imports when it finds one.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from benchmarks.llama_build import ROOT, convert_script, llama_quantize_binary  # noqa: E402
 
