@@ -103,6 +103,10 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
     budget (`MUSE_MEMORY`); whether it did. A model with no int4 layer is left as it is."""
     from generation.model.quantize import COMPUTE, Int4Linear, Int8Linear, bf16_weights
 
+    head = getattr(model, "lm_head", None)
+    original = getattr(head, "original_weight", None)
+    if original is not None:
+        del head.original_weight  # a quantised head's source: needed no longer after this
     extra = wide_bytes(model)
     if not extra:
         return False
@@ -119,14 +123,12 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
             setting or "auto",
         )
         return False
-    head = getattr(model, "lm_head", None)
     for module in model.modules():
         if isinstance(module, Int4Linear) and module.wide is None:
             module.keep_wide()
         elif isinstance(module, Int8Linear) and module is head and module.wide is None:
-            # The head's original weights, as `quantise` keeps them: a tied head's are the
-            # embeddings (`tied_to`, set by the cache's loader).
-            original = getattr(module, "tied_to", None)
+            # The head's original weights, as `quantise` widens them (`original_weight`, left
+            # by `quantise` or, a tied head's embeddings, by the cache's loader).
             weights = module.dequantised() if original is None else original.to(COMPUTE)
             module.wide = bf16_weights(weights)
     return True

@@ -400,6 +400,8 @@ def quantise(model: nn.Module, bits: int, wide: bool = True) -> int:
                 layer.kernel_only = True
                 if bits == 4 and wide:
                     layer.keep_wide(module)
+                elif bits == 4:  # for `memory.keep_wide`, which decides and then drops it
+                    layer.original_weight = module.weight.detach()
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, layer)
             replaced += 1

@@ -151,7 +151,7 @@ def served_model(folder: Path, config: Any) -> nn.Module:
         setattr(model.get_submodule(parent) if parent else model, leaf, layer)
     model.load_state_dict(tensors, strict=False, assign=True)
     if tied:  # as `quantise` leaves a tied model: the head int8, the embeddings as they were
-        model.get_output_embeddings().tied_to = model.get_input_embeddings().weight
+        model.get_output_embeddings().original_weight = model.get_input_embeddings().weight
         model.config.tie_word_embeddings = False
     return _finished(model)
 
