@@ -133,7 +133,7 @@ def load_model(
                 Path(source), Path(cache_dir) if cache_dir else default_cache_dir()
             )
             loaded = _load_converted(folder, model_id, from_cache, target, weights, memory)
-        elif (Path(source) / "muse.json").is_file():  # a converted folder named as a folder
+        elif _served_folder(Path(source)):  # a converted folder named as a folder
             loaded = _load_converted(Path(source), source, False, target, weights, memory)
         else:
             loaded = _load_pretrained(source, target, weights, memory)
@@ -155,6 +155,15 @@ def load_model(
         resident_bytes() / 2**30,
     )
     return replace(loaded, load_s=load_s)
+
+
+def _served_folder(folder: Path) -> bool:
+    """Whether `folder` is a GGUF's converted folder of this format (an older one holds plain
+    fp32 safetensors and loads as any local folder)."""
+    try:
+        return "served_bits" in json.loads((folder / "muse.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _load_pretrained(
