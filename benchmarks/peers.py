@@ -81,6 +81,7 @@ class LlamaCppServer:
     """`llama-server` on a free loopback port, serving `model` (default: the default GGUF)."""
 
     READY_TIMEOUT_S = 120.0
+    NAME = "llama-server"
 
     def __init__(self, threads: int, model: Path | None = None) -> None:
         self.threads = threads
@@ -111,7 +112,7 @@ class LlamaCppServer:
         self.process = subprocess.Popen(  # noqa: ASYNC220 (starting it does not wait)
             command, stdout=self.log, stderr=subprocess.STDOUT, env=env
         )
-        name = Path(command[0]).name
+        name = self.NAME
         async with aiohttp.ClientSession() as session:
             deadline = started + self.READY_TIMEOUT_S
             while time.monotonic() < deadline:
@@ -141,7 +142,7 @@ class LlamaCppServer:
 
     async def __aexit__(self, *exc: object) -> None:
         if exc[0] is not None:
-            print(f"llama-server's last lines:\n{self.log_tail()}", file=sys.stderr)
+            print(f"{self.NAME}'s last lines:\n{self.log_tail()}", file=sys.stderr)
         if self.process is not None:
             self.process.terminate()
             await asyncio.to_thread(self.process.wait, 30)
@@ -153,6 +154,7 @@ class MuseServer(LlamaCppServer):
     `MUSE_MEMORY=memory`, in a process of its own (the conversion, at its first start, too)."""
 
     READY_TIMEOUT_S = 3600.0  # a first start converts the file
+    NAME = "muse serve"
 
     def __init__(self, threads: int, model: Path, memory: str) -> None:
         super().__init__(threads, model)
