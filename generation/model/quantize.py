@@ -104,6 +104,18 @@ class Int8Linear(QuantisedLinear):
         # An int4 model's head: its original weights in bf16 as well, for many rows (`keep_wide`).
         self.wide: torch.Tensor | None = None
 
+    @classmethod
+    def packed(cls, weight: torch.Tensor, scales: torch.Tensor) -> Int8Linear:
+        """The layer holding int8 `weight` [out, in] and its bf16 `scales` as they are (from the
+        conversion cache, `generation/model/served_cache.py`)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = weight.shape
+        layer.bias, layer.kernel_only, layer.wide = None, False, None
+        layer.weight = nn.Parameter(weight, requires_grad=False)
+        layer.register_buffer("scales", scales)
+        return layer
+
     def keep_wide(self, linear: nn.Linear) -> None:
         """Also hold `linear`'s weights in bf16, for calls of `WIDE_ROWS` rows or more (two
         bytes a weight more; for the output head of an int4 model)."""
@@ -153,7 +165,7 @@ class Int4Linear(QuantisedLinear):
 
     kind = "int4"
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, wide: bool = True) -> None:
         super().__init__(linear)
         rows, columns = self.out_features, self.in_features
         groups = linear.weight.detach().to(torch.float32).view(rows, columns // GROUP, GROUP)
@@ -167,9 +179,27 @@ class Int4Linear(QuantisedLinear):
         self.register_buffer(
             "scales_and_zeros", torch.stack([scales, zeros], -1).transpose(0, 1).contiguous()
         )
-        # What the kernel computes with: the bf16 scale and zero applied in fp32.
-        wide = (levels - 8.0) * scales.float()[..., None] + zeros.float()[..., None]
-        self.wide: torch.Tensor | None = bf16_weights(wide.view(rows, columns).to(COMPUTE))
+        self.wide: torch.Tensor | None = None
+        if wide:  # what the kernel computes with: the bf16 scale and zero applied in fp32
+            widened = (levels - 8.0) * scales.float()[..., None] + zeros.float()[..., None]
+            self.wide = bf16_weights(widened.view(rows, columns).to(COMPUTE))
+
+    @classmethod
+    def packed(cls, weight: torch.Tensor, scales_and_zeros: torch.Tensor) -> Int4Linear:
+        """The layer holding `weight` in the packed layout and its `scales_and_zeros` as they are
+        (from the conversion cache), without the bf16 copy (`keep_wide` adds it)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = weight.shape[0], weight.shape[1] * 2
+        layer.bias, layer.wide = None, None
+        layer.weight = nn.Parameter(weight, requires_grad=False)
+        layer.register_buffer("scales_and_zeros", scales_and_zeros)
+        return layer
+
+    def keep_wide(self) -> None:
+        """Hold the bf16 copy for many rows, widened from the packed weights (the same numbers
+        as the constructor's)."""
+        self.wide = bf16_weights(self.dequantised())
 
     @staticmethod
     def fits(linear: nn.Linear) -> bool:
@@ -203,20 +233,25 @@ def int4_matmul(
 def int4_dequantised(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
     """The bf16 weights [out, in] that `packed` and its scales stand for. The packed layout holds,
     for each block of `BLOCK` output rows and each input, a byte per pair of rows j and j + 32
-    (low and high four bits)."""
+    (low and high four bits). Written into place step by step, the same arithmetic in the same
+    order as the plain expression but much faster (it widens a whole model's bf16 copy at load:
+    benchmarks/README.md)."""
     rows, columns = packed.shape[0], packed.shape[1] * 2
     blocks = packed.view(rows // BLOCK, columns, BLOCK // 2)
-    levels = torch.stack([blocks & 15, blocks >> 4], dim=1)  # [blocks, 2, in, 32]
-    levels = levels.permute(0, 1, 3, 2).reshape(rows, columns // GROUP, GROUP)
+    levels = torch.empty(rows // BLOCK, 2, BLOCK // 2, columns, dtype=torch.uint8)
+    levels[:, 0] = (blocks & 15).transpose(1, 2)
+    levels[:, 1] = (blocks >> 4).transpose(1, 2)
     scales, zeros = scales_and_zeros.to(torch.float32).transpose(0, 1).unbind(-1)  # [out, groups]
-    weight = (levels.to(torch.float32) - 8.0) * scales[..., None] + zeros[..., None]
+    weight = levels.view(rows, columns // GROUP, GROUP).to(torch.float32)
+    weight.sub_(8.0).mul_(scales[..., None]).add_(zeros[..., None])
     return weight.view(rows, columns).to(COMPUTE)
 
 
-def quantise(model: nn.Module, bits: int) -> int:
+def quantise(model: nn.Module, bits: int, wide: bool = True) -> int:
     """Make every linear layer of `model` an `Int8Linear` (`bits` 8) or an `Int4Linear` (`bits` 4;
     the output head, and any layer whose shape the packed layout cannot hold, `Int8Linear`, the
-    head with its bf16 weights as well); the number replaced. A head tied to the input
+    head with its bf16 weights as well, as the int4 layers, unless not `wide`: see
+    `generation/model/memory.py`); the number replaced. A head tied to the input
     embeddings is untied first: the embeddings keep their dtype for their lookup."""
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, not {bits}")
@@ -230,11 +265,13 @@ def quantise(model: nn.Module, bits: int) -> int:
     for name, module in list(model.named_modules()):
         if type(module) is nn.Linear:
             four = bits == 4 and module is not head and Int4Linear.fits(module)
-            layer = Int4Linear(module) if four else Int8Linear(module)
+            layer = Int4Linear(module, wide) if four else Int8Linear(module)
             if module is head:
                 layer.kernel_only = True
-                if bits == 4:
+                if bits == 4 and wide:
                     layer.keep_wide(module)
+                elif bits == 4:  # for `memory.keep_wide`, which decides and then drops it
+                    layer.original_weight = module.weight.detach()
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, layer)
             replaced += 1

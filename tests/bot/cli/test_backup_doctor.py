@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sqlite3
 import stat
 from pathlib import Path
@@ -184,6 +185,19 @@ def test_doctor_loads_the_local_model(env, tmp_path: Path, capsys):
     code, lines = doctor(capsys, "--load")
     assert code == 0 and lines[2].endswith("with the Python step (MUSE_NATIVE_STEP=0)")
     assert TOKEN not in "\n".join(lines)
+
+
+def test_doctor_load_prints_the_resident_memory_and_the_budget_s_choice(env, capsys):
+    env.setenv("DISCORD_TOKEN", TOKEN)
+    env.setenv("MUSE_MEMORY", "1MiB")  # no room for the bf16 copy
+    code, lines = doctor(capsys, "--load")
+    assert code == 0, lines
+    resident = re.search(r"resident memory (\d+\.\d\d) GiB", lines[2])
+    assert resident is not None and 0.1 < float(resident.group(1)) < 4.0, lines[2]
+    assert "the bf16 copy for prompts not kept (MUSE_MEMORY=1MiB)" in lines[2]
+    env.setenv("MUSE_MEMORY", "64GiB")
+    code, lines = doctor(capsys, "--load")
+    assert code == 0 and "the bf16 copy for prompts kept (MUSE_MEMORY=64GiB)" in lines[2]
 
 
 def test_doctor_says_why_the_c_step_is_not_used(env, tmp_path: Path, capsys):

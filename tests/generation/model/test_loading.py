@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,107 @@ def test_muse_generate_explains_bad_fields(fresh_cache):
     )
     assert result.returncode == 2
     assert "form must be one of free, haiku, sonnet, limerick" in result.stderr
+
+
+# --- the served cache (issue #28): int weights with their scales, mapped; MUSE_MEMORY -----------
+
+
+def _served(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_the_cache_holds_the_served_int4_weights_and_no_float_copy(fresh_cache):
+    cache, first = fresh_cache
+    folder = next(p for p in cache.iterdir())
+    tensors = _served(folder)
+    packed = {name: t for name, t in tensors.items() if name.endswith(".scales_and_zeros")}
+    assert len(packed) == 7 * first.model.config.num_hidden_layers  # every projection int4
+    for name in packed:
+        weight = tensors[name.replace(".scales_and_zeros", ".weight")]
+        assert weight.dtype == torch.uint8 and packed[name].dtype == torch.bfloat16
+    assert tensors["lm_head.weight"].dtype == torch.int8  # the head int8, as quantise does
+    embeddings = "model.embed_tokens.weight"
+    floats = [name for name, t in tensors.items() if t.is_floating_point() and t.dim() == 2]
+    assert floats == [embeddings]  # no float linear layer: only the embeddings' lookup table
+    linear = sum(m.weight.numel() for m in first.model.modules() if type(m) is torch.nn.Linear)
+    served = sum(t.numel() * t.element_size() for name, t in tensors.items() if name != embeddings)
+    assert served < linear  # under a byte a weight, where fp32 took 4
+
+
+def test_a_cached_model_loads_again_with_the_same_logits_and_greedy_text(fresh_cache):
+    cache, _ = fresh_cache
+    one, two = (load_model(None, "cpu", cache, "auto") for _ in range(2))
+    assert one.from_cache and two.from_cache
+    ids = one.tokenizer("The lighthouse keeper", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(one.model(ids).logits, two.model(ids).logits)
+        texts = [m.model.generate(ids, max_new_tokens=12, do_sample=False) for m in (one, two)]
+    assert torch.equal(*texts)
+
+
+def test_the_served_weights_are_those_quantised_from_the_exact_ones(fresh_cache):
+    from generation.model.loading import with_weights
+
+    cache, _ = fresh_cache
+    served = load_model(None, "cpu", cache, "auto")
+    quantised = with_weights(load_model(None, "cpu", cache, "fp32"), "int4")
+    ids = served.tokenizer("The lighthouse keeper", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(served.model(ids).logits, quantised.model(ids).logits)
+
+
+def test_muse_memory_decides_the_bf16_copy(fresh_cache):
+    from generation.model.memory import has_wide
+    from generation.model.prefill_mode import prefilling
+    from generation.model.quantize import Int4Linear, int4_matmul
+
+    cache, _ = fresh_cache
+    small = load_model(None, "cpu", cache, "auto", memory="1MiB")
+    roomy = load_model(None, "cpu", cache, "auto", memory="64GiB")
+    assert not has_wide(small.model) and has_wide(roomy.model)
+    assert small.model.lm_head.wide is None and roomy.model.lm_head.wide is not None
+    assert has_wide(load_model(None, "cpu", cache, "auto", memory="auto").model)  # a small copy
+    layer = next(m for m in small.model.modules() if isinstance(m, Int4Linear))
+    x = torch.randn(16, layer.in_features)
+    with prefilling():  # many rows without the copy: the int4 kernel
+        kernel = int4_matmul(x, layer.weight, layer.scales_and_zeros)
+        assert torch.equal(layer(x), kernel)
+    ids = small.tokenizer("The lighthouse keeper", return_tensors="pt").input_ids[:, :1]
+    with torch.no_grad():  # one row takes the int4 kernel either way
+        assert torch.equal(small.model(ids).logits, roomy.model(ids).logits)
+
+
+def test_auto_keeps_no_large_bf16_copy(fresh_cache, monkeypatch):
+    from generation.model import memory
+
+    cache, _ = fresh_cache
+    monkeypatch.setattr(memory, "AUTO_WIDE_MAX", 1 << 20)  # as if the copy were a 1.7B model's
+    assert not memory.has_wide(load_model(None, "cpu", cache, "auto").model)
+    assert memory.has_wide(load_model(None, "cpu", cache, "auto", memory="8GiB").model)
+
+
+def test_a_killed_conversion_leaves_nothing_that_is_served(tmp_path):
+    from generation.model.loading import _remove_killed_conversions, gguf_cache_folder
+
+    code = (
+        "import sys; from pathlib import Path; from generation.model.loading import convert_gguf;"
+        "convert_gguf(Path(sys.argv[1]), Path(sys.argv[2]))"
+    )
+    folder = gguf_cache_folder(default_model_path(), tmp_path)
+    child = subprocess.Popen([sys.executable, "-c", code, str(default_model_path()), str(folder)])
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(tmp_path.glob(".*")), "the conversion never started"
+    finally:
+        child.kill()
+        child.wait()
+    assert not folder.exists()  # nothing a start would load
+    leftover = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    alive = tmp_path / f".{folder.name}-{os.getpid()}-running"  # a conversion still at work
+    alive.mkdir()
+    _remove_killed_conversions(folder)  # what the next conversion does first
+    assert leftover and not any(p.exists() for p in leftover) and alive.is_dir()

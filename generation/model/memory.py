@@ -1,0 +1,166 @@
+"""The model's memory: the `MUSE_MEMORY` budget, whether an int4 model keeps its bf16 copy, and
+the resident memory of this process.
+
+An int4 model reads half a byte a weight per decoding step of a few rows; for prompts and steps
+of `prefill_mode.WIDE_ROWS` rows or more it multiplies with a bf16 copy of its weights (two bytes a
+weight more), where the int4 kernel is compute-bound. That copy is four times the int4 weights:
+for a 1.7B model 3.2 GiB beside 1.0. So it is kept only when the budget holds it; without it many
+rows run on the int4 kernel (slower at many rows, the same numbers for a row whatever shares its
+batch). A size (`MUSE_MEMORY=6GiB`) keeps it whenever the model with it fits. `auto` keeps it
+only when it is small (`AUTO_WIDE_MAX`: widening takes ~12 ns a weight at every start, 6 s a GiB
+of copy here, and a 1.7B model's copy would be 3.4 GiB beside 1.5) and the model with it fits a
+quarter of the memory available at start (the bot, the database, the key/value caches of the
+requests and anything else on the machine share the rest): the default model keeps it, a 1.7B
+one does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # bot/core/settings.py reads `parse_memory` without importing torch
+    from torch import nn
+
+log = logging.getLogger("muse.generation.memory")
+
+UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+AUTO_SHARE = 0.25  # of the memory available at start, for `MUSE_MEMORY=auto`
+AUTO_WIDE_MAX = 1 << 30  # the largest bf16 copy `auto` keeps
+MEMINFO = Path("/proc/meminfo")
+
+
+def parse_memory(raw: str) -> int | None:
+    """`MUSE_MEMORY` in bytes: `auto` (None), or a size such as `4GiB`, `512M`, `3.5G`, `2000000000`
+    (binary units; `B`, `iB` optional). ValueError, naming the setting, otherwise."""
+    text = (raw or "").strip()
+    if not text or text.lower() == "auto":
+        return None
+    match = SIZE.match(text)
+    if match is None:
+        raise ValueError(
+            f"MUSE_MEMORY={raw!r} is not `auto` or a size such as 4GiB, 512MiB or 3.5G."
+        )
+    size = int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    if size <= 0:
+        raise ValueError(f"MUSE_MEMORY={raw!r} must be more than nothing.")
+    return size
+
+
+def available_bytes() -> int:
+    """The memory available to new work now (`MemAvailable`; elsewhere psutil's `available`)."""
+    try:
+        for line in MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def budget_bytes(setting: str | None) -> int:
+    """The model's budget for `setting` (`MUSE_MEMORY`; None or `auto`: `AUTO_SHARE` of the
+    memory available now)."""
+    size = parse_memory(setting or "auto")
+    return size if size is not None else int(available_bytes() * AUTO_SHARE)
+
+
+def model_bytes(model: nn.Module) -> int:
+    """The bytes of `model`'s parameters and buffers (each storage once: fused layers' views and
+    tied weights count once)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_meta or tensor.is_mkldnn:
+            continue
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
+def wide_bytes(model: nn.Module) -> int:
+    """What an int4 model's bf16 copy would take: two bytes a weight of its int4 layers and
+    of its int8 head."""
+    from generation.model.quantize import Int4Linear, Int8Linear
+
+    layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    if not layers:
+        return 0
+    heads = [m for m in model.modules() if isinstance(m, Int8Linear) and m.kernel_only]
+    return 2 * sum(m.in_features * m.out_features for m in [*layers, *heads])
+
+
+def keep_wide(model: nn.Module, setting: str | None) -> bool:
+    """Give `model`'s int4 layers (and head) their bf16 copy when the model with it fits the
+    budget (`MUSE_MEMORY`); whether it did. A model with no int4 layer is left as it is."""
+    from generation.model.bf16_products import COMPUTE, bf16_weights
+    from generation.model.quantize import Int4Linear, Int8Linear
+
+    head = getattr(model, "lm_head", None)
+    original = getattr(head, "original_weight", None)
+    if original is not None:
+        del head.original_weight  # a quantised head's source: needed no longer after this
+    extra = wide_bytes(model)
+    if not extra:
+        return False
+    budget = budget_bytes(setting)
+    if parse_memory(setting or "auto") is None:
+        budget = min(budget, model_bytes(model) + AUTO_WIDE_MAX)
+    needed = model_bytes(model) + extra
+    if needed > budget:
+        log.info(
+            "no bf16 copy for prompts and many requests (the model with it: %.2f GiB, over the "
+            "budget of %.2f GiB, MUSE_MEMORY=%s): they run on the int4 kernel",
+            needed / 2**30,
+            budget / 2**30,
+            setting or "auto",
+        )
+        return False
+    for module in model.modules():
+        if isinstance(module, Int4Linear) and module.wide is None:
+            module.keep_wide()
+        elif isinstance(module, Int8Linear) and module is head and module.wide is None:
+            # The head's original weights, as `quantise` widens them (`original_weight`, left
+            # by `quantise` or, a tied head's embeddings, by the cache's loader).
+            weights = module.dequantised() if original is None else original.to(COMPUTE)
+            module.wide = bf16_weights(weights)
+    return True
+
+
+def has_wide(model: nn.Module) -> bool:
+    """Whether `model`'s int4 layers hold their bf16 copy."""
+    from generation.model.quantize import Int4Linear
+
+    return any(isinstance(m, Int4Linear) and m.wide is not None for m in model.modules())
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (RSS, mapped files included)."""
+    try:
+        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory so far (VmHWM)."""
+    try:
+        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resident_bytes()
