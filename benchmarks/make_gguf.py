@@ -68,10 +68,10 @@ def _converter_deps() -> Path:
 
 def _save_random(shape: str, folder: Path) -> None:
     """The random model of `shape` with the default model's tokenizer, as a bf16 folder."""
-    from tests.generation.random_model import random_model
     from transformers import AutoTokenizer
 
     from generation.model.loading import default_model_path
+    from generation.model.random_model import random_model
 
     path = default_model_path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
