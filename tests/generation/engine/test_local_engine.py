@@ -39,7 +39,9 @@ async def test_same_seed_same_text_and_other_seed_differs(make_engine):
 
 async def test_max_new_tokens_is_capped_by_the_engine(make_engine):
     engine = make_engine(max_new_tokens=5)
-    result = await engine.generate(ask("Count from one to fifty.", max_new_tokens=200))
+    # ignore_eos: a sampled end of text within the first five tokens would end it as "stop"
+    request = ask("Count from one to fifty.", max_new_tokens=200, ignore_eos=True)
+    result = await engine.generate(request)
     assert result.finish_reason == "length" and result.tokens_out == 5
 
 
