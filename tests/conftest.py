@@ -14,6 +14,21 @@ from tests.postgres_server import PostgresServer, session_server
 _exit_status = 0
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Share the cores out between xdist's workers, for this process and the processes its tests
+    start: torch's default of one thread per core in every worker oversubscribes them, and its
+    threads then wait on each other many times over (benchmarks/README.md, "Test suite")."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return
+    threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    os.environ["OMP_NUM_THREADS"] = threads
+    os.environ.setdefault("MKL_NUM_THREADS", threads)
+    import torch
+
+    torch.set_num_threads(int(threads))
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """The PostgreSQL test server: one per pytest process (each xdist worker has its own),
