@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,16 +54,11 @@ def parse_memory(raw: str) -> int | None:
 
 
 def available_bytes() -> int:
-    """The memory available to new work now (`MemAvailable`; elsewhere psutil's `available`)."""
-    try:
-        for line in MEMINFO.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import psutil
-
-    return int(psutil.virtual_memory().available)
+    """The memory available to new work now (`MemAvailable`; without /proc, the free pages)."""
+    kib = _proc_kib(MEMINFO, "MemAvailable")
+    if kib is not None:
+        return kib * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def budget_bytes(setting: str | None) -> int:
@@ -143,24 +140,29 @@ def has_wide(model: nn.Module) -> bool:
 
 
 def resident_bytes() -> int:
-    """This process's resident memory now (RSS, mapped files included)."""
-    try:
-        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
+    """This process's resident memory now (RSS, mapped files included; without /proc, the peak)."""
+    kib = _proc_kib(Path("/proc/self/status"), "VmRSS")
+    return kib * 1024 if kib is not None else _peak_from_rusage()
 
 
 def peak_resident_bytes() -> int:
     """This process's peak resident memory so far (VmHWM)."""
+    kib = _proc_kib(Path("/proc/self/status"), "VmHWM")
+    return kib * 1024 if kib is not None else _peak_from_rusage()
+
+
+def _proc_kib(path: Path, field: str) -> int | None:
+    """A `field:  N kB` line of a /proc file, in KiB; None where there is no such file or line."""
     try:
-        for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+        for line in path.read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
     except OSError:
         pass
-    return resident_bytes()
+    return None
+
+
+def _peak_from_rusage() -> int:
+    """The peak resident memory from getrusage (KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

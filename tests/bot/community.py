@@ -97,3 +97,21 @@ async def arena_reply(battle: InteractionRecord, timeout_s: float = 120) -> Mess
     await battle.wait_finished(timeout=timeout_s)
     assert battle.original is not None
     return battle.original
+
+
+async def vote_final(
+    emu: DiscordEmulator, reply: MessageRecord, side: str, voters: Sequence[str]
+) -> None:
+    """Each voter picks `side` ("A" or "B") of a battle and is thanked; a second press by the
+    first voter is refused as final."""
+    custom = next(c for c in reply.custom_ids() if c.endswith(f":{side}"))
+    for voter in voters:
+        said = (await ephemeral(await emu.press_button(reply, custom, user=voter))).content
+        assert said.startswith("Thanks — saved"), said
+    again = (await ephemeral(await emu.press_button(reply, custom, user=voters[0]))).content
+    assert again.startswith("🔒 Your vote on this battle is final"), again
+
+
+def announced(emu: DiscordEmulator, text: str) -> bool:
+    """Whether the bot said `text` in the emulator's channel."""
+    return any(text in m.content for m in emu.bot_messages(emu.channel))

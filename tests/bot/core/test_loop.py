@@ -15,7 +15,17 @@ from generation.errors import AdapterError
 from generation.types import GenerationChunk, GenerationRequest
 from storage.rows import ModelRecord
 from storage.store import Store
-from tests.bot.community import answered, arena_reply, ephemeral, finished, muse, refusal, rows
+from tests.bot.community import (
+    announced,
+    answered,
+    arena_reply,
+    ephemeral,
+    finished,
+    muse,
+    refusal,
+    rows,
+    vote_final,
+)
 from tests.bot.fakes import ReplayEngine
 from tests.discord_emulator import DiscordEmulator, InteractionRecord
 from tests.polling import eventually
@@ -74,16 +84,7 @@ async def battle(emu: DiscordEmulator, prefer_tuned: bool) -> None:
     )
     tuned_side = "A" if MARKER in reply.embeds[0]["description"] else "B"
     side = tuned_side if prefer_tuned else ("B" if tuned_side == "A" else "A")
-    custom = next(c for c in reply.custom_ids() if c.endswith(f":{side}"))
-    for voter in VOTERS:
-        said = (await ephemeral(await emu.press_button(reply, custom, user=voter))).content
-        assert said.startswith("Thanks — saved"), said
-    again = (await ephemeral(await emu.press_button(reply, custom, user=VOTERS[0]))).content
-    assert again.startswith("🔒 Your vote on this battle is final"), again
-
-
-def announced(emu: DiscordEmulator, text: str) -> bool:
-    return any(text in m.content for m in emu.bot_messages(emu.channel))
+    await vote_final(emu, reply, side, VOTERS)
 
 
 async def turn_on(emu: DiscordEmulator, **options) -> InteractionRecord:

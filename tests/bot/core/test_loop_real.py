@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.bot.bot_process import BotProcess, muse_run
-from tests.bot.community import arena_reply, ephemeral, rows
+from tests.bot.community import announced, arena_reply, ephemeral, rows, vote_final
 from tests.discord_emulator import DiscordEmulator, InteractionRecord
 from tests.polling import eventually
 
@@ -101,10 +101,6 @@ def names_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def announced(emu: DiscordEmulator, text: str) -> bool:
-    return any(text in m.content for m in emu.bot_messages(emu.channel))
-
-
 async def battle(emu: DiscordEmulator) -> None:
     """One /arena; every voter picks the side that wrote the marker (the only way a member can
     tell the tuned model: the battle is blind), and a second press changes nothing."""
@@ -113,12 +109,7 @@ async def battle(emu: DiscordEmulator) -> None:
     texts = [embed.get("description", "") for embed in reply.embeds]
     marked = [side for side, text in zip("AB", texts, strict=False) if MARKER in text]
     assert len(marked) == 1, texts
-    custom = next(c for c in reply.custom_ids() if c.endswith(f":{marked[0]}"))
-    for voter in VOTERS:
-        said = (await ephemeral(await emu.press_button(reply, custom, user=voter))).content
-        assert said.startswith("Thanks — saved"), said
-    again = (await ephemeral(await emu.press_button(reply, custom, user=VOTERS[0]))).content
-    assert again.startswith("🔒 Your vote on this battle is final"), again
+    await vote_final(emu, reply, marked[0], VOTERS)
 
 
 async def predictable(emu: DiscordEmulator) -> None:
