@@ -49,10 +49,11 @@ postgres-server:
 	@test -n "$(POSTGRES_INITDB)" || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
-# Two pytest workers, a test file each at a time: the suite waits on child processes, sockets
-# and the model far more than it computes, so two overlap well even on two cores
-# (benchmarks/README.md, "Test suite"). TEST_WORKERS=0 runs it in one process.
-TEST_WORKERS ?= 2
+# Three pytest workers, a test file each at a time, sharing the cores out (tests/conftest.py): the
+# suite waits on child processes, sockets and the model more than it computes, so three overlap
+# well even on two cores (benchmarks/README.md, "Decisions": pytest workers). TEST_WORKERS=0 runs
+# it in one process.
+TEST_WORKERS ?= 3
 test: $(STAMP) $(LLAMA_SERVER) postgres-server
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
