@@ -17,7 +17,8 @@ _exit_status = 0
 def pytest_configure(config: pytest.Config) -> None:
     """Share the cores out between xdist's workers, for this process and the processes its tests
     start: torch's default of one thread per core in every worker oversubscribes them, and its
-    threads then wait on each other many times over (benchmarks/README.md, "Decisions": pytest workers)."""
+    threads then wait on each other many times over (benchmarks/README.md, "Decisions":
+    pytest workers)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers <= 1 or "OMP_NUM_THREADS" in os.environ:
         return

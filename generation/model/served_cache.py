@@ -6,7 +6,8 @@ number `from_pretrained(gguf_file=...)` gives) and writes `model.safetensors` wi
 layer packed as `quantize.Int4Linear` / `Int8Linear` hold it (`NAME.weight` the packed int4 or
 the int8 matrix, `NAME.scales_and_zeros` or `NAME.scales` bf16), the output head int8, and the
 rest (embeddings, norms) fp32 as the file has them. There is no float32 copy of the linear
-layers anywhere: a 1.7B Q4_1 model's cache is 1.4 GB where the old one was 6.8.
+layers anywhere. Every tensor starts on a 64-byte boundary of the file (`aligned_file.py`):
+torch's int kernels read mapped weights with aligned loads.
 
 Loading builds the model on the meta device and hands it the file's tensors memory-mapped
 (safetensors): nothing is copied or re-quantised, the embeddings' rows are read as they are
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from generation.model.aligned_file import save_aligned, unpadded
 from generation.model.quantize import Int4Linear, Int8Linear
 
 log = logging.getLogger("muse.generation.model.served_cache")
@@ -72,7 +74,6 @@ def convert(path: Path, folder: Path, bits: int, config: Any) -> None:
     """Write `folder`/`SERVED_FILE`: the GGUF file `path`'s weights served with `bits` (4 or 8)
     for the model `config` describes, logging how far it is every `PROGRESS_S` seconds."""
     from gguf import GGUFReader
-    from safetensors.torch import save_file
 
     reader = GGUFReader(str(path))
     model = skeleton(config)
@@ -103,7 +104,7 @@ def convert(path: Path, folder: Path, bits: int, config: Any) -> None:
     if f"{head_name}.weight" not in served:  # tied to the embeddings: quantised from them
         embeddings = served[f"{_name_of(model, model.get_input_embeddings())}.weight"]
         served.update(_packed(head_name, embeddings, bits, True))
-    save_file(served, str(folder / SERVED_FILE), metadata={"format": "muse-served"})
+    save_aligned(served, folder / SERVED_FILE, metadata={"format": "muse-served"})
     log.info("converted %s in %.0f s", path.name, time.perf_counter() - started)
 
 
@@ -131,7 +132,7 @@ def served_model(folder: Path, config: Any) -> nn.Module:
     without bf16 copies (`memory.keep_wide` adds them)."""
     from safetensors.torch import load_file
 
-    tensors = load_file(str(folder / SERVED_FILE))  # mapped, not read
+    tensors = unpadded(load_file(str(folder / SERVED_FILE)))  # mapped, not read
     model = skeleton(config)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     head = model.get_output_embeddings()

@@ -169,10 +169,16 @@ def test_the_served_weights_are_those_quantised_from_the_exact_ones(fresh_cache)
 def test_muse_memory_decides_the_bf16_copy(fresh_cache):
     from generation.model.memory import has_wide
     from generation.model.prefill_mode import prefilling
-    from generation.model.quantize import Int4Linear, int4_matmul
+    from generation.model.quantize import Int4Linear, int4_matmul, int8_matmul
 
     cache, _ = fresh_cache
     small = load_model(None, "cpu", cache, "auto", memory="1MiB")
+    # The weights are mapped from the cache where torch's kernels can read them: the int8 head
+    # of many rows (a prefill's last tokens, a step of many requests) once crashed the process.
+    assert all(t.data_ptr() % 64 == 0 for t in [*small.model.parameters(), *small.model.buffers()])
+    head = small.model.lm_head
+    rows = torch.randn(16, head.in_features)
+    assert torch.equal(head(rows), int8_matmul(rows, head.weight.clone(), head.scales.clone()))
     roomy = load_model(None, "cpu", cache, "auto", memory="64GiB")
     assert not has_wide(small.model) and has_wide(roomy.model)
     assert small.model.lm_head.wide is None and roomy.model.lm_head.wide is not None
