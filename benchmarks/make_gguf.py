@@ -22,9 +22,7 @@ from pathlib import Path
 
 import torch
 
-# The repository in place of benchmarks/: its kernels.py would shadow the `kernels` package
-# that transformers imports when it finds one.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.llama_build import ROOT, convert_script, llama_quantize_binary  # noqa: E402
 

@@ -342,6 +342,24 @@ def test_benchmarks_import_no_tests_but_the_named() -> None:
     assert not found, "benchmarks/ imports tests (move it into the project):\n" + "\n".join(found)
 
 
+def test_no_benchmark_script_shadows_an_installed_module() -> None:
+    """`python benchmarks/X.py` puts benchmarks/ on the import path, so a script named like an
+    installed module is imported in its place (a kernels.py once broke transformers' loading).
+    The project's own packages are not at risk: the scripts put the repository first."""
+    import importlib.util
+    import sys
+
+    def installed(name: str) -> bool:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            return False
+        where = Path(spec.origin or ROOT).resolve()
+        return ROOT not in where.parents or Path(sys.prefix).resolve() in where.parents
+
+    shadowing = sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if installed(p.stem))
+    assert not shadowing, f"rename these benchmarks: {shadowing}"
+
+
 def test_bot_core_package_exists() -> None:
     assert (ROOT / "bot" / "core" / "__init__.py").is_file(), "bot/core/__init__.py is missing"
 

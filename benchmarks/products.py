@@ -2,7 +2,7 @@
 (`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`, bf16 activations), bf16 and
 fp32 `linear`.
 
-    .venv/bin/python benchmarks/kernels.py
+    .venv/bin/python benchmarks/products.py
 
 Prints milliseconds per call for a few weight shapes (SmolLM2-135M's and -1.7B's layers and the
 output head) at 1, 4 and 16 rows, on a thread of its own (never torch on the main thread, see
