@@ -70,6 +70,7 @@ from generation.model.loading import (  # noqa: E402
     load_model,
     with_weights,
 )
+from generation.model.memory import peak_resident_bytes  # noqa: E402
 from generation.model.prompting import encode_messages  # noqa: E402
 
 SLOTS = 16
@@ -131,10 +132,7 @@ class LlamaCppServer:
     def peak_rss(self) -> int:
         """The process's peak resident memory so far, in bytes (VmHWM)."""
         assert self.process is not None
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return (
-            int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1]) << 10
-        )
+        return peak_resident_bytes(self.process.pid)
 
     def log_tail(self) -> str:
         self.log.seek(0)

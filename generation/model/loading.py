@@ -5,9 +5,9 @@ serves them (int4 / int8 packed with their scales, `generation/model/served_cach
 config without its `quantization_config`, the tokenizer and the generation config. Later
 starts map those weights from disk (no re-quantisation, no float copy). fp32 / bf16 weights
 (`MUSE_WEIGHTS`, a GPU, training) are de-quantised from the GGUF itself at each load, with the
-cached config and tokenizer. Caches of the old format (an fp32 copy of the model, format 2) are
-left alone and not read: a new folder is converted beside them (remove the old one to free its
-space).
+cached config and tokenizer. Caches of an older format (format 2's fp32 copy of the model,
+format 3's tensors packed without alignment) are left alone and not read: a new folder is
+converted beside them (remove the old one to free its space).
 """
 
 from __future__ import annotations

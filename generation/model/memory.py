@@ -145,10 +145,15 @@ def resident_bytes() -> int:
     return kib * 1024 if kib is not None else _peak_from_rusage()
 
 
-def peak_resident_bytes() -> int:
-    """This process's peak resident memory so far (VmHWM)."""
-    kib = _proc_kib(Path("/proc/self/status"), "VmHWM")
-    return kib * 1024 if kib is not None else _peak_from_rusage()
+def peak_resident_bytes(pid: int | None = None) -> int:
+    """The peak resident memory so far (VmHWM) of this process, or of the process `pid` (on
+    Linux only: OSError where /proc cannot tell)."""
+    kib = _proc_kib(Path(f"/proc/{pid or 'self'}/status"), "VmHWM")
+    if kib is not None:
+        return kib * 1024
+    if pid is not None:
+        raise OSError(f"no peak memory for process {pid}")
+    return _peak_from_rusage()
 
 
 def _proc_kib(path: Path, field: str) -> int | None:
