@@ -16,6 +16,7 @@ from bot.core.settings import Settings
 from generation.backend import Backend
 from generation.engine.local_engine import Engine, EngineConfig
 from generation.model.loading import LoadedModel, load_model
+from generation.model.memory import prefix_cache_mb
 from generation.remote.backend import OpenAIBackend, RemoteConfig
 from generation.tasks.presets import Preset, load_presets
 from storage.store import Store
@@ -91,6 +92,7 @@ def build_backend(
         queue_size=settings.queue_size,
         max_new_tokens=settings.max_tokens,
         step_timeout_s=settings.timeout_s,
+        prefix_cache_mb=prefix_cache_mb(settings.memory, EngineConfig().prefix_cache_mb),
         adapters=dict(adapters or {}),
     )
     loader = partial(engine_model, settings)

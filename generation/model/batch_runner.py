@@ -22,8 +22,10 @@ from generation.model.llama_step import LlamaStep
 from generation.model.prefill_mode import prefilling
 from generation.model.prefix_cache import LayerStates, PrefixCache
 
-# Room for this many more tokens per layer before its buffers are reallocated.
-SPARE_COLUMNS = 64
+# Room for this many more tokens per layer before its buffers are reallocated: each row's room
+# for a 1.7B model is 0.4 MB a column, so spare room for many rows is memory the peak pays for;
+# a reallocation every 16 steps costs ~1 % of them (benchmarks/README.md, "Memory").
+SPARE_COLUMNS = 16
 
 
 class GrowingLayer(DynamicLayer):
@@ -131,15 +133,25 @@ class KVBatch:
 
     def merge(self, other: KVBatch) -> KVBatch:
         """Both batches' rows in one (self's rows first)."""
-        width = max(self.width, other.width)
-        cache = _new_cache(len(self.cache.layers))
-        # Into new rooms, so self stays intact until the merge has succeeded (an out-of-memory
-        # leaves it usable); each row is copied once.
-        for layer, a, b in zip(cache.layers, self.cache.layers, other.cache.layers, strict=True):
-            layer.assign_stacked([a.keys, b.keys], [a.values, b.values], width)
-        mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)])
-        lengths = torch.cat([self.lengths, other.lengths])
-        return KVBatch(cache, mask, lengths, self.slots + other.slots)
+        return KVBatch.joined([self, other])
+
+    @staticmethod
+    def joined(batches: list[KVBatch]) -> KVBatch:
+        """All `batches`' rows in one, in order: each row copied once, however many batches
+        (merging them two by two held every intermediate batch beside the next)."""
+        if len(batches) == 1:
+            return batches[0]
+        width = max(batch.width for batch in batches)
+        cache = _new_cache(len(batches[0].cache.layers))
+        # Into new rooms, so the batches stay intact until the merge has succeeded (an
+        # out-of-memory leaves them usable).
+        for index, layer in enumerate(cache.layers):
+            parts = [batch.cache.layers[index] for batch in batches]
+            layer.assign_stacked([p.keys for p in parts], [p.values for p in parts], width)
+        mask = torch.cat([_pad_left(batch.mask, width) for batch in batches])
+        lengths = torch.cat([batch.lengths for batch in batches])
+        slots = tuple(slot for batch in batches for slot in batch.slots)
+        return KVBatch(cache, mask, lengths, slots)
 
     def keep(self, rows: list[int]) -> KVBatch:
         """Only `rows`, with columns that are padding in every kept row dropped."""
@@ -254,7 +266,7 @@ class BatchRunner:
             group = None if key is None else (slots[index], key)
             groups.setdefault(group, []).append((index, shared))
         order: list[int] = []
-        batch: KVBatch | None = None
+        parts: list[KVBatch] = []
         logits: list[torch.Tensor] = []
         for group, members in groups.items():
             prefix = None
@@ -264,11 +276,13 @@ class BatchRunner:
                 prefixes.hits += len(members)
                 prefixes.tokens_reused += shared * len(members)
             rows = [sequences[i] for i, _ in members]
-            part, part_logits = self.prefill(rows, prefix, [slots[i] for i, _ in members])
-            batch = part if batch is None else batch.merge(part)
+            part = self.prefill(rows, prefix, [slots[i] for i, _ in members])
+            parts.append(part[0])
+            logits.append(part[1])
             order += [i for i, _ in members]
-            logits.append(part_logits)
-        assert batch is not None
+        del prefix, part  # the last group's prefix and rooms go with the others'
+        batch = KVBatch.joined(parts)
+        parts.clear()  # each part's rooms go now, not when this frame ends
         for row, index in enumerate(order):
             prefixes.add(sequences[index], batch.row_states(row), slots[index])
         return order, batch, torch.cat(logits)

@@ -33,6 +33,7 @@ UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 AUTO_SHARE = 0.25  # of the memory available at start, for `MUSE_MEMORY=auto`
 AUTO_WIDE_MAX = 1 << 30  # the largest bf16 copy `auto` keeps
+PREFIX_SHARE = 8  # of the model's budget, at most, for remembered prompts' keys and values
 MEMINFO = Path("/proc/meminfo")
 
 
@@ -66,6 +67,14 @@ def budget_bytes(setting: str | None) -> int:
     memory available now)."""
     size = parse_memory(setting or "auto")
     return size if size is not None else int(available_bytes() * AUTO_SHARE)
+
+
+def prefix_cache_mb(setting: str | None, most: int) -> int:
+    """The remembered prompts' budget in MiB (`generation/model/prefix_cache.py`): at most
+    `most`, and at most a `PREFIX_SHARE`th of the model's budget (`MUSE_MEMORY`), so a small
+    budget keeps the cache small too (its entries are fp32 keys and values, 0.4 MB a token
+    of a 1.7B model)."""
+    return min(most, budget_bytes(setting) // PREFIX_SHARE // 2**20)
 
 
 def model_bytes(model: nn.Module) -> int:

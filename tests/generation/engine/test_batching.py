@@ -203,3 +203,18 @@ def test_a_growing_layer_holds_what_transformers_own_layer_holds_past_its_spare_
         want = theirs.update(chunk, -chunk)
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     assert ours.get_seq_length() == 5 + SPARE_COLUMNS + 3 + 7
+
+
+def test_batches_joined_at_once_hold_what_merging_them_two_by_two_holds(loaded):
+    # A prefill of several groups (prompts with different remembered beginnings) joins its
+    # parts at once: merging them two by two held each intermediate batch beside the next.
+    runner = BatchRunner(loaded.model, loaded.tokenizer.pad_token_id)
+    prompts = [encode_messages(loaded.tokenizer, greedy(p).messages, 4096) for p in PROMPTS[:3]]
+    parts = [runner.prefill([ids])[0] for ids in prompts]
+    pairwise = parts[0].merge(parts[1]).merge(parts[2])
+    joined = KVBatch.joined(parts)
+    assert joined.size == 3 and torch.equal(joined.mask, pairwise.mask)
+    assert torch.equal(joined.lengths, pairwise.lengths) and joined.slots == pairwise.slots
+    for ours, theirs in zip(joined.cache.layers, pairwise.cache.layers, strict=True):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+    assert KVBatch.joined(parts[:1]) is parts[0]  # one part is the batch itself

@@ -242,6 +242,23 @@ def test_auto_keeps_no_large_bf16_copy(fresh_cache, monkeypatch):
     assert memory.has_wide(load_model(None, "cpu", cache, "auto", memory="8GiB").model)
 
 
+def test_a_small_memory_budget_keeps_the_remembered_prompts_small(monkeypatch):
+    # The prefix cache's fp32 keys and values were 256 MiB whatever MUSE_MEMORY said: with a
+    # 1.7B model, a third of the peak over llama.cpp's.
+    from bot.cli.wiring import build_backend
+    from bot.core.settings import Settings
+    from generation.model.memory import prefix_cache_mb
+
+    assert prefix_cache_mb("1GiB", 256) == 128 and prefix_cache_mb("256MiB", 256) == 32
+    assert prefix_cache_mb("64GiB", 256) == 256  # never more than the engine's own cap
+    monkeypatch.setenv("MUSE_MEMORY", "512MiB")
+    engine = build_backend(Settings.load(env_file=None))
+    try:
+        assert engine.prefixes.budget_bytes == 64 * 2**20
+    finally:
+        engine.close()
+
+
 def test_a_killed_conversion_leaves_nothing_that_is_served(tmp_path):
     from generation.model.loading import _remove_killed_conversions, gguf_cache_folder
 
