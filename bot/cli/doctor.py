@@ -120,7 +120,7 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
         return found
     from bot.cli.wiring import engine_model
     from generation.model.loading import describe
-    from generation.model.memory import has_wide, model_bytes, resident_bytes
+    from generation.model.memory import model_bytes, resident_bytes, wide_bytes, wide_kept_bytes
     from generation.model.native_step import availability
 
     try:
@@ -133,8 +133,10 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
     step = availability(loaded)  # builds the C++ step now, rather than at the first start
     wide = ""
     if weights.startswith("int4"):
-        kept = "kept" if has_wide(loaded.model) else "not kept"
-        wide = f", the bf16 copy for prompts {kept} (MUSE_MEMORY={settings.memory})"
+        kept, whole = wide_kept_bytes(loaded.model), wide_bytes(loaded.model)
+        share = "kept" if kept == whole else f"{kept / 2**30:.2f} GiB of {whole / 2**30:.2f} kept"
+        wide = f", the bf16 copy for prompts {share if kept else 'not kept'}"
+        wide += f" (MUSE_MEMORY={settings.memory})"
     return Check(
         "model",
         True,

@@ -1,17 +1,20 @@
-"""The model's memory: the `MUSE_MEMORY` budget, whether an int4 model keeps its bf16 copy, and
-the resident memory of this process.
+"""The model's memory: the `MUSE_MEMORY` budget, how much of an int4 model's bf16 copy it
+keeps, the remembered prompts' share, and the resident memory of this process.
 
 An int4 model reads half a byte a weight per decoding step of a few rows; for prompts and steps
 of `prefill_mode.WIDE_ROWS` rows or more it multiplies with a bf16 copy of its weights (two bytes a
-weight more), where the int4 kernel is compute-bound. That copy is four times the int4 weights:
-for a 1.7B model 3.2 GiB beside 1.0. So it is kept only when the budget holds it; without it many
-rows run on the int4 kernel (slower at many rows, the same numbers for a row whatever shares its
-batch). A size (`MUSE_MEMORY=6GiB`) keeps it whenever the model with it fits. `auto` keeps it
-only when it is small (`AUTO_WIDE_MAX`: widening takes ~12 ns a weight at every start, 6 s a GiB
-of copy here, and a 1.7B model's copy would be 3.4 GiB beside 1.5) and the model with it fits a
-quarter of the memory available at start (the bot, the database, the key/value caches of the
-requests and anything else on the machine share the rest): the default model keeps it, a 1.7B
-one does not.
+weight more), where the int4 kernel is compute-bound (4-5x slower at 16 rows). That copy is
+four times the int4 weights: for a 1.7B model 3.2 GiB beside 1.0. So it is kept as far as the
+budget holds it: all of it, or the head's and then layer by layer (`keep_wide`); what has no
+copy runs on the int4 kernel (slower at many rows, the same numbers for a row whatever shares
+its batch). A size (`MUSE_MEMORY=6GiB`) keeps as much as fits beside the model. `auto` keeps at
+most `AUTO_WIDE_MAX` of it (widening takes ~3 ns a weight at every start: the second start of a
+1.7B model stays under 5 s) and only what fits a quarter of the memory available at start (the
+bot, the database, the key/value caches of the requests and anything else on the machine share
+the rest): the default model keeps all of its copy, a 1.7B one a third. An int8 copy for many
+rows was measured and not taken: its products are as fast as bf16's at half the bytes, but
+rounding each row of activations to int8 moves the default model's logits eight times as far
+as the int4 weights do (`benchmarks/README.md`, "Decisions").
 """
 
 from __future__ import annotations
@@ -105,10 +108,12 @@ def wide_bytes(model: nn.Module) -> int:
 
 
 def keep_wide(model: nn.Module, setting: str | None) -> bool:
-    """Give `model`'s int4 layers (and head) their bf16 copy when the model with it fits the
-    budget (`MUSE_MEMORY`); whether it did. A model with no int4 layer is left as it is."""
+    """Give `model`'s int4 layers (and head) their bf16 copy as far as the budget
+    (`MUSE_MEMORY`) holds it: all of it when the model with it fits; else the head's first
+    (its int8 kernel is the slowest at many rows), then layer by layer, each group of
+    projections the step multiplies as one (`fusion.GROUPS`) whole, while the next fits.
+    Whether all of it was kept. A model with no int4 layer is left as it is."""
     from generation.model.bf16_products import COMPUTE, bf16_weights
-    from generation.model.quantize import Int4Linear, Int8Linear
 
     head = getattr(model, "lm_head", None)
     original = getattr(head, "original_weight", None)
@@ -120,29 +125,69 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
     budget = budget_bytes(setting)
     if parse_memory(setting or "auto") is None:
         budget = min(budget, model_bytes(model) + AUTO_WIDE_MAX)
-    needed = model_bytes(model) + extra
-    if needed > budget:
+    room = budget - model_bytes(model)
+    kept = 0
+    for modules in _wide_groups(model):
+        size = 2 * sum(m.in_features * m.out_features for m in modules)
+        if size > room:
+            continue
+        for module in modules:
+            if module is head:
+                # The head's original weights, as `quantise` widens them (`original_weight`,
+                # left by `quantise` or, a tied head's embeddings, by the cache's loader).
+                weights = module.dequantised() if original is None else original.to(COMPUTE)
+                module.wide = bf16_weights(weights)
+            else:
+                module.keep_wide()
+        room -= size
+        kept += size
+    if kept < extra:
         log.info(
-            "no bf16 copy for prompts and many requests (the model with it: %.2f GiB, over the "
-            "budget of %.2f GiB, MUSE_MEMORY=%s): they run on the int4 kernel",
-            needed / 2**30,
+            "%.2f GiB of the bf16 copy for prompts and many requests, of %.2f GiB (the model "
+            "with all of it: %.2f GiB, over the budget of %.2f GiB, MUSE_MEMORY=%s): the rest "
+            "runs on the int4 kernel",
+            kept / 2**30,
+            extra / 2**30,
+            (model_bytes(model) - kept + extra) / 2**30,
             budget / 2**30,
             setting or "auto",
         )
-        return False
-    for module in model.modules():
+    return kept == extra
+
+
+def _wide_groups(model: nn.Module) -> list[list[nn.Module]]:
+    """The layers that take a bf16 copy, in the order `keep_wide` gives it: the int8 head,
+    then the int4 layers in the model's order, those the step multiplies together as one
+    group."""
+    from generation.model.fusion import GROUPS
+    from generation.model.quantize import Int4Linear, Int8Linear
+
+    head = getattr(model, "lm_head", None)
+    together = {part: joined for _, joined, parts in GROUPS for part in parts}
+    groups: dict[str, list[nn.Module]] = {}
+    if isinstance(head, Int8Linear) and head.kernel_only and head.wide is None:
+        groups["head"] = [head]
+    for name, module in model.named_modules():
         if isinstance(module, Int4Linear) and module.wide is None:
-            module.keep_wide()
-        elif isinstance(module, Int8Linear) and module is head and module.wide is None:
-            # The head's original weights, as `quantise` widens them (`original_weight`, left
-            # by `quantise` or, a tied head's embeddings, by the cache's loader).
-            weights = module.dequantised() if original is None else original.to(COMPUTE)
-            module.wide = bf16_weights(weights)
-    return True
+            parent, _, leaf = name.rpartition(".")
+            key = f"{parent}.{together[leaf]}" if leaf in together else name
+            groups.setdefault(key, []).append(module)
+    return list(groups.values())
+
+
+def wide_kept_bytes(model: nn.Module) -> int:
+    """The bytes of the bf16 copy `model` holds (`keep_wide`)."""
+    from generation.model.quantize import QuantisedLinear
+
+    return sum(
+        2 * m.in_features * m.out_features
+        for m in model.modules()
+        if isinstance(m, QuantisedLinear) and m.wide is not None
+    )
 
 
 def has_wide(model: nn.Module) -> bool:
-    """Whether `model`'s int4 layers hold their bf16 copy."""
+    """Whether `model`'s int4 layers hold their bf16 copy, all or part of it."""
     from generation.model.quantize import Int4Linear
 
     return any(isinstance(m, Int4Linear) and m.wide is not None for m in model.modules())

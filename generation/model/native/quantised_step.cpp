@@ -49,10 +49,10 @@ at::Tensor bf16_product(const at::Tensor& input, const at::Tensor& weight) {
                  std::nullopt);
 }
 
-// `input` (bf16 [rows, in]) times the weights, bf16 [rows, out]: the int kernel, or (`wide`) the
-// bf16 weights, part by part side by side.
+// `input` (bf16 [rows, in]) times the weights, bf16 [rows, out]: the int kernel, or (`wide`, where
+// the budget gave this projection its bf16 copy) the bf16 weights, part by part side by side.
 at::Tensor multiply(const Projection& p, const at::Tensor& input, bool wide) {
-  if (wide) {
+  if (wide && !p.wide.empty()) {
     if (p.wide.size() == 1) return bf16_product(input, p.wide[0]);
     std::vector<at::Tensor> parts;
     for (const at::Tensor& part : p.wide) parts.push_back(bf16_product(input, part));
@@ -112,12 +112,12 @@ class QuantisedStep {
     for (size_t i = 0; i < bits.size(); ++i) {
       TORCH_CHECK(bits[i] == 4 || bits[i] == 8, "int4 or int8 weights only");
       projections_.push_back({bits[i], weights[i], scales[i], wide[i]});
-      has_wide_ = has_wide_ && !wide[i].empty();
+      has_wide_ = has_wide_ || !wide[i].empty();
     }
     hidden_ = final_norm_.numel();
   }
 
-  // Whether every projection has bf16 weights (an int4 model's), for `step(..., wide=true)`.
+  // Whether some projection has bf16 weights (an int4 model's), for `step(..., wide=true)`.
   bool has_wide() const { return has_wide_; }
 
   // `x` fp32 [rows, hidden]: each row's new token's embedding; `cos` / `signed_sin` fp32
@@ -278,7 +278,7 @@ class QuantisedStep {
     }
   }
 
-  bool has_wide_ = true;
+  bool has_wide_ = false;
   int64_t heads_, kv_heads_, head_dim_, intermediate_, hidden_ = 0, layers_ = 0;
   float eps_;
   std::vector<double> scaling_;

@@ -237,9 +237,12 @@ def test_auto_keeps_no_large_bf16_copy(fresh_cache, monkeypatch):
     from generation.model import memory
 
     cache, _ = fresh_cache
-    monkeypatch.setattr(memory, "AUTO_WIDE_MAX", 1 << 20)  # as if the copy were a 1.7B model's
-    assert not memory.has_wide(load_model(None, "cpu", cache, "auto").model)
-    assert memory.has_wide(load_model(None, "cpu", cache, "auto", memory="8GiB").model)
+    monkeypatch.setattr(memory, "AUTO_WIDE_MAX", 8 << 20)  # as if the copy were a 1.7B model's
+    auto = load_model(None, "cpu", cache, "auto").model
+    assert 0 < memory.wide_kept_bytes(auto) <= 8 << 20  # as much as fits, and no more
+    assert auto.lm_head.wide is None  # the head's copy (56 MiB) does not fit: layers' do
+    roomy = load_model(None, "cpu", cache, "auto", memory="8GiB").model
+    assert memory.wide_kept_bytes(roomy) == memory.wide_bytes(roomy)
 
 
 def test_a_small_memory_budget_keeps_the_remembered_prompts_small(monkeypatch):

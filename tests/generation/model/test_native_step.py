@@ -144,6 +144,30 @@ def test_many_rows_of_int4_take_the_c_step_on_bf16_weights_and_of_int8_the_pytho
     assert counting.calls == (list(sizes) if kind == "int4" else list(sizes[:2]))
 
 
+def test_many_rows_with_part_of_the_bf16_copy_take_the_c_step(model_cache_dir: Path):
+    """A budget that holds part of the copy (`memory.keep_wide`): the C++ step multiplies the
+    layers that have it in bf16 and the others with the int4 kernel, as the Python step does."""
+    from generation.model.loading import load_model
+    from generation.model.memory import model_bytes, wide_bytes, wide_kept_bytes
+
+    bare = load_model(None, "cpu", model_cache_dir, "auto", memory="1MiB").model
+    budget = model_bytes(bare) + wide_bytes(bare) // 2
+    part = load_model(None, "cpu", model_cache_dir, "auto", memory=str(budget))
+    kept = wide_kept_bytes(part.model)
+    assert 0 < kept <= wide_bytes(bare) // 2 and part.model.lm_head.wide is not None
+    runner = BatchRunner(part.model, part.tokenizer.pad_token_id)
+    counting = Counting(runner._decode.native)
+    runner._decode.native = counting
+    rows = prefill_mode.WIDE_ROWS + 2
+    chosen = [prompt_ids(part, PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
+    ours, logits = runner.prefill(chosen)
+    theirs, _ = runner.prefill(chosen)
+    tokens = [int(t) for t in logits.argmax(-1)]
+    for _ in range(3):
+        tokens = steps_agree(runner, ours, theirs, tokens, logit_tolerance(part))
+    assert counting.calls == [rows] * 3
+
+
 def test_a_column_the_mask_hides_is_not_attended_to(quantised: LoadedModel, runner: BatchRunner):
     ids = prompt_ids(quantised, PROMPTS[0])
     plain, logits = runner.prefill([ids])
