@@ -78,3 +78,11 @@ def unpadded(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for name, tensor in tensors.items()
         if not name.startswith(PAD)
     }
+
+
+def data_offset(path: Path, name: str) -> int:
+    """Where tensor `name`'s data starts in the safetensors file `path` (bytes from its start)."""
+    with path.open("rb") as file:
+        length = struct.unpack("<Q", file.read(8))[0]
+        header = json.loads(file.read(length))
+    return 8 + length + header[name]["data_offsets"][0]

@@ -114,11 +114,15 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
     projections the step multiplies as one (`fusion.GROUPS`) whole, while the next fits.
     Whether all of it was kept. A model with no int4 layer is left as it is."""
     from generation.model.bf16_products import COMPUTE, bf16_weights
+    from generation.model.file_rows import FileRows
 
     head = getattr(model, "lm_head", None)
     original = getattr(head, "original_weight", None)
     if original is not None:
         del head.original_weight  # a quantised head's source: needed no longer after this
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if isinstance(embeddings, FileRows) and original is embeddings.weight:
+        original = embeddings  # read from the file if needed: through the mapping it stays
     extra = wide_bytes(model)
     if not extra:
         return False
@@ -135,6 +139,8 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
             if module is head:
                 # The head's original weights, as `quantise` widens them (`original_weight`,
                 # left by `quantise` or, a tied head's embeddings, by the cache's loader).
+                if isinstance(original, FileRows):
+                    original = original.read_table()
                 weights = module.dequantised() if original is None else original.to(COMPUTE)
                 module.wide = bf16_weights(weights)
             else:

@@ -12,8 +12,9 @@ of the linear layers anywhere. Every tensor starts on a 64-byte boundary of the 
 (`aligned_file.py`): torch's int kernels read mapped weights with aligned loads.
 
 Loading builds the model on the meta device and hands it the file's tensors memory-mapped
-(safetensors): nothing is copied or re-quantised, the embeddings' rows are read as they are
-looked up, and the bf16 copy for many rows is widened from the packed weights only when the
+(safetensors): nothing is copied or re-quantised, the embeddings' rows are read from the file
+as they are looked up (`file_rows.FileRows`: through the mapping, a lookup made the whole table
+resident), and the bf16 copy for many rows is widened from the packed weights only when the
 budget holds it (`generation/model/memory.py`). fp32 and bf16 (`MUSE_WEIGHTS`, training) take
 the exact weights from the GGUF itself with the same reader (`exact_model`).
 """
@@ -30,7 +31,8 @@ import torch
 from torch import nn
 
 from generation.model import fusion
-from generation.model.aligned_file import save_aligned, unpadded
+from generation.model.aligned_file import data_offset, save_aligned, unpadded
+from generation.model.file_rows import FileRows
 from generation.model.quantize import Int4Linear, Int8Linear
 
 log = logging.getLogger("muse.generation.model.served_cache")
@@ -157,8 +159,12 @@ def served_model(folder: Path, config: Any) -> nn.Module:
     for names, weight, scales in joined:
         fusion.adopt([model.get_submodule(name) for name in names], weight, scales)
     model.load_state_dict(tensors, strict=False, assign=True)
+    path = folder / SERVED_FILE
+    name = f"{_name_of(model, model.get_input_embeddings())}.weight"
+    embeddings = FileRows(model.get_input_embeddings().weight, path, data_offset(path, name))
+    model.set_input_embeddings(embeddings)
     if tied:  # as `quantise` leaves a tied model: the head int8, the embeddings as they were
-        model.get_output_embeddings().original_weight = model.get_input_embeddings().weight
+        model.get_output_embeddings().original_weight = embeddings.weight
         model.config.tie_word_embeddings = False
     return _finished(model)
 
