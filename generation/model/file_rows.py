@@ -36,18 +36,22 @@ class FileRows(nn.Embedding):
         self._fd: tuple[int, int] | None = None  # (process id, descriptor): not across a fork
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
-        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
+        tokens = ids.reshape(-1).tolist()  # a decoding step's few ids: plain ints are cheapest
+        if any(token < 0 or token >= self.num_embeddings for token in tokens):
             raise IndexError(f"token ids must be in [0, {self.num_embeddings})")
-        unique, where = torch.unique(flat, return_inverse=True)
-        rows = torch.empty((len(unique), self.embedding_dim), dtype=self.weight.dtype)
+        rows = torch.empty((len(tokens), self.embedding_dim), dtype=self.weight.dtype)
         raw = rows.view(torch.uint8).numpy()
         fd = self._descriptor()
-        for index, token in enumerate(unique.tolist()):
-            start = self.offset + token * self._row_bytes
-            if os.preadv(fd, [raw[index]], start) != self._row_bytes:
+        first: dict[int, int] = {}
+        for index, token in enumerate(tokens):
+            earlier = first.setdefault(token, index)
+            if earlier != index:  # a prompt repeats its tokens: read each once
+                raw[index] = raw[earlier]
+            elif os.preadv(fd, [raw[index]], self.offset + token * self._row_bytes) != len(
+                raw[index]
+            ):
                 raise OSError(f"{self.path} ended inside the embedding table")
-        return rows[where].view(*ids.shape, self.embedding_dim)
+        return rows.view(*ids.shape, self.embedding_dim)
 
     def read_table(self) -> torch.Tensor:
         """The whole table, read from the file into memory of its own (the mapping untouched)."""
