@@ -9,7 +9,6 @@ so loading maps the joined weights and each layer's are views of them (`split_en
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import torch
@@ -23,8 +22,9 @@ GROUPS = (
     ("mlp", "gate_up_proj", ("gate_proj", "up_proj")),
 )
 
-# Joined layers that a loader built over a file's joined weights, under their first part.
-_ADOPTED: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+# Where `adopt` leaves a joined layer on its first part: in the part's `__dict__`, not as a
+# submodule (the model's modules, state dict and adapters see the parts alone).
+ADOPTED = "_joined_layer"
 
 
 def fuse(layers: list[nn.Module]) -> nn.Module | None:
@@ -32,7 +32,7 @@ def fuse(layers: list[nn.Module]) -> nn.Module | None:
     all, on the same input), or None unless they are all bias-free `Int8Linear`s or all
     `Int4Linear`s. The layers' packed weights become views into the fused one (no memory is
     added) and each output is the same number as the layer's own."""
-    adopted = _ADOPTED.get(layers[0]) if layers else None
+    adopted = adopted_of(layers[0]) if layers else None
     if adopted is not None and adopted.parts == list(layers):
         return adopted
     kinds = {type(layer) for layer in layers}
@@ -60,8 +60,13 @@ def adopt(layers: Sequence[nn.Module], weight: torch.Tensor, scales: torch.Tenso
     """The joined layer of `layers` over their joined `weight` and `scales` as a file holds them
     (`split_entries`: the layers' weights are views of `weight` already); `fuse` returns it."""
     fused = _joined(list(layers), weight, scales)
-    _ADOPTED[layers[0]] = fused
+    layers[0].__dict__[ADOPTED] = fused
     return fused
+
+
+def adopted_of(layer: nn.Module) -> nn.Module | None:
+    """The joined layer `adopt` built with `layer` as its first part, if any."""
+    return layer.__dict__.get(ADOPTED)
 
 
 def _joined(layers: list[nn.Module], weight: torch.Tensor, scales: torch.Tensor) -> nn.Module:

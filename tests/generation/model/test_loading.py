@@ -184,6 +184,23 @@ def test_the_joined_projections_are_mapped_from_the_cache_not_copied(fresh_cache
             assert second.weight.data_ptr() == weight.data_ptr() + first.weight.nbytes
 
 
+def test_a_served_model_once_dropped_leaves_nothing_behind(fresh_cache):
+    # Its joined layers refer to their parts: kept anywhere but on the parts themselves (a
+    # module-level table), they kept every layer, and the file's mapping, alive for good.
+    import gc
+    import weakref
+
+    from generation.model.llama_step import LlamaStep
+
+    cache, _ = fresh_cache
+    model = load_model(None, "cpu", cache, "auto", memory="1MiB").model
+    LlamaStep(model)
+    part = weakref.ref(model.model.layers[0].self_attn.q_proj)
+    del model
+    gc.collect()
+    assert part() is None
+
+
 def test_a_cached_model_loads_again_with_the_same_logits_and_greedy_text(fresh_cache):
     cache, _ = fresh_cache
     one, two = (load_model(None, "cpu", cache, "auto") for _ in range(2))
