@@ -189,6 +189,8 @@ async def gguf_main(args: argparse.Namespace) -> None:
         for memory in args.memory:
             async with MuseServer(args.threads, path, memory) as first:
                 facts[f"muse serve {memory}: first start ready"] = f"{first.ready_s:.1f} s"
+                peak = first.peak_rss() / 2**30  # the conversion, where this start made it
+                facts[f"muse serve {memory}: first start peak resident"] = f"{peak:.2f} GiB"
             async with MuseServer(args.threads, path, memory) as muse:
                 facts[f"muse serve {memory}: second start ready"] = f"{muse.ready_s:.1f} s"
                 await llama_run(muse, 2, 2, 8)

@@ -37,32 +37,70 @@ def save_aligned(
 ) -> None:
     """Write `tensors` to the safetensors file `path` with each one's data at a file offset that
     is a multiple of `ALIGN` (the header padded too), in the order given."""
-    header: dict[str, object] = {"__metadata__": dict(metadata or {})}
-    blobs: list[torch.Tensor | int] = []  # a tensor's bytes, or the size of a gap
-    offset = 0
-    for name, tensor in tensors.items():
+    with AlignedWriter(path, metadata, entries=len(tensors)) as out:
+        for name, tensor in tensors.items():
+            out.add(name, tensor)
+
+
+class AlignedWriter:
+    """`save_aligned` one tensor at a time, so a file bigger than memory can be written: the
+    data goes to the file as it comes, after room kept for the header, which is written last
+    (safetensors lets a header end in spaces, so the room is padded to its size). `entries`:
+    at most how many tensors will be added (the room kept for their lines of the header)."""
+
+    ENTRY_BYTES = 512  # a header line's room: a tensor's name, dtype, shape, offsets, a gap's
+
+    def __init__(
+        self, path: Path, metadata: Mapping[str, str] | None = None, *, entries: int
+    ) -> None:
+        self.header: dict[str, object] = {"__metadata__": dict(metadata or {})}
+        room = 4096 + entries * self.ENTRY_BYTES
+        self.room = room + (-(8 + room) % ALIGN)  # the data begins on a boundary
+        self.path = path
+        self.file = path.open("wb")
+        self.file.seek(8 + self.room)
+        self.offset = 0  # from the data's start
+        self.gaps = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
         if name.startswith(PAD):
             raise ValueError(f"{name!r}: names beginning with {PAD!r} are the file's own")
-        gap = -offset % ALIGN
+        if name in self.header:
+            raise ValueError(f"{name!r} is in the file already")
+        gap = -self.offset % ALIGN
         if gap:
-            header[f"{PAD}{len(blobs)}"] = _entry("U8", [gap], offset, gap)
-            blobs.append(gap)
-            offset += gap
+            self.header[f"{PAD}{self.gaps}"] = _entry("U8", [gap], self.offset, gap)
+            self.gaps += 1
+            self.file.write(bytes(gap))
+            self.offset += gap
         data = tensor.detach().cpu().contiguous()
         size = data.numel() * data.element_size()
-        header[name] = _entry(DTYPES[data.dtype], list(data.shape), offset, size)
-        blobs.append(data)
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-(8 + len(text)) % ALIGN)  # the data begins on a boundary too
-    with path.open("wb") as out:
-        out.write(struct.pack("<Q", len(text)))
-        out.write(text)
-        for blob in blobs:
-            if isinstance(blob, int):
-                out.write(bytes(blob))
-            elif blob.numel():
-                out.write(memoryview(blob.view(-1).view(torch.uint8).numpy()))
+        self.header[name] = _entry(DTYPES[data.dtype], list(data.shape), self.offset, size)
+        if size:
+            self.file.write(memoryview(data.view(-1).view(torch.uint8).numpy()))
+        self.offset += size
+
+    def close(self) -> None:
+        """Write the header into its room and close the file (ValueError if it did not fit)."""
+        text = json.dumps(self.header, separators=(",", ":")).encode()
+        if len(text) > self.room:
+            self.file.close()
+            self.path.unlink(missing_ok=True)
+            raise ValueError(f"the header ({len(text)} bytes) is over its room ({self.room})")
+        with self.file:
+            self.file.seek(0)
+            self.file.write(struct.pack("<Q", self.room))
+            self.file.write(text + b" " * (self.room - len(text)))
+
+    def __enter__(self) -> AlignedWriter:
+        return self
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        if kind is None:
+            self.close()
+        else:  # nothing half-written is left to read
+            self.file.close()
+            self.path.unlink(missing_ok=True)
 
 
 def _entry(dtype: str, shape: list[int], start: int, size: int) -> dict[str, object]:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from generation.model import fusion
-from generation.model.aligned_file import data_offset, save_aligned, unpadded
+from generation.model.aligned_file import AlignedWriter, data_offset, unpadded
 from generation.model.file_rows import FileRows
 from generation.model.quantize import Int4Linear, Int8Linear
 
@@ -77,41 +77,73 @@ def gguf_tensors(reader: Any, model: nn.Module) -> Iterator[tuple[str, torch.Ten
 
 def convert(path: Path, folder: Path, bits: int, config: Any) -> None:
     """Write `folder`/`SERVED_FILE`: the GGUF file `path`'s weights served with `bits` (4 or 8)
-    for the model `config` describes, logging how far it is every `PROGRESS_S` seconds."""
+    for the model `config` describes, logging how far it is every `PROGRESS_S` seconds.
+
+    Written as it is read, a decoder layer at a time (its projections joined once the layer's
+    last tensor is in): the memory it takes is one layer's, and the embeddings' until the end
+    (a tied head is quantised from them), not the model's."""
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))
     model = skeleton(config)
     head = model.get_output_embeddings()
+    head_name = f"{_name_of(model, head)}.weight"
+    embeddings_name = f"{_name_of(model, model.get_input_embeddings())}.weight"
     linears = {f"{name}.weight": m for name, m in model.named_modules() if type(m) is nn.Linear}
     total = len(reader.tensors)
-    served: dict[str, torch.Tensor] = {}
+    layer, pending = "", {}  # the decoder layer being read, and its tensors so far
+    embeddings = None
     started = last = time.perf_counter()
-    for done, (name, tensor) in enumerate(gguf_tensors(reader, model), 1):
-        module = linears.get(name)
-        if module is None:
-            served[name] = tensor.contiguous()
-        else:
-            served.update(_packed(name.removesuffix(".weight"), tensor, bits, module is head))
-        now = time.perf_counter()
-        if now - last >= PROGRESS_S:
-            last = now
-            left = (now - started) / done * (total - done)
-            log.info(
-                "converting %s: %d of %d tensors, %.0f s so far, about %.0f s left",
-                path.name,
-                done,
-                total,
-                now - started,
-                left,
-            )
-    head_name = _name_of(model, head)
-    if f"{head_name}.weight" not in served:  # tied to the embeddings: quantised from them
-        embeddings = served[f"{_name_of(model, model.get_input_embeddings())}.weight"]
-        served.update(_packed(head_name, embeddings, bits, True))
-    served = fusion.joined_entries(served)
-    save_aligned(served, folder / SERVED_FILE, metadata={"format": "muse-served"})
+    # A GGUF tensor gives at most three served ones, each with a filler before it.
+    with AlignedWriter(folder / SERVED_FILE, {"format": "muse-served"}, entries=8 * total) as out:
+
+        def write(tensors: dict[str, torch.Tensor]) -> None:
+            for name, tensor in fusion.joined_entries(tensors).items():
+                out.add(name, tensor)
+
+        for done, (name, tensor) in enumerate(gguf_tensors(reader, model), 1):
+            module = linears.get(name)
+            if module is None:
+                served = {name: tensor.contiguous()}
+            else:
+                served = _packed(name.removesuffix(".weight"), tensor, bits, module is head)
+            if name == embeddings_name:
+                embeddings = tensor
+            owner = _layer_of(name)
+            if owner != layer:
+                write(pending)
+                layer, pending = owner, {}
+            if owner:
+                pending.update(served)
+            else:
+                write(served)
+            now = time.perf_counter()
+            if now - last >= PROGRESS_S:
+                last = now
+                left = (now - started) / done * (total - done)
+                log.info(
+                    "converting %s: %d of %d tensors, %.0f s so far, about %.0f s left",
+                    path.name,
+                    done,
+                    total,
+                    now - started,
+                    left,
+                )
+        write(pending)
+        if head_name not in out.header:  # tied to the embeddings: quantised from them
+            if embeddings is None:
+                raise ValueError(f"{path.name} has neither an output head nor embeddings")
+            write(_packed(head_name.removesuffix(".weight"), embeddings, bits, True))
     log.info("converted %s in %.0f s", path.name, time.perf_counter() - started)
+
+
+def _layer_of(name: str) -> str:
+    """The decoder layer a tensor belongs to (`model.layers.3.`), or "" for the others."""
+    parts = name.split(".")
+    for index in range(len(parts) - 1):
+        if parts[index] == "layers" and parts[index + 1].isdigit():
+            return ".".join(parts[: index + 2]) + "."
+    return ""
 
 
 def _packed(name: str, weight: torch.Tensor, bits: int, head: bool) -> dict[str, torch.Tensor]:

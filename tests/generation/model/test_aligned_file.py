@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from generation.model.aligned_file import ALIGN, PAD, save_aligned, unpadded
+from generation.model.aligned_file import ALIGN, PAD, AlignedWriter, save_aligned, unpadded
 
 
 def odd_tensors() -> dict[str, torch.Tensor]:
@@ -55,3 +55,31 @@ def test_the_fillers_names_are_the_files_own(tmp_path: Path):
     with pytest.raises(ValueError, match="the file's own"):
         save_aligned({f"{PAD}0": torch.zeros(1)}, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_file_written_a_tensor_at_a_time_reads_back_and_a_failed_one_is_gone(tmp_path: Path):
+    # The conversion writes a model bigger than memory this way, a layer at a time.
+    path = tmp_path / "streamed.safetensors"
+    tensors = odd_tensors()
+    with AlignedWriter(path, {"format": "muse-served"}, entries=len(tensors)) as out:
+        for name, tensor in tensors.items():
+            out.add(name, tensor)
+        out.file.flush()  # past Python's buffer: the data is in the file before the header
+        assert path.stat().st_size > sum(t.nbytes for t in tensors.values())
+    served = unpadded(load_file(str(path)))
+    assert all(torch.equal(served[name], tensor) for name, tensor in tensors.items())
+    assert all(t.data_ptr() % ALIGN == 0 for t in served.values() if t.numel())
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata() == {"format": "muse-served"}
+    crowded = tmp_path / "crowded.safetensors"
+    with pytest.raises(ValueError, match="over its room"), AlignedWriter(crowded, entries=0) as out:
+        for index in range(40):  # more lines than the header's room holds
+            out.add(f"tensor.{index}.with.a.long.name.{'x' * 100}", torch.zeros(1))
+    assert not crowded.exists()
+    with (
+        pytest.raises(ValueError, match="in the file already"),
+        AlignedWriter(path, entries=2) as out,
+    ):
+        out.add("twice", torch.zeros(1))
+        out.add("twice", torch.zeros(1))
+    assert not path.exists()
