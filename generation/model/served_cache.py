@@ -22,6 +22,7 @@ the exact weights from the GGUF itself with the same reader (`exact_model`).
 from __future__ import annotations
 
 import logging
+import mmap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,21 @@ def gguf_tensors(reader: Any, model: nn.Module) -> Iterator[tuple[str, torch.Ten
         )
         if result.name in names:
             yield names[result.name], torch.from_numpy(result.weights.copy())
+        _release(reader, tensor.data_offset, tensor.n_bytes)
+
+
+def _release(reader: Any, start: int, size: int) -> None:
+    """Drop the read file's pages from `start` for `size` bytes out of this process (the
+    reader maps the whole file: read through, it would all stay resident to the end; the
+    kernel may keep it cached)."""
+    mapping = getattr(reader.data, "_mmap", None)
+    if mapping is None or not hasattr(mapping, "madvise"):
+        return
+    first = start - start % mmap.PAGESIZE
+    end = min(start + size, len(mapping))
+    end -= end % mmap.PAGESIZE  # the last page may hold the next tensor's start
+    if end > first:
+        mapping.madvise(mmap.MADV_DONTNEED, first, end - first)
 
 
 def convert(path: Path, folder: Path, bits: int, config: Any) -> None:

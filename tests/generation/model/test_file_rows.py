@@ -4,8 +4,6 @@ rows as the mapped table, and none of the table resident in the process after lo
 from __future__ import annotations
 
 import copy
-import os
-import struct
 from pathlib import Path
 
 import pytest
@@ -14,19 +12,7 @@ import torch.nn.functional as F
 
 from generation.model.file_rows import FileRows
 from generation.model.loading import load_model
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def resident(tensor: torch.Tensor) -> int:
-    """Bytes of `tensor`'s pages present in this process (/proc/self/pagemap's bit 63)."""
-    first = tensor.data_ptr() // PAGE
-    last = (tensor.data_ptr() + tensor.nbytes - 1) // PAGE
-    with open("/proc/self/pagemap", "rb") as pagemap:
-        pagemap.seek(first * 8)
-        entries = pagemap.read((last - first + 1) * 8)
-    flags = struct.unpack(f"<{len(entries) // 8}Q", entries)
-    return sum(entry >> 63 for entry in flags) * PAGE
+from tests.generation.model.pages import PAGEMAP, resident
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +34,7 @@ def test_the_rows_read_from_the_file_are_the_table_s(served):
         embeddings(torch.tensor([-1]))
 
 
-@pytest.mark.skipif(not Path("/proc/self/pagemap").exists(), reason="Linux's pagemap")
+@pytest.mark.skipif(not PAGEMAP.exists(), reason="Linux's pagemap")
 def test_lookups_leave_the_table_out_of_the_process_s_memory(model_cache_dir: Path):
     # Looked up through the mapping, a few hundred tokens made a 1.7B model's whole fp32 table
     # resident: the kernel maps the page cache's large folio around each row.
@@ -58,8 +44,8 @@ def test_lookups_leave_the_table_out_of_the_process_s_memory(model_cache_dir: Pa
     ids = torch.randint(
         0, embeddings.num_embeddings, (16, 64), generator=torch.Generator().manual_seed(0)
     )
-    before = resident(table)
+    before = resident(table.data_ptr(), table.nbytes)
     embeddings(ids)
-    assert resident(table) - before < 0.02 * table.nbytes
+    assert resident(table.data_ptr(), table.nbytes) - before < 0.02 * table.nbytes
     F.embedding(ids, table)  # what the mapping costs: the check sees it
-    assert resident(table) - before > 0.1 * table.nbytes
+    assert resident(table.data_ptr(), table.nbytes) - before > 0.1 * table.nbytes

@@ -8,11 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from generation.errors import ModelLoadError
 from generation.model.loading import default_model_path, load_model
+from tests.generation.model.pages import PAGEMAP, resident
 
 
 @pytest.fixture(scope="module")
@@ -277,6 +279,23 @@ def test_a_small_memory_budget_keeps_the_remembered_prompts_small(monkeypatch):
         assert engine.prefixes.budget_bytes == 64 * 2**20
     finally:
         engine.close()
+
+
+@pytest.mark.skipif(not PAGEMAP.exists(), reason="Linux's pagemap")
+def test_the_conversion_lets_go_of_each_gguf_tensor_it_has_read():
+    # The reader maps the whole file: read through, an 8B model's 4.7 GB stayed resident to
+    # the end of its conversion (6.8 GiB at peak, 4.1 without).
+    from gguf import GGUFReader
+
+    from generation.model.served_cache import _release
+
+    reader = GGUFReader(str(default_model_path()))
+    tensor = max(reader.tensors, key=lambda t: t.n_bytes)
+    address = reader.data.ctypes.data + tensor.data_offset
+    float(np.asarray(tensor.data, dtype=np.float32).sum())  # read, as the conversion does
+    assert resident(address, tensor.n_bytes) > 0.9 * tensor.n_bytes
+    _release(reader, tensor.data_offset, tensor.n_bytes)
+    assert resident(address, tensor.n_bytes) < 0.1 * tensor.n_bytes
 
 
 def test_a_killed_conversion_leaves_nothing_that_is_served(tmp_path):
