@@ -130,7 +130,6 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
     if parse_memory(setting or "auto") is None:
         budget = min(budget, model_bytes(model) + AUTO_WIDE_MAX)
     room = budget - model_bytes(model)
-    kept = 0
     for modules in _wide_groups(model):
         size = 2 * sum(m.in_features * m.out_features for m in modules)
         if size > room:
@@ -146,7 +145,7 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
             else:
                 module.keep_wide()
         room -= size
-        kept += size
+    kept = wide_kept_bytes(model)  # with any copy the model held already
     if kept < extra:
         log.info(
             "%.2f GiB of the bf16 copy for prompts and many requests, of %.2f GiB (the model "
