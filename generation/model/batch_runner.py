@@ -276,9 +276,9 @@ class BatchRunner:
                 prefixes.hits += len(members)
                 prefixes.tokens_reused += shared * len(members)
             rows = [sequences[i] for i, _ in members]
-            part = self.prefill(rows, prefix, [slots[i] for i, _ in members])
-            parts.append(part[0])
-            logits.append(part[1])
+            part, part_logits = self.prefill(rows, prefix, [slots[i] for i, _ in members])
+            parts.append(part)
+            logits.append(part_logits)
             order += [i for i, _ in members]
         del prefix, part  # the last group's prefix and rooms go with the others'
         batch = KVBatch.joined(parts)

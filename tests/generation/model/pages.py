@@ -1,4 +1,5 @@
-"""How much of a memory range is resident in this process (/proc/self/pagemap's bit 63)."""
+"""How much of a memory range is resident in this process (/proc/self/pagemap's bit 63; Linux,
+as the suite's other /proc checks)."""
 
 from __future__ import annotations
 

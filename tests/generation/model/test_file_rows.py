@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from generation.model.file_rows import FileRows
 from generation.model.loading import load_model
-from tests.generation.model.pages import PAGEMAP, resident
+from tests.generation.model.pages import resident
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,6 @@ def test_the_rows_read_from_the_file_are_the_table_s(served):
         embeddings(torch.tensor([-1]))
 
 
-@pytest.mark.skipif(not PAGEMAP.exists(), reason="Linux's pagemap")
 def test_lookups_leave_the_table_out_of_the_process_s_memory(model_cache_dir: Path):
     # Looked up through the mapping, a few hundred tokens made a 1.7B model's whole fp32 table
     # resident: the kernel maps the page cache's large folio around each row.

@@ -14,7 +14,7 @@ import torch
 
 from generation.errors import ModelLoadError
 from generation.model.loading import default_model_path, load_model
-from tests.generation.model.pages import PAGEMAP, resident
+from tests.generation.model.pages import resident
 
 
 @pytest.fixture(scope="module")
@@ -155,20 +155,15 @@ def test_the_cache_holds_the_served_int4_weights_and_no_float_copy(fresh_cache):
 def test_the_joined_projections_are_mapped_from_the_cache_not_copied(fresh_cache):
     # A copy made at load (the step joining the layers with torch.cat) kept the weights resident
     # twice: the copy, and the file's pages it was read from.
-    import json
-    import struct
+    from functools import partial
 
+    from generation.model.aligned_file import data_offset
     from generation.model.llama_step import LlamaStep
 
     cache, _ = fresh_cache
     model = load_model(None, "cpu", cache, "auto", memory="1MiB").model
     folder = next(p for p in cache.iterdir() if (p / "muse.json").is_file())
-    with (folder / "model.safetensors").open("rb") as file:
-        length = struct.unpack("<Q", file.read(8))[0]
-        header = json.loads(file.read(length))
-
-    def file_offset(name: str) -> int:
-        return 8 + length + header[name]["data_offsets"][0]
+    file_offset = partial(data_offset, folder / "model.safetensors")
 
     embeddings = model.model.embed_tokens.weight
     mapping = embeddings.data_ptr() - file_offset("model.embed_tokens.weight")
@@ -281,7 +276,6 @@ def test_a_small_memory_budget_keeps_the_remembered_prompts_small(monkeypatch):
         engine.close()
 
 
-@pytest.mark.skipif(not PAGEMAP.exists(), reason="Linux's pagemap")
 def test_the_conversion_lets_go_of_each_gguf_tensor_it_has_read():
     # The reader maps the whole file: read through, an 8B model's 4.7 GB stayed resident to
     # the end of its conversion (6.8 GiB at peak, 4.1 without).
