@@ -1,6 +1,7 @@
 """The CPU's matrix-product kernels for one decoding step's shapes: int8 and int4 weight-only
 (`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`, bf16 activations), bf16 and
-fp32 `linear`.
+fp32 `linear`; and for many rows, int4 weights widened as they are multiplied (the C++
+extension's `int4_rows`, where the CPU has AMX) against torch's int4 kernel and the bf16 copy.
 
     .venv/bin/python benchmarks/products.py
 
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from generation.model import native_step  # noqa: E402
+from generation.model.bf16_products import bf16_matmul, bf16_weights  # noqa: E402
 from generation.model.quantize import GROUP, Int4Linear, Int8Linear  # noqa: E402
 
 SHAPES = [(49152, 576), (1536, 576), (576, 1536), (2048, 2048), (8192, 2048), (2048, 8192)]
@@ -103,7 +106,29 @@ def whole_model() -> None:
         print(f"| {rows:4} | {times['int4']:11.2f} | {times['int8']:11.2f} |")
 
 
+def many_rows() -> None:
+    """The 1.7B shape's projections for many rows: torch's int4 kernel, the extension's kernel
+    that widens the int4 weights as it multiplies (none without AMX), the bf16 copy."""
+    extension = native_step.compiled()
+    widening = extension.int4_rows if extension and extension.int4_rows_available() else None
+    torch.manual_seed(0)
+    print("\nSmolLM2-1.7B's projections, many rows, ms per call\n")
+    print("| weight (out x in) | rows | int4 kernel | int4 widened (AMX) | bf16 copy |")
+    print("|-------------------|------|-------------|--------------------|-----------|")
+    for out_features, in_features in ((6144, 2048), (2048, 2048), (16384, 2048), (2048, 8192)):
+        layer = Int4Linear(torch.nn.Linear(in_features, out_features, bias=False), wide=False)
+        packed, scales = layer.weight, layer.scales_and_zeros
+        wide = bf16_weights(layer.dequantised())
+        for rows in (1, 4, 8, 16, 64, 256):
+            x = torch.randn(rows, in_features).to(torch.bfloat16)
+            int4 = per_call_ms(torch._weight_int4pack_mm_for_cpu, x, packed, GROUP, scales)
+            widened = per_call_ms(widening, x, packed, scales) if widening else float("nan")
+            bf16 = per_call_ms(bf16_matmul, x, wide)
+            shape = f"{out_features} x {in_features}"
+            print(f"| {shape:<17} | {rows:4} | {int4:11.3f} | {widened:18.3f} | {bf16:9.3f} |")
+
+
 if __name__ == "__main__":
-    worker = threading.Thread(target=lambda: (measure(), whole_model()))
+    worker = threading.Thread(target=lambda: (measure(), whole_model(), many_rows()))
     worker.start()
     worker.join()

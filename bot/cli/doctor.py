@@ -130,7 +130,7 @@ def check_model(settings: Settings, *, load: bool = False) -> Check:
     weights = describe(loaded)
     took = f"{loaded.load_s:.1f} s"
     resident = resident_bytes()  # before the C++ step's build adds its library
-    step = availability(loaded)  # builds the C++ step now, rather than at the first start
+    step = availability(weights, loaded.device.type)  # builds the C++ step now, not at start
     wide = ""
     if weights.startswith("int4"):
         kept, whole = wide_kept_bytes(loaded.model), wide_bytes(loaded.model)

@@ -11,7 +11,11 @@ its batch). A size (`MUSE_MEMORY=6GiB`) keeps as much as fits beside the model. 
 most `AUTO_WIDE_MAX` of it (widening takes ~3 ns a weight at every start: the second start of a
 1.7B model stays under 5 s) and only what fits a quarter of the memory available at start (the
 bot, the database, the key/value caches of the requests and anything else on the machine share
-the rest): the default model keeps all of its copy, a 1.7B one a third. An int8 copy for many
+the rest): the default model keeps all of its copy, a 1.7B one a third. Where the CPU has AMX,
+the C++ extension multiplies many rows of int4 weights widening them as it goes
+(`generation/model/int4_rows.py`), as fast as with the copy or faster for the default model
+and within a few percent for a 1.7B one (`benchmarks/README.md`, "Memory"): there `auto` keeps
+no copy, and a size keeps as much as fits as everywhere. An int8 copy for many
 rows was measured and not taken: its products are as fast as bf16's at half the bytes, but
 rounding each row of activations to int8 moves the default model's logits eight times as far
 as the int4 weights do (`benchmarks/README.md`, "Decisions").
@@ -128,6 +132,8 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
         return False
     budget = budget_bytes(setting)
     if parse_memory(setting or "auto") is None:
+        if widens_int4():
+            return False  # as fast without it (see the module's docstring)
         budget = min(budget, model_bytes(model) + AUTO_WIDE_MAX)
     room = budget - model_bytes(model)
     for modules in _wide_groups(model):
@@ -158,6 +164,16 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
             setting or "auto",
         )
     return kept == extra
+
+
+def widens_int4() -> bool:
+    """Whether this process multiplies many rows of int4 weights that have no copy with the C++
+    extension's kernel that widens them as it goes (`generation/model/int4_rows.py`: AMX; it
+    builds the extension now if it is not yet)."""
+    from generation.model import native_step
+
+    extension = native_step.compiled() if native_step.wanted() else None
+    return extension is not None and bool(extension.int4_rows_available())
 
 
 def _wide_groups(model: nn.Module) -> list[list[nn.Module]]:

@@ -30,6 +30,8 @@ import torch
 
 NAME = "muse_quantised_step"
 SOURCE = Path(__file__).with_name("native") / "quantised_step.cpp"
+# Every file the build reads: a change to any of them is a new build, run in a child again.
+SOURCES = (SOURCE, SOURCE.with_name("int4_rows.cpp"), SOURCE.with_name("int4_rows.h"))
 ROOT = Path(__file__).resolve().parents[2]  # where the child imports `generation` from
 SMOKE_FILE = "smoke.json"
 CPUINFO = Path("/proc/cpuinfo")
@@ -98,10 +100,13 @@ def load_extension(folder: Path) -> ModuleType:
     """torch's extension builder on `folder`: compiles when the source changed, then imports."""
     from torch.utils.cpp_extension import load
 
+    # -fopenmp: at::parallel_for splits its work over torch's threads only in code compiled
+    # with OpenMP; without it every loop ran on one thread.
     return load(
         name=NAME,
-        sources=[str(SOURCE)],
-        extra_cflags=["-O3", "-march=native"],
+        sources=[str(path) for path in SOURCES if path.suffix == ".cpp"],
+        extra_cflags=["-O3", "-march=native", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
         build_directory=str(folder),
         verbose=False,
     )
@@ -142,8 +147,12 @@ def build_in_child(folder: Path) -> str | None:
 def smoke_record(folder: Path) -> dict[str, str]:
     """What a child that passed writes down: the library it ran, from which source, on which
     CPU (a new source is rebuilt, and so run in a child again)."""
-    return {"library": digest(library(folder)), "source": digest(SOURCE), "cpu": cpu_key()}
+    return {"library": digest(library(folder)), "source": digest(*SOURCES), "cpu": cpu_key()}
 
 
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def digest(*paths: Path) -> str:
+    """A hash of the files' contents, in order."""
+    hashed = hashlib.sha256()
+    for path in paths:
+        hashed.update(hashlib.sha256(path.read_bytes()).digest())
+    return hashed.hexdigest()

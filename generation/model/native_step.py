@@ -7,8 +7,11 @@ operations around the weight kernels (norms, rotation, attention, casts), a few 
 dispatch each, and so do a few requests together; the C++ step does them as plain loops over
 the rows and calls torch's weight kernels once per projection (how much that saves:
 `benchmarks/README.md`, "Step"). From `WIDE_ROWS` rows an int4 model multiplies with its bf16
-weights, and the C++ step does too (oneDNN's product, as `bf16_products.bf16_matmul`); an int8
-model has none, so the Python step serves it there.
+weights, and the C++ step does too (oneDNN's product, as `bf16_products.bf16_matmul`); where the
+budget left a projection no copy, with the extension's kernel that widens int4 weights as it
+multiplies (`native/int4_rows.cpp`, AMX; installed for the Python callers as well:
+`generation/model/int4_rows.py`), else torch's int4 kernel. An int8 model has no copy, so the
+Python step serves it there.
 
 It is compiled on first use with torch's extension builder (a C++ compiler and ninja; tens of
 seconds, then kept per machine, CPU and checkout in a folder of torch's extension folder,
@@ -32,7 +35,7 @@ from typing import Any
 
 import torch
 
-from generation.model import native_build
+from generation.model import int4_rows, native_build
 from generation.model.prefill_mode import wide_rows
 
 log = logging.getLogger("muse.generation.model.native_step")
@@ -81,7 +84,9 @@ def build() -> Build:
         unsafe = native_build.unsafe(built) if built.exists() else None
         if unsafe is not None:
             return _python_step(f"it is not loaded from there: {unsafe}")
-        return Build(native_build.load_extension(folder))
+        extension = native_build.load_extension(folder)
+        int4_rows.install(extension)
+        return Build(extension)
     except Exception as exc:  # no compiler, no ninja, a failed build: the Python step serves
         return _python_step(f"it could not be built ({exc})")
 
@@ -114,19 +119,22 @@ def wanted() -> bool:
     return os.environ.get(SWITCH, "1") != "0"
 
 
-def availability(loaded: Any) -> str:
-    """Which step decodes a few requests of `loaded` (a `LoadedModel`), for `muse doctor`;
-    builds the C++ step if it serves this model and is not built yet."""
-    from generation.model.loading import describe
-
-    quantised = describe(loaded).startswith(("int8", "int4"))
-    if loaded.device.type != "cpu" or not quantised:
+def availability(weights: str, device: str) -> str:
+    """Which step decodes a few requests of a model held as `weights` (`loading.describe`) on
+    `device` (its type), for `muse doctor`; builds the C++ step if it serves this model and is
+    not built yet."""
+    if device != "cpu" or not weights.startswith(("int8", "int4")):
         return "the Python step"
     if not wanted():
         return f"the Python step ({SWITCH}=0)"
     built = build()
     if built.extension is None:
         return f"the Python step (the C++ step is not used: {built.reason})"
+    if weights.startswith("int4") and built.extension.int4_rows_available():
+        return (
+            "the C++ step (built and run first in a child process on this CPU; many rows "
+            "widen the int4 weights as they multiply, on AMX)"
+        )
     return "the C++ step (built and run first in a child process on this CPU)"
 
 
@@ -139,9 +147,10 @@ class NativeQuantisedStep:
         self.kernel = kernel
 
     def serves(self, rows: int) -> bool:
-        """Whether a step of `rows` rows (no adapter's) is this one's: an int4 model's bf16
-        weights are in the kernel too (`has_wide`), so it takes its steps of many rows as well."""
-        return self.kernel.has_wide or not wide_rows(rows)
+        """Whether a step of `rows` rows (no adapter's) is this one's: it takes an int4 model's
+        steps of many rows as well where it has a product for them (`takes_many_rows`: the
+        bf16 copy, or the CPU's kernel for many rows of int4 weights)."""
+        return self.kernel.takes_many_rows or not wide_rows(rows)
 
     @staticmethod
     def of(step: Any, extension: ModuleType | None = None) -> NativeQuantisedStep | None:

@@ -32,8 +32,10 @@ def prefilling() -> Iterator[None]:
     """Inside (on this thread), quantised layers multiply with bf16 weights, whatever the number
     of rows: a prefill's many rows run on the CPU's bf16 units, where the int kernels are
     compute-bound at a third of their speed. Outside, int8 layers use their kernel; int4 layers
-    theirs below `WIDE_ROWS` rows and the bf16 copy from there on (`wide_rows`). The int
-    kernels give a row the same numbers however many rows share the call; the bf16 product can
+    theirs below `WIDE_ROWS` rows and the bf16 copy from there on (`wide_rows`), or where they
+    have no copy, the C++ extension's kernel that widens them as it multiplies, on CPUs with
+    AMX (`generation/model/int4_rows.py`; elsewhere their kernel). The int kernels and the
+    widening one give a row the same numbers however many rows share the call; the bf16 product can
     move an output by one bf16 rounding step with the number of rows (oneDNN picks its kernel
     by it), and the two ways differ by bf16 rounding. So with quantised weights a row's numbers
     depend on what shares its batch by that much; fp32 (`MUSE_WEIGHTS=fp32`) is the exact

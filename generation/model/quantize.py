@@ -42,6 +42,7 @@ from generation.model.bf16_products import (
     in_tiles,
     plain_weights,
 )
+from generation.model.int4_rows import int4_kernel
 from generation.model.prefill_mode import in_prefill, many_rows, wide_rows
 
 GROUP = 32  # inputs per int4 scale and zero
@@ -222,10 +223,17 @@ def int4_matmul(
     wide: torch.Tensor | None = None,
     cast: bool = True,
 ) -> torch.Tensor:
-    """`flat` [rows, in] times the int4 weights, in `flat`'s dtype: with the kernel (in bf16 if
-    not `cast`), or with `wide` (the same weights in bf16) when given."""
+    """`flat` [rows, in] times the int4 weights, in `flat`'s dtype (in bf16 if not `cast`): with
+    `wide` (the same weights in bf16) when given, else with torch's int4 kernel, or for many
+    rows (`wide_rows`) the extension's kernel that widens them as it goes where there is one
+    (`generation/model/int4_rows.py`)."""
     if wide is None:
-        out = torch._weight_int4pack_mm_for_cpu(flat.to(COMPUTE), packed, GROUP, scales_and_zeros)
+        kernel = int4_kernel() if wide_rows(flat.shape[0]) else None
+        x = flat.to(COMPUTE)
+        if kernel is not None:  # many rows: widened as they are multiplied (`int4_rows`)
+            out = kernel(x, packed, scales_and_zeros)
+        else:
+            out = torch._weight_int4pack_mm_for_cpu(x, packed, GROUP, scales_and_zeros)
         return out.to(flat.dtype) if cast else out
     return bf16_matmul(flat, wide)
 

@@ -24,6 +24,8 @@
 #include <limits>
 #include <vector>
 
+#include "int4_rows.h"
+
 namespace {
 
 using at::BFloat16;
@@ -49,8 +51,10 @@ at::Tensor bf16_product(const at::Tensor& input, const at::Tensor& weight) {
                  std::nullopt);
 }
 
-// `input` (bf16 [rows, in]) times the weights, bf16 [rows, out]: the int kernel, or (`wide`, where
-// the budget gave this projection its bf16 copy) the bf16 weights, part by part side by side.
+// `input` (bf16 [rows, in]) times the weights, bf16 [rows, out]: the int kernel, or for many rows
+// (`wide`) the bf16 weights where the budget gave this projection its bf16 copy (part by part
+// side by side), else int4 weights widened as they are multiplied (int4_rows.h) where the CPU
+// has that kernel.
 at::Tensor multiply(const Projection& p, const at::Tensor& input, bool wide) {
   if (wide && !p.wide.empty()) {
     if (p.wide.size() == 1) return bf16_product(input, p.wide[0]);
@@ -58,6 +62,8 @@ at::Tensor multiply(const Projection& p, const at::Tensor& input, bool wide) {
     for (const at::Tensor& part : p.wide) parts.push_back(bf16_product(input, part));
     return at::cat(parts, 1);
   }
+  if (p.bits == 4 && wide && muse::int4_rows_available())
+    return muse::int4_rows(input, p.weight, p.scales);
   if (p.bits == 4) return at::_weight_int4pack_mm_for_cpu(input, p.weight, kGroup, p.scales);
   return at::_weight_int8pack_mm(input, p.weight, p.scales);
 }
@@ -113,12 +119,19 @@ class QuantisedStep {
       TORCH_CHECK(bits[i] == 4 || bits[i] == 8, "int4 or int8 weights only");
       projections_.push_back({bits[i], weights[i], scales[i], wide[i]});
       has_wide_ = has_wide_ || !wide[i].empty();
+      has_int4_ = has_int4_ || bits[i] == 4;
     }
     hidden_ = final_norm_.numel();
   }
 
   // Whether some projection has bf16 weights (an int4 model's), for `step(..., wide=true)`.
   bool has_wide() const { return has_wide_; }
+
+  // Whether `step(..., wide=true)` has a product for many rows: some projection's bf16 copy, or
+  // int4 weights and the CPU's kernel for many rows of them (int4_rows.h).
+  bool takes_many_rows() const {
+    return has_wide_ || (has_int4_ && muse::int4_rows_available());
+  }
 
   // `x` fp32 [rows, hidden]: each row's new token's embedding; `cos` / `signed_sin` fp32
   // [rows, head_dim] of its position (see rotate); `allowed`: empty (every column seen), or
@@ -129,7 +142,7 @@ class QuantisedStep {
   at::Tensor step(at::Tensor x, const at::Tensor& cos, const at::Tensor& signed_sin,
                   const at::Tensor& allowed, const std::vector<at::Tensor>& key_rooms,
                   const std::vector<at::Tensor>& value_rooms, int64_t used, bool wide) {
-    TORCH_CHECK(!wide || has_wide_, "no bf16 weights to multiply with");
+    TORCH_CHECK(!wide || takes_many_rows(), "no product for many rows");
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.dim() == 2 &&
                 x.size(1) == hidden_);
     const int64_t rows = x.size(0), width = (heads_ + kv_heads_) * head_dim_;  // rotated
@@ -278,7 +291,7 @@ class QuantisedStep {
     }
   }
 
-  bool has_wide_ = false;
+  bool has_wide_ = false, has_int4_ = false;
   int64_t heads_, kv_heads_, head_dim_, intermediate_, hidden_ = 0, layers_ = 0;
   float eps_;
   std::vector<double> scaling_;
@@ -296,5 +309,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                           std::vector<at::Tensor>, std::vector<std::vector<at::Tensor>>,
                           at::Tensor>())
       .def_property_readonly("has_wide", [](const QuantisedStep& s) { return s.has_wide(); })
+      .def_property_readonly("takes_many_rows",
+                              [](const QuantisedStep& s) { return s.takes_many_rows(); })
       .def("step", &QuantisedStep::step, pybind11::call_guard<pybind11::gil_scoped_release>());
+  m.def("int4_rows_available", &muse::int4_rows_available);
+  m.def("int4_rows", &muse::int4_rows, pybind11::call_guard<pybind11::gil_scoped_release>());
 }

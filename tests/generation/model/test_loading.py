@@ -220,7 +220,8 @@ def test_the_served_weights_are_those_quantised_from_the_exact_ones(fresh_cache)
         assert torch.equal(served.model(ids).logits, quantised.model(ids).logits)
 
 
-def test_muse_memory_decides_the_bf16_copy(fresh_cache):
+def test_muse_memory_decides_the_bf16_copy(fresh_cache, monkeypatch):
+    from generation.model import memory
     from generation.model.memory import has_wide
     from generation.model.prefill_mode import prefilling
     from generation.model.quantize import Int4Linear, int4_matmul, int8_matmul
@@ -236,7 +237,9 @@ def test_muse_memory_decides_the_bf16_copy(fresh_cache):
     roomy = load_model(None, "cpu", cache, "auto", memory="64GiB")
     assert not has_wide(small.model) and has_wide(roomy.model)
     assert small.model.lm_head.wide is None and roomy.model.lm_head.wide is not None
+    monkeypatch.setattr(memory, "widens_int4", lambda: False)  # a CPU without AMX
     assert has_wide(load_model(None, "cpu", cache, "auto", memory="auto").model)  # a small copy
+    monkeypatch.undo()
     layer = next(m for m in small.model.modules() if isinstance(m, Int4Linear))
     x = torch.randn(16, layer.in_features)
     with prefilling():  # many rows without the copy: the int4 kernel
@@ -251,10 +254,23 @@ def test_auto_keeps_no_large_bf16_copy(fresh_cache, monkeypatch):
     from generation.model import memory
 
     cache, _ = fresh_cache
+    monkeypatch.setattr(memory, "widens_int4", lambda: False)  # a CPU without AMX
     monkeypatch.setattr(memory, "AUTO_WIDE_MAX", 8 << 20)  # as if the copy were a 1.7B model's
     auto = load_model(None, "cpu", cache, "auto").model
     assert 0 < memory.wide_kept_bytes(auto) <= 8 << 20  # as much as fits, and no more
     assert auto.lm_head.wide is None  # the head's copy (56 MiB) does not fit: layers' do
+    roomy = load_model(None, "cpu", cache, "auto", memory="8GiB").model
+    assert memory.wide_kept_bytes(roomy) == memory.wide_bytes(roomy)
+
+
+def test_auto_keeps_no_copy_where_many_rows_widen_as_they_go(fresh_cache, monkeypatch):
+    """With AMX the extension multiplies many rows of int4 weights about as fast without the
+    copy (`generation/model/int4_rows.py`): `auto` keeps none; a size still keeps what fits."""
+    from generation.model import memory
+
+    cache, _ = fresh_cache
+    monkeypatch.setattr(memory, "widens_int4", lambda: True)
+    assert memory.wide_kept_bytes(load_model(None, "cpu", cache, "auto").model) == 0
     roomy = load_model(None, "cpu", cache, "auto", memory="8GiB").model
     assert memory.wide_kept_bytes(roomy) == memory.wide_bytes(roomy)
 

@@ -316,7 +316,7 @@ def test_a_build_folder_that_cannot_be_created_leaves_the_python_step_with_one_l
     assert BatchRunner(quantised.model, quantised.tokenizer.pad_token_id)._decode.native is None
     assert native_step.compiled() is None
     assert len(caplog.records) == 1 and "cannot be created" in caplog.records[0].getMessage()
-    assert "TORCH_EXTENSIONS_DIR" in native_step.availability(quantised)
+    assert "TORCH_EXTENSIONS_DIR" in native_step.availability(describe(quantised), "cpu")
 
 
 @pytest.mark.parametrize("fault", ["sigill", "segv"])
@@ -338,7 +338,7 @@ def test_a_build_whose_first_run_faults_leaves_the_python_step(
         assert f"died of SIG{fault.removeprefix('sig').upper()}" in native_step.build().reason
         runner = BatchRunner(quantised.model, quantised.tokenizer.pad_token_id)
         assert runner._decode.native is None
-        assert "child process died of" in native_step.availability(quantised)
+        assert "child process died of" in native_step.availability(describe(quantised), "cpu")
     finally:
         native_step.build.cache_clear()
     monkeypatch.delenv(native_build.FAULT)
@@ -349,3 +349,11 @@ def real_root():
     from torch.utils.cpp_extension import get_default_build_root
 
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+
+
+def test_the_extension_s_loops_run_on_torch_s_threads():
+    """at::parallel_for splits work over torch's threads only in code compiled with OpenMP: the
+    library calls OpenMP's runtime (without -fopenmp its loops ran on one thread)."""
+    assert native_step.compiled() is not None
+    built = Path(native_step.compiled().__file__)
+    assert b"GOMP_parallel" in built.read_bytes()

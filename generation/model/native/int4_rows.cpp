@@ -1,0 +1,200 @@
+// Many rows times int4 weights without a bf16 copy of them, on the CPU's AMX tiles.
+//
+// torch's int4 kernel is compute-bound from a few rows on (its cost grows with every row), so an
+// int4 model multiplied many rows (prefills, steps of many requests) with a bf16 copy of its
+// weights, which the memory budget may not hold (generation/model/memory.py). Here each block
+// of 64 outputs is widened to bf16 a chunk of inputs at a time, into a buffer that stays in the
+// core's cache, laid out as AMX's tile product reads it, and multiplied for all the rows
+// there: the widening costs about one row's int4 product, the rows cost little more each
+// (figures: benchmarks/README.md, "Kernels").
+//
+// The widened weights are the bf16 copy's numbers ((q - 8) * scale + zero in fp32, rounded
+// once: the product of a 4-bit level and a bf16 scale is exact, so the fused multiply-add
+// rounds as the copy's multiply then add do); the sums run in fp32 in a fixed order for each
+// row, so a row's result does not depend on how many rows share the call.
+//
+// Built only where the compiler targets AMX (`-march=native` on such a CPU); elsewhere
+// `int4_rows_available()` is false and the callers keep torch's kernel or the copy.
+
+#include "int4_rows.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#define MUSE_INT4_ROWS 1
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace muse {
+
+#ifdef MUSE_INT4_ROWS
+namespace {
+
+using at::BFloat16;
+
+constexpr int64_t kGroup = 32;   // inputs per scale and zero (generation/model/quantize.py GROUP)
+constexpr int64_t kBlock = 64;   // outputs per block of the packed layout (quantize.py BLOCK)
+constexpr int64_t kChunk = 256;  // inputs widened at a time: 64 outputs x 256 bf16, 32 KiB
+constexpr int kTileRows = 16;    // rows per AMX tile
+constexpr int64_t kPairStride = 4 * 64;  // bytes from one input pair's widened outputs to the next
+
+// Linux lends AMX's tile state only to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM for
+// XFEATURE_XTILEDATA); torch's oneDNN asks as well, and asking twice is harmless.
+constexpr int kRequestPermission = 0x1023;
+constexpr int kTileData = 18;
+
+bool permitted() {
+  static const bool allowed = syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+  return allowed;
+}
+
+// AMX's tile configuration (palette 1): tiles 0-3 the sums of `rows` rows for four 16-output
+// slices, tile 4 the rows' inputs, tiles 5-7 widened weights (16 input pairs x 16 outputs).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+void configure(int rows) {
+  TileConfig config;
+  for (int tile = 0; tile < 8; ++tile) {
+    config.bytes_per_row[tile] = 64;
+    config.rows[tile] = tile < 5 ? rows : 16;
+  }
+  _tile_loadconfig(&config);
+}
+
+// One block's inputs [k0, k0 + count) widened into `out`, as AMX's bf16 product reads its
+// second operand: for each pair of inputs, four 64-byte rows (outputs 0-15, 16-31, 32-47,
+// 48-63), each output's two weights side by side. The packed block holds, for each input, a
+// byte per pair of outputs j and j + 32 (low and high four bits).
+void widen(const uint8_t* block, const BFloat16* scales, int64_t outs, int64_t first_out,
+           int64_t k0, int64_t count, __m512i* out) {
+  const __m512 levels = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
+  const __m512i twice = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i high_half = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t group = k0 / kGroup; group < (k0 + count) / kGroup; ++group) {
+    // Each output's scale and zero, twice (for its two inputs of a pair): outputs 8v to 8v + 7.
+    __m512 scale[8], zero[8];
+    const auto* pairs = reinterpret_cast<const __m256i*>(scales + (group * outs + first_out) * 2);
+    for (int v = 0; v < 8; ++v) {
+      const __m512i both =
+          _mm512_permutexvar_epi32(twice, _mm512_castsi256_si512(_mm256_loadu_si256(pairs + v)));
+      scale[v] = _mm512_castsi512_ps(_mm512_slli_epi32(both, 16));
+      zero[v] = _mm512_castsi512_ps(_mm512_and_si512(both, high_half));
+    }
+    for (int64_t k = group * kGroup; k < (group + 1) * kGroup; k += 2) {
+      const auto* bytes = reinterpret_cast<const __m256i*>(block + k * 32);
+      // The two inputs' bytes side by side: outputs 0-7 and 16-23 (low), 8-15 and 24-31 (high).
+      const __m256i low = _mm256_unpacklo_epi8(_mm256_loadu_si256(bytes), _mm256_loadu_si256(bytes + 1));
+      const __m256i high = _mm256_unpackhi_epi8(_mm256_loadu_si256(bytes), _mm256_loadu_si256(bytes + 1));
+      const __m512i part[4] = {
+          _mm512_cvtepu8_epi32(_mm256_castsi256_si128(low)),    // outputs 0-7 (and 32-39)
+          _mm512_cvtepu8_epi32(_mm256_castsi256_si128(high)),   // 8-15 (40-47)
+          _mm512_cvtepu8_epi32(_mm256_extracti128_si256(low, 1)),   // 16-23 (48-55)
+          _mm512_cvtepu8_epi32(_mm256_extracti128_si256(high, 1)),  // 24-31 (56-63)
+      };
+      __m512 weight[8];
+      for (int v = 0; v < 4; ++v) {
+        // vpermps reads an index's low four bits: the low level as it is, the high one shifted.
+        weight[v] = _mm512_fmadd_ps(_mm512_permutexvar_ps(part[v], levels), scale[v], zero[v]);
+        weight[v + 4] = _mm512_fmadd_ps(
+            _mm512_permutexvar_ps(_mm512_srli_epi32(part[v], 4), levels), scale[v + 4],
+            zero[v + 4]);
+      }
+      __m512i* row = out + (k - k0) / 2 * 4;
+      for (int v = 0; v < 4; ++v)
+        row[v] = (__m512i)_mm512_cvtne2ps_pbh(weight[2 * v + 1], weight[2 * v]);
+    }
+  }
+}
+
+// Up to 16 rows' sums for one block over one chunk, from `sums` (fp32 [rows, 64]) or zero.
+void multiply_chunk(const BFloat16* x, int64_t in, int64_t k0, int64_t count, const char* widened,
+                    float* sums, bool first) {
+  if (first) {
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+  } else {
+    _tile_loadd(0, sums, 256); _tile_loadd(1, sums + 16, 256);
+    _tile_loadd(2, sums + 32, 256); _tile_loadd(3, sums + 48, 256);
+  }
+  for (int64_t k = 0; k < count; k += 32) {
+    _tile_loadd(4, x + k0 + k, in * 2);
+    const char* pairs = widened + (k / 2) * kPairStride;
+    _tile_loadd(5, pairs, kPairStride); _tile_dpbf16ps(0, 4, 5);
+    _tile_loadd(6, pairs + 64, kPairStride); _tile_dpbf16ps(1, 4, 6);
+    _tile_loadd(7, pairs + 128, kPairStride); _tile_dpbf16ps(2, 4, 7);
+    _tile_loadd(5, pairs + 192, kPairStride); _tile_dpbf16ps(3, 4, 5);
+  }
+  _tile_stored(0, sums, 256); _tile_stored(1, sums + 16, 256);
+  _tile_stored(2, sums + 32, 256); _tile_stored(3, sums + 48, 256);
+}
+
+}  // namespace
+
+bool int4_rows_available() { return permitted(); }
+
+at::Tensor int4_rows(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scales) {
+  TORCH_CHECK(permitted(), "the int4 many-rows kernel needs AMX");
+  TORCH_CHECK(input.dim() == 2 && input.scalar_type() == at::kBFloat16, "bf16 [rows, in] input");
+  const int64_t rows = input.size(0), in = input.size(1), outs = packed.size(0);
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.size(1) * 2 == in && outs % kBlock == 0 && in % kGroup == 0,
+              "int4 weights in torch's packed CPU layout");
+  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.is_contiguous() &&
+                  scales.numel() == in / kGroup * outs * 2,
+              "bf16 scales and zeros [in / 32, out, 2]");
+  const at::Tensor x = input.contiguous();
+  at::Tensor result = at::empty({rows, outs}, input.options());
+  if (rows == 0) return result;
+  const BFloat16* xs = x.data_ptr<BFloat16>();
+  const uint8_t* weights = packed.data_ptr<uint8_t>();
+  const BFloat16* scale = scales.data_ptr<BFloat16>();
+  BFloat16* o = result.data_ptr<BFloat16>();
+  const int64_t padded = (rows + kTileRows - 1) / kTileRows * kTileRows;
+  at::parallel_for(0, outs / kBlock, 1, [&](int64_t first_block, int64_t last_block) {
+    std::vector<__m512i> widened(kChunk / 2 * 4);
+    std::vector<float> sums(padded * kBlock);
+    int configured = 0;
+    for (int64_t b = first_block; b < last_block; ++b) {
+      const uint8_t* block = weights + b * in * 32;
+      for (int64_t k0 = 0; k0 < in; k0 += kChunk) {
+        const int64_t count = std::min(kChunk, in - k0);
+        widen(block, scale, outs, b * kBlock, k0, count, widened.data());
+        for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+          const int tile_rows = static_cast<int>(std::min<int64_t>(kTileRows, rows - r0));
+          if (tile_rows != configured) configure(configured = tile_rows);
+          multiply_chunk(xs + r0 * in, in, k0, count,
+                         reinterpret_cast<const char*>(widened.data()),
+                         sums.data() + r0 * kBlock, k0 == 0);
+        }
+      }
+      for (int64_t r = 0; r < rows; ++r)
+        for (int v = 0; v < 4; ++v) {
+          const __m512 sum = _mm512_loadu_ps(sums.data() + r * kBlock + v * 16);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + r * outs + b * kBlock + v * 16),
+                              (__m256i)_mm512_cvtneps_pbh(sum));
+        }
+    }
+    if (configured) _tile_release();
+  });
+  return result;
+}
+
+#else
+
+bool int4_rows_available() { return false; }
+
+at::Tensor int4_rows(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  TORCH_CHECK(false, "the int4 many-rows kernel needs AMX, which this build does not target");
+}
+
+#endif
+
+}  // namespace muse

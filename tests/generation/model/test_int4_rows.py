@@ -1,0 +1,105 @@
+"""The product of many rows with int4 weights that have no bf16 copy
+(generation/model/native/int4_rows.cpp, generation/model/int4_rows.py) on the real default
+model at a budget that holds no copy: the copy's numbers to fp32 summation, each row's result
+its own whatever shares the call, prefills and steps of many rows through it, and on a CPU
+without AMX a clear error and torch's kernel instead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from generation.model import int4_rows, memory, native_build, native_step, prefill_mode
+from generation.model.batch_runner import BatchRunner
+from generation.model.loading import LoadedModel, load_model
+from generation.model.memory import wide_kept_bytes
+from generation.model.quantize import Int4Linear
+from tests.generation.helpers import logit_tolerance
+from tests.generation.model.guards import PROMPTS
+from tests.generation.model.test_native_step import Counting, prompt_ids, steps_agree
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def bare(model_cache_dir: Path) -> LoadedModel:
+    """The default model with int4 weights and a budget that holds none of the bf16 copy."""
+    loaded = load_model(None, "cpu", model_cache_dir, "int4", memory="1MiB")
+    assert wide_kept_bytes(loaded.model) == 0
+    return loaded
+
+
+def amx_here() -> bool:
+    flags = set(native_build.cpu_features().split())
+    return {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags
+
+
+def int4_layers(loaded: LoadedModel) -> list[Int4Linear]:
+    layer = loaded.model.model.layers[0]
+    found = [m for m in layer.modules() if isinstance(m, Int4Linear)]
+    assert {m.out_features for m in found} >= {loaded.model.config.hidden_size}
+    return found
+
+
+def test_the_kernel_is_there_exactly_where_the_cpu_has_amx(bare: LoadedModel):
+    extension = native_step.compiled()
+    assert extension is not None
+    assert extension.int4_rows_available() is amx_here()
+    kernel = int4_rows.int4_kernel()
+    assert (kernel is not None) is amx_here()
+    assert memory.widens_int4() is amx_here()  # so `MUSE_MEMORY=auto` keeps no copy there
+    if not amx_here():  # a clear error, not a wrong product
+        layer = int4_layers(bare)[0]
+        x = torch.zeros(prefill_mode.WIDE_ROWS, layer.in_features, dtype=torch.bfloat16)
+        with pytest.raises(RuntimeError, match="needs AMX"):
+            extension.int4_rows(x, layer.weight, layer.scales_and_zeros)
+
+
+def test_many_rows_get_the_copy_s_numbers_each_row_its_own(bare: LoadedModel):
+    kernel = int4_rows.int4_kernel()
+    if kernel is None:
+        assert not amx_here()
+        return
+    torch.manual_seed(0)
+    for layer in int4_layers(bare):
+        x = torch.randn(40, layer.in_features).to(torch.bfloat16)
+        whole = kernel(x, layer.weight, layer.scales_and_zeros)
+        # The copy's bf16 weights, summed in fp64: the kernel's fp32 sums, rounded to bf16.
+        want = (x.double() @ layer.dequantised().double().T).float()
+        error = (whole.float() - want).abs()
+        assert float((error - 2**-8 * want.abs()).max()) <= 1e-4 * float(want.abs().max())
+        for rows in (1, 3, prefill_mode.WIDE_ROWS, 16, 17, 33):
+            assert torch.equal(kernel(x[:rows], layer.weight, layer.scales_and_zeros), whole[:rows])
+        assert kernel(x[:0], layer.weight, layer.scales_and_zeros).shape == (0, layer.out_features)
+
+
+def test_prefills_and_steps_of_many_rows_take_it(bare: LoadedModel, monkeypatch):
+    kernel = int4_rows.int4_kernel()
+    calls: list[int] = []
+
+    def counted(x, packed, scales):
+        calls.append(x.shape[0])
+        return kernel(x, packed, scales)
+
+    if kernel is not None:
+        monkeypatch.setattr(int4_rows, "_kernel", counted)
+    runner = BatchRunner(bare.model, bare.tokenizer.pad_token_id)
+    counting = Counting(runner._decode.native)
+    runner._decode.native = counting
+    rows = prefill_mode.WIDE_ROWS + 2
+    chosen = [prompt_ids(bare, PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
+    ours, logits = runner.prefill(chosen)
+    prefill_calls = len(calls)
+    theirs, _ = runner.prefill(chosen)
+    tokens = [int(t) for t in logits.argmax(-1)]
+    for _ in range(3):
+        tokens = steps_agree(runner, ours, theirs, tokens, logit_tolerance(bare))
+    if kernel is None:  # torch's int4 kernel in the Python step serves many rows
+        assert counting.calls == [] and calls == []
+        return
+    # Every int4 projection of the prefill's forward (the head is int8), then the C++ step.
+    layers = bare.model.config.num_hidden_layers
+    assert prefill_calls >= 4 * layers
+    assert counting.calls == [rows] * 3
