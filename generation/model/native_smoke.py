@@ -17,6 +17,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from generation.model.batch_runner import BatchRunner
 from generation.model.native_build import (
     FAULT,
+    NO_AMX,
     SMOKE_FILE,
     load_extension,
     make_folder,
@@ -69,11 +70,14 @@ def main(folder: Path) -> int:
     """The child: build in `folder`, run the step once, write down that it passed."""
     make_folder(folder)
     extension = load_extension(folder)
+    amx = os.environ.get(NO_AMX) != "0"
     fault = os.environ.get(FAULT, "")
+    if fault == "amx":
+        fault = "sigill" if amx else ""
     if fault:
         os.kill(os.getpid(), {"sigill": signal.SIGILL, "segv": signal.SIGSEGV}[fault])
     smoke(extension)
-    (folder / SMOKE_FILE).write_text(json.dumps(smoke_record(folder)))
+    (folder / SMOKE_FILE).write_text(json.dumps({**smoke_record(folder), "amx": amx}))
     return 0
 
 

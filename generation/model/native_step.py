@@ -80,6 +80,12 @@ def build() -> Build:
             failed = native_build.build_in_child(folder)
             if failed is not None:
                 return _python_step(failed)
+        if not native_build.amx_passed(folder):
+            os.environ[native_build.NO_AMX] = "0"
+            log.warning(
+                "the C++ step's first run faulted with this CPU's AMX and passed without it: "
+                "prompts and many requests use torch's int4 kernel or the bf16 copy"
+            )
         built = native_build.library(folder)
         unsafe = native_build.unsafe(built) if built.exists() else None
         if unsafe is not None:

@@ -21,6 +21,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
@@ -92,8 +94,9 @@ void widen(const uint8_t* block, const BFloat16* scales, int64_t outs, int64_t f
     for (int64_t k = group * kGroup; k < (group + 1) * kGroup; k += 2) {
       const auto* bytes = reinterpret_cast<const __m256i*>(block + k * 32);
       // The two inputs' bytes side by side: outputs 0-7 and 16-23 (low), 8-15 and 24-31 (high).
-      const __m256i low = _mm256_unpacklo_epi8(_mm256_loadu_si256(bytes), _mm256_loadu_si256(bytes + 1));
-      const __m256i high = _mm256_unpackhi_epi8(_mm256_loadu_si256(bytes), _mm256_loadu_si256(bytes + 1));
+      const __m256i first = _mm256_loadu_si256(bytes), second = _mm256_loadu_si256(bytes + 1);
+      const __m256i low = _mm256_unpacklo_epi8(first, second);
+      const __m256i high = _mm256_unpackhi_epi8(first, second);
       const __m512i part[4] = {
           _mm512_cvtepu8_epi32(_mm256_castsi256_si128(low)),    // outputs 0-7 (and 32-39)
           _mm512_cvtepu8_epi32(_mm256_castsi256_si128(high)),   // 8-15 (40-47)
@@ -138,10 +141,15 @@ void multiply_chunk(const BFloat16* x, int64_t in, int64_t k0, int64_t count, co
 
 }  // namespace
 
-bool int4_rows_available() { return permitted(); }
+// MUSE_INT4_ROWS=0 (generation/model/native_build.py NO_AMX): kept off AMX.
+bool int4_rows_available() {
+  const char* setting = std::getenv("MUSE_INT4_ROWS");
+  return permitted() && !(setting && std::string(setting) == "0");
+}
 
 at::Tensor int4_rows(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scales) {
-  TORCH_CHECK(permitted(), "the int4 many-rows kernel needs AMX");
+  TORCH_CHECK(int4_rows_available(),
+              "the int4 many-rows kernel needs AMX (and MUSE_INT4_ROWS not 0)");
   TORCH_CHECK(input.dim() == 2 && input.scalar_type() == at::kBFloat16, "bf16 [rows, in] input");
   const int64_t rows = input.size(0), in = input.size(1), outs = packed.size(0);
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() &&

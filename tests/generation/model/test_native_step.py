@@ -345,6 +345,32 @@ def test_a_build_whose_first_run_faults_leaves_the_python_step(
     assert native_build.build_in_child(folder) is None and native_build.passed(folder)
 
 
+def test_a_build_that_faults_only_with_amx_serves_without_it(monkeypatch, tmp_path):
+    """A virtual machine may announce AMX and fault on it: a child that dies is run again with
+    the AMX kernel off, and where that one passes the serving process keeps the C++ step and
+    keeps off AMX (`NO_AMX`): many rows on torch's int4 kernel or the bf16 copy."""
+    from generation.model import int4_rows
+
+    assert native_step.compiled() is not None
+    root = tmp_path / "extensions"
+    folder = native_build.build_folder(root)
+    shutil.copytree(native_build.build_folder(real_root()), folder)
+    (folder / native_build.SMOKE_FILE).unlink()
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(root))
+    monkeypatch.setenv(native_build.FAULT, "amx")
+    monkeypatch.setenv(native_build.NO_AMX, "1")  # restored (unset) after the test
+    native_step.build.cache_clear()
+    try:
+        extension = native_step.compiled()
+        assert extension is not None  # the C++ step serves
+        assert os.environ[native_build.NO_AMX] == "0" and not native_build.amx_passed(folder)
+        assert not extension.int4_rows_available() and int4_rows.int4_kernel() is None
+    finally:
+        monkeypatch.undo()
+        native_step.build.cache_clear()
+        native_step.compiled()  # this process's own build again, its kernel installed
+
+
 def real_root():
     from torch.utils.cpp_extension import get_default_build_root
 
