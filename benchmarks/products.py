@@ -15,6 +15,7 @@ of the default model with weights of its own) is.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -28,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generation.model import native_step  # noqa: E402
 from generation.model.bf16_products import bf16_matmul, bf16_weights  # noqa: E402
+from generation.model.native_build import NO_AMX  # noqa: E402
 from generation.model.quantize import GROUP, Int4Linear, Int8Linear  # noqa: E402
 
+WAYS = {"1": "amx", "avx512": "avx512_bf16"}  # MUSE_INT4_ROWS: the way it gives
 SHAPES = [(49152, 576), (1536, 576), (576, 1536), (2048, 2048), (8192, 2048), (2048, 8192)]
 ROWS = (1, 4, 16)
 
@@ -111,10 +114,21 @@ def many_rows() -> None:
     that widens the int4 weights as it multiplies (none without AMX), the bf16 copy."""
     extension = native_step.compiled()
     widening = extension.int4_rows if extension and extension.int4_rows_available() else None
+
+    def widened(way: str, *args: torch.Tensor) -> float:
+        """The kernel's `way` (`MUSE_INT4_ROWS`: `1` its best, `avx512` AVX512-BF16), ms."""
+        os.environ[NO_AMX] = way
+        try:
+            if widening is None or extension.int4_rows_kind() != WAYS[way]:
+                return float("nan")
+            return per_call_ms(widening, *args)
+        finally:
+            os.environ.pop(NO_AMX)
+
     torch.manual_seed(0)
-    print("\nSmolLM2-1.7B's projections, many rows, ms per call\n")
-    print("| weight (out x in) | rows | int4 kernel | int4 widened (AMX) | bf16 copy |")
-    print("|-------------------|------|-------------|--------------------|-----------|")
+    print("\nSmolLM2-1.7B's projections, many rows, ms per call (nan: not on this CPU)\n")
+    print("| weight (out x in) | rows | int4 kernel | widened, AMX | widened, AVX512-BF16 | bf16 |")
+    print("|-------------------|------|-------------|--------------|----------------------|------|")
     for out_features, in_features in ((6144, 2048), (2048, 2048), (16384, 2048), (2048, 8192)):
         layer = Int4Linear(torch.nn.Linear(in_features, out_features, bias=False), wide=False)
         packed, scales = layer.weight, layer.scales_and_zeros
@@ -122,10 +136,13 @@ def many_rows() -> None:
         for rows in (1, 4, 8, 16, 64, 256):
             x = torch.randn(rows, in_features).to(torch.bfloat16)
             int4 = per_call_ms(torch._weight_int4pack_mm_for_cpu, x, packed, GROUP, scales)
-            widened = per_call_ms(widening, x, packed, scales) if widening else float("nan")
+            amx, vector = widened("1", x, packed, scales), widened("avx512", x, packed, scales)
             bf16 = per_call_ms(bf16_matmul, x, wide)
             shape = f"{out_features} x {in_features}"
-            print(f"| {shape:<17} | {rows:4} | {int4:11.3f} | {widened:18.3f} | {bf16:9.3f} |")
+            print(
+                f"| {shape:<17} | {rows:4} | {int4:11.3f} | {amx:12.3f} | {vector:20.3f} "
+                f"| {bf16:4.2f} |"
+            )
 
 
 if __name__ == "__main__":

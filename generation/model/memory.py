@@ -167,13 +167,14 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
 
 
 def widens_int4() -> bool:
-    """Whether this process multiplies many rows of int4 weights that have no copy with the C++
-    extension's kernel that widens them as it goes (`generation/model/int4_rows.py`: AMX; it
-    builds the extension now if it is not yet)."""
+    """Whether this process multiplies many rows of int4 weights that have no copy on AMX with
+    the C++ extension's kernel that widens them as it goes, about as fast as with the copy
+    (`generation/model/int4_rows.py`; it builds the extension now if it is not yet). Its
+    AVX512-BF16 way, without AMX, is no reason to drop the copy."""
     from generation.model import native_step
 
     extension = native_step.compiled() if native_step.wanted() else None
-    return extension is not None and bool(extension.int4_rows_available())
+    return extension is not None and extension.int4_rows_kind() == "amx"
 
 
 def _wide_groups(model: nn.Module) -> list[list[nn.Module]]:

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]  # where the child imports `generatio
 SMOKE_FILE = "smoke.json"
 CPUINFO = Path("/proc/cpuinfo")
 # Tests only: make the child fault (`sigill`, `segv`) after its build, as a build for another
-# CPU would at its first step; `amx`: SIGILL only while it may use AMX (`NO_AMX`).
+# CPU would at its first step.
 FAULT = "MUSE_TEST_NATIVE_FAULT"
 # "0": many rows keep off the AMX kernel (native/int4_rows.cpp reads it at every call). Set in
 # the serving process where a child's first run faulted with AMX and passed without it (a
@@ -135,10 +135,10 @@ def amx_passed(folder: Path) -> bool:
 
 def build_in_child(folder: Path) -> str | None:
     """Build and run the step in a child process; None when it passed, else why not. A child
-    that died is run once more with the AMX kernel off (`NO_AMX`): where that one passes, the
-    step serves without it (`amx_passed`)."""
+    that died of SIGILL is run once more with the AMX kernel off (`NO_AMX`): where that one
+    passes, the step serves without it (`amx_passed`)."""
     failed = _child(folder, {})
-    if failed is not None and "died of" in failed and _child(folder, {NO_AMX: "0"}) is None:
+    if failed is not None and "died of SIGILL" in failed and _child(folder, {NO_AMX: "0"}) is None:
         return None
     return failed
 

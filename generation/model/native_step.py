@@ -136,10 +136,12 @@ def availability(weights: str, device: str) -> str:
     built = build()
     if built.extension is None:
         return f"the Python step (the C++ step is not used: {built.reason})"
-    if weights.startswith("int4") and built.extension.int4_rows_available():
+    kind = built.extension.int4_rows_kind() if weights.startswith("int4") else ""
+    if kind:
+        units = "AMX" if kind == "amx" else "AVX512-BF16"
         return (
             "the C++ step (built and run first in a child process on this CPU; many rows "
-            "widen the int4 weights as they multiply, on AMX)"
+            f"widen the int4 weights as they multiply, on {units})"
         )
     return "the C++ step (built and run first in a child process on this CPU)"
 

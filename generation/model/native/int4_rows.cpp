@@ -13,8 +13,13 @@
 // rounds as the copy's multiply then add do); the sums run in fp32 in a fixed order for each
 // row, so a row's result does not depend on how many rows share the call.
 //
-// Built only where the compiler targets AMX (`-march=native` on such a CPU); elsewhere
-// `int4_rows_available()` is false and the callers keep torch's kernel or the copy.
+// Two ways to multiply the widened block: AMX's tile product (16 rows at a time), or where the
+// CPU has no AMX, AVX512-BF16's dot products (6 rows x 64 outputs in registers). The second
+// measured no faster than torch's int4 kernel on a Xeon whose AVX512-BF16 units are slow;
+// CPUs with faster ones (AMD's Zen 4) were not measured. Which one: `int4_rows_kind()`
+// (MUSE_INT4_ROWS: `0` neither, `avx512` the second even with AMX, for tests and benchmarks).
+// Built only where the compiler targets AVX512-BF16 (`-march=native` on such a CPU);
+// elsewhere `int4_rows_available()` is false and the callers keep torch's kernel or the copy.
 
 #include "int4_rows.h"
 
@@ -25,11 +30,14 @@
 #include <string>
 #include <vector>
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
 #define MUSE_INT4_ROWS 1
 #include <immintrin.h>
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define MUSE_INT4_AMX 1
 #include <sys/syscall.h>
 #include <unistd.h>
+#endif
 #endif
 
 namespace muse {
@@ -43,8 +51,12 @@ constexpr int64_t kGroup = 32;   // inputs per scale and zero (generation/model/
 constexpr int64_t kBlock = 64;   // outputs per block of the packed layout (quantize.py BLOCK)
 constexpr int64_t kChunk = 256;  // inputs widened at a time: 64 outputs x 256 bf16, 32 KiB
 constexpr int kTileRows = 16;    // rows per AMX tile
+constexpr int kVectorRows = 6;   // rows per AVX512-BF16 pass: 6 x 4 sums, 24 of the 32 registers
 constexpr int64_t kPairStride = 4 * 64;  // bytes from one input pair's widened outputs to the next
 
+enum class Kind { kNone, kVector, kAmx };
+
+#ifdef MUSE_INT4_AMX
 // Linux lends AMX's tile state only to a process that asks (arch_prctl ARCH_REQ_XCOMP_PERM for
 // XFEATURE_XTILEDATA); torch's oneDNN asks as well, and asking twice is harmless.
 constexpr int kRequestPermission = 0x1023;
@@ -71,6 +83,7 @@ void configure(int rows) {
   }
   _tile_loadconfig(&config);
 }
+#endif
 
 // One block's inputs [k0, k0 + count) widened into `out`, as AMX's bf16 product reads its
 // second operand: for each pair of inputs, four 64-byte rows (outputs 0-15, 16-31, 32-47,
@@ -118,6 +131,7 @@ void widen(const uint8_t* block, const BFloat16* scales, int64_t outs, int64_t f
   }
 }
 
+#ifdef MUSE_INT4_AMX
 // Up to 16 rows' sums for one block over one chunk, from `sums` (fp32 [rows, 64]) or zero.
 void multiply_chunk(const BFloat16* x, int64_t in, int64_t k0, int64_t count, const char* widened,
                     float* sums, bool first) {
@@ -138,18 +152,77 @@ void multiply_chunk(const BFloat16* x, int64_t in, int64_t k0, int64_t count, co
   _tile_stored(0, sums, 256); _tile_stored(1, sums + 16, 256);
   _tile_stored(2, sums + 32, 256); _tile_stored(3, sums + 48, 256);
 }
+#endif
+
+// `Rows` rows' sums for one block over one chunk with AVX512-BF16, from `sums` or zero.
+template <int Rows>
+void multiply_rows(const BFloat16* x, int64_t in, int64_t k0, int64_t count,
+                   const __m512i* widened, float* sums, bool first) {
+  __m512 sum[Rows][4];
+  for (int r = 0; r < Rows; ++r)
+    for (int v = 0; v < 4; ++v)
+      sum[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(sums + r * kBlock + v * 16);
+  const int32_t* pairs[Rows];  // each row's inputs two by two, as one 32-bit number
+  for (int r = 0; r < Rows; ++r) pairs[r] = reinterpret_cast<const int32_t*>(x + r * in + k0);
+  for (int64_t p = 0; p < count / 2; ++p) {
+    const __m512bh w0 = (__m512bh)widened[p * 4], w1 = (__m512bh)widened[p * 4 + 1];
+    const __m512bh w2 = (__m512bh)widened[p * 4 + 2], w3 = (__m512bh)widened[p * 4 + 3];
+    for (int r = 0; r < Rows; ++r) {
+      const __m512bh both = (__m512bh)_mm512_set1_epi32(pairs[r][p]);
+      sum[r][0] = _mm512_dpbf16_ps(sum[r][0], both, w0);
+      sum[r][1] = _mm512_dpbf16_ps(sum[r][1], both, w1);
+      sum[r][2] = _mm512_dpbf16_ps(sum[r][2], both, w2);
+      sum[r][3] = _mm512_dpbf16_ps(sum[r][3], both, w3);
+    }
+  }
+  for (int r = 0; r < Rows; ++r)
+    for (int v = 0; v < 4; ++v) _mm512_storeu_ps(sums + r * kBlock + v * 16, sum[r][v]);
+}
+
+void multiply_vectors(const BFloat16* x, int64_t rows, int64_t in, int64_t k0, int64_t count,
+                      const __m512i* widened, float* sums, bool first) {
+  int64_t r = 0;
+  for (; r + kVectorRows <= rows; r += kVectorRows)
+    multiply_rows<kVectorRows>(x + r * in, in, k0, count, widened, sums + r * kBlock, first);
+  const BFloat16* rest = x + r * in;
+  float* rest_sums = sums + r * kBlock;
+  switch (rows - r) {
+    case 1: multiply_rows<1>(rest, in, k0, count, widened, rest_sums, first); break;
+    case 2: multiply_rows<2>(rest, in, k0, count, widened, rest_sums, first); break;
+    case 3: multiply_rows<3>(rest, in, k0, count, widened, rest_sums, first); break;
+    case 4: multiply_rows<4>(rest, in, k0, count, widened, rest_sums, first); break;
+    case 5: multiply_rows<5>(rest, in, k0, count, widened, rest_sums, first); break;
+    default: break;
+  }
+}
+
+// MUSE_INT4_ROWS (generation/model/native_build.py NO_AMX): `0` neither way, `avx512` the
+// vector one; read at every call, so the serving process can turn AMX off after a fault.
+Kind chosen() {
+  const char* setting = std::getenv("MUSE_INT4_ROWS");
+  const std::string wanted = setting ? setting : "";
+  if (wanted == "0") return Kind::kNone;
+#ifdef MUSE_INT4_AMX
+  if (wanted != "avx512" && permitted()) return Kind::kAmx;
+#endif
+  return Kind::kVector;
+}
 
 }  // namespace
 
-// MUSE_INT4_ROWS=0 (generation/model/native_build.py NO_AMX): kept off AMX.
-bool int4_rows_available() {
-  const char* setting = std::getenv("MUSE_INT4_ROWS");
-  return permitted() && !(setting && std::string(setting) == "0");
+bool int4_rows_available() { return chosen() != Kind::kNone; }
+
+std::string int4_rows_kind() {
+  switch (chosen()) {
+    case Kind::kAmx: return "amx";
+    case Kind::kVector: return "avx512_bf16";
+    default: return "";
+  }
 }
 
 at::Tensor int4_rows(const at::Tensor& input, const at::Tensor& packed, const at::Tensor& scales) {
-  TORCH_CHECK(int4_rows_available(),
-              "the int4 many-rows kernel needs AMX (and MUSE_INT4_ROWS not 0)");
+  const Kind kind = chosen();
+  TORCH_CHECK(kind != Kind::kNone, "the int4 many-rows kernel is off (MUSE_INT4_ROWS=0)");
   TORCH_CHECK(input.dim() == 2 && input.scalar_type() == at::kBFloat16, "bf16 [rows, in] input");
   const int64_t rows = input.size(0), in = input.size(1), outs = packed.size(0);
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.is_contiguous() &&
@@ -175,6 +248,11 @@ at::Tensor int4_rows(const at::Tensor& input, const at::Tensor& packed, const at
       for (int64_t k0 = 0; k0 < in; k0 += kChunk) {
         const int64_t count = std::min(kChunk, in - k0);
         widen(block, scale, outs, b * kBlock, k0, count, widened.data());
+        if (kind == Kind::kVector) {
+          multiply_vectors(xs, rows, in, k0, count, widened.data(), sums.data(), k0 == 0);
+          continue;
+        }
+#ifdef MUSE_INT4_AMX
         for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
           const int tile_rows = static_cast<int>(std::min<int64_t>(kTileRows, rows - r0));
           if (tile_rows != configured) configure(configured = tile_rows);
@@ -182,6 +260,7 @@ at::Tensor int4_rows(const at::Tensor& input, const at::Tensor& packed, const at
                          reinterpret_cast<const char*>(widened.data()),
                          sums.data() + r0 * kBlock, k0 == 0);
         }
+#endif
       }
       for (int64_t r = 0; r < rows; ++r)
         for (int v = 0; v < 4; ++v) {
@@ -190,7 +269,11 @@ at::Tensor int4_rows(const at::Tensor& input, const at::Tensor& packed, const at
                               (__m256i)_mm512_cvtneps_pbh(sum));
         }
     }
+#ifdef MUSE_INT4_AMX
     if (configured) _tile_release();
+#else
+    (void)configured;
+#endif
   });
   return result;
 }
@@ -199,8 +282,10 @@ at::Tensor int4_rows(const at::Tensor& input, const at::Tensor& packed, const at
 
 bool int4_rows_available() { return false; }
 
+std::string int4_rows_kind() { return ""; }
+
 at::Tensor int4_rows(const at::Tensor&, const at::Tensor&, const at::Tensor&) {
-  TORCH_CHECK(false, "the int4 many-rows kernel needs AMX, which this build does not target");
+  TORCH_CHECK(false, "the int4 many-rows kernel needs AVX512-BF16, which this build lacks");
 }
 
 #endif

@@ -313,5 +313,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                               [](const QuantisedStep& s) { return s.takes_many_rows(); })
       .def("step", &QuantisedStep::step, pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("int4_rows_available", &muse::int4_rows_available);
+  m.def("int4_rows_kind", &muse::int4_rows_kind);
   m.def("int4_rows", &muse::int4_rows, pybind11::call_guard<pybind11::gil_scoped_release>());
 }

@@ -13,7 +13,6 @@ import pytest
 
 from bot.cli import main as cli
 from generation.model import native_build, native_step
-from generation.model.memory import widens_int4
 from storage.migrations import MIGRATIONS
 from storage.store import Store
 from tests.bot.fake_openai import MODEL, FakeOpenAI
@@ -179,7 +178,9 @@ def test_doctor_loads_the_local_model(env, tmp_path: Path, capsys):
     assert code == 0 and "loaded SmolLM2-135M-Instruct" in lines[2]
     assert " on cpu (int4 + torch.float32) in " in lines[2]  # MUSE_WEIGHTS=auto, a Q4 GGUF
     # A compiler is here: it built and ran once in a child process.
-    amx = "; many rows widen the int4 weights as they multiply, on AMX" if widens_int4() else ""
+    kind = native_step.compiled().int4_rows_kind()
+    units = {"amx": "AMX", "avx512_bf16": "AVX512-BF16"}.get(kind)
+    amx = f"; many rows widen the int4 weights as they multiply, on {units}" if units else ""
     assert lines[2].endswith(
         f"decode with the C++ step (built and run first in a child process on this CPU{amx})"
     )

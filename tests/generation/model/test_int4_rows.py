@@ -1,8 +1,9 @@
 """The product of many rows with int4 weights that have no bf16 copy
 (generation/model/native/int4_rows.cpp, generation/model/int4_rows.py) on the real default
-model at a budget that holds no copy: the copy's numbers to fp32 summation, each row's result
-its own whatever shares the call, prefills and steps of many rows through it, and on a CPU
-without AMX a clear error and torch's kernel instead."""
+model at a budget that holds no copy, each way this CPU has (AMX; AVX512-BF16): the copy's
+numbers to fp32 summation, each row's result its own whatever shares the call, prefills and
+steps of many rows through it, and on a CPU without them a clear error and torch's kernel
+instead."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import torch
 from generation.model import int4_rows, memory, native_build, native_step, prefill_mode
 from generation.model.batch_runner import BatchRunner
 from generation.model.loading import LoadedModel, load_model
-from generation.model.memory import wide_kept_bytes
 from generation.model.quantize import Int4Linear
 from tests.generation.helpers import logit_tolerance
 from tests.generation.model.guards import PROMPTS
@@ -22,18 +22,32 @@ from tests.generation.model.test_native_step import Counting, prompt_ids, steps_
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
+# MUSE_INT4_ROWS for each way: AMX where the CPU has it (the default), AVX512-BF16 asked for.
+WAYS = {"amx": "1", "avx512_bf16": "avx512"}
+
 
 @pytest.fixture(scope="module")
 def bare(model_cache_dir: Path) -> LoadedModel:
     """The default model with int4 weights and a budget that holds none of the bf16 copy."""
     loaded = load_model(None, "cpu", model_cache_dir, "int4", memory="1MiB")
-    assert wide_kept_bytes(loaded.model) == 0
+    assert memory.wide_kept_bytes(loaded.model) == 0
     return loaded
 
 
-def amx_here() -> bool:
-    flags = set(native_build.cpu_features().split())
-    return {"amx_tile", "amx_bf16", "avx512_bf16"} <= flags
+def cpu_has(*flags: str) -> bool:
+    return set(flags) <= set(native_build.cpu_features().split())
+
+
+def way_here(way: str) -> bool:
+    """Whether this CPU has `way`: AVX512-BF16 for both, AMX's tiles for the first."""
+    needs = ("avx512_bf16", "avx512bw") + (("amx_tile", "amx_bf16") if way == "amx" else ())
+    return cpu_has(*needs)
+
+
+@pytest.fixture(params=list(WAYS))
+def way(request: pytest.FixtureRequest, monkeypatch) -> str:
+    monkeypatch.setenv(native_build.NO_AMX, WAYS[request.param])
+    return request.param
 
 
 def int4_layers(loaded: LoadedModel) -> list[Int4Linear]:
@@ -43,39 +57,43 @@ def int4_layers(loaded: LoadedModel) -> list[Int4Linear]:
     return found
 
 
-def test_the_kernel_is_there_exactly_where_the_cpu_has_amx(bare: LoadedModel):
+def test_the_kernel_is_there_exactly_where_the_cpu_has_it(bare: LoadedModel, monkeypatch):
     extension = native_step.compiled()
     assert extension is not None
-    assert extension.int4_rows_available() is amx_here()
-    kernel = int4_rows.int4_kernel()
-    assert (kernel is not None) is amx_here()
-    assert memory.widens_int4() is amx_here()  # so `MUSE_MEMORY=auto` keeps no copy there
-    if not amx_here():  # a clear error, not a wrong product
-        layer = int4_layers(bare)[0]
-        x = torch.zeros(prefill_mode.WIDE_ROWS, layer.in_features, dtype=torch.bfloat16)
-        with pytest.raises(RuntimeError, match="needs AMX"):
-            extension.int4_rows(x, layer.weight, layer.scales_and_zeros)
+    best = "amx" if way_here("amx") else "avx512_bf16" if way_here("avx512_bf16") else ""
+    assert extension.int4_rows_kind() == best
+    assert (int4_rows.int4_kernel() is not None) is bool(best)
+    assert memory.widens_int4() is (best == "amx")  # so `MUSE_MEMORY=auto` keeps no copy there
+    layer = int4_layers(bare)[0]
+    x = torch.zeros(prefill_mode.WIDE_ROWS, layer.in_features, dtype=torch.bfloat16)
+    monkeypatch.setenv(native_build.NO_AMX, "0")  # turned off: a clear error, not a product
+    assert not extension.int4_rows_available() and extension.int4_rows_kind() == ""
+    with pytest.raises(RuntimeError, match="MUSE_INT4_ROWS|AVX512-BF16"):
+        extension.int4_rows(x, layer.weight, layer.scales_and_zeros)
 
 
-def test_many_rows_get_the_copy_s_numbers_each_row_its_own(bare: LoadedModel):
-    kernel = int4_rows.int4_kernel()
-    if kernel is None:
-        assert not amx_here()
+def test_many_rows_get_the_copy_s_numbers_each_row_its_own(bare: LoadedModel, way: str):
+    extension = native_step.compiled()
+    if not way_here(way):
+        assert extension.int4_rows_kind() != way
         return
+    assert extension.int4_rows_kind() == way
     torch.manual_seed(0)
     for layer in int4_layers(bare):
         x = torch.randn(40, layer.in_features).to(torch.bfloat16)
-        whole = kernel(x, layer.weight, layer.scales_and_zeros)
+        whole = extension.int4_rows(x, layer.weight, layer.scales_and_zeros)
         # The copy's bf16 weights, summed in fp64: the kernel's fp32 sums, rounded to bf16.
         want = (x.double() @ layer.dequantised().double().T).float()
         error = (whole.float() - want).abs()
         assert float((error - 2**-8 * want.abs()).max()) <= 1e-4 * float(want.abs().max())
-        for rows in (1, 3, prefill_mode.WIDE_ROWS, 16, 17, 33):
-            assert torch.equal(kernel(x[:rows], layer.weight, layer.scales_and_zeros), whole[:rows])
-        assert kernel(x[:0], layer.weight, layer.scales_and_zeros).shape == (0, layer.out_features)
+        for rows in (1, 3, 7, prefill_mode.WIDE_ROWS, 16, 17, 33):
+            part = extension.int4_rows(x[:rows], layer.weight, layer.scales_and_zeros)
+            assert torch.equal(part, whole[:rows])
+        empty = extension.int4_rows(x[:0], layer.weight, layer.scales_and_zeros)
+        assert empty.shape == (0, layer.out_features)
 
 
-def test_prefills_and_steps_of_many_rows_take_it(bare: LoadedModel, monkeypatch):
+def test_prefills_and_steps_of_many_rows_take_it(bare: LoadedModel, monkeypatch, way: str):
     kernel = int4_rows.int4_kernel()
     calls: list[int] = []
 
@@ -97,7 +115,7 @@ def test_prefills_and_steps_of_many_rows_take_it(bare: LoadedModel, monkeypatch)
     for _ in range(3):
         tokens = steps_agree(runner, ours, theirs, tokens, logit_tolerance(bare))
     if kernel is None:  # torch's int4 kernel in the Python step serves many rows
-        assert counting.calls == [] and calls == []
+        assert not way_here(way) and counting.calls == [] and calls == []
         return
     # Every int4 projection of the prefill's forward (the head is int8), then the C++ step.
     layers = bare.model.config.num_hidden_layers

@@ -7,6 +7,7 @@ wherever it cannot serve."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -345,27 +346,47 @@ def test_a_build_whose_first_run_faults_leaves_the_python_step(
     assert native_build.build_in_child(folder) is None and native_build.passed(folder)
 
 
-def test_a_build_that_faults_only_with_amx_serves_without_it(monkeypatch, tmp_path):
-    """A virtual machine may announce AMX and fault on it: a child that dies is run again with
-    the AMX kernel off, and where that one passes the serving process keeps the C++ step and
-    keeps off AMX (`NO_AMX`): many rows on torch's int4 kernel or the bf16 copy."""
+def test_a_build_that_faults_only_with_amx_serves_without_it(monkeypatch):
+    """A virtual machine may announce AMX and fault on it: a child that dies of SIGILL is run
+    again with the AMX kernel off, and where that one passes the serving process keeps the C++
+    step and keeps off AMX (`NO_AMX`): many rows on torch's int4 kernel or the bf16 copy. (The
+    children here stand in for the real ones, which the tests above run, as that CPU's would:
+    SIGILL with AMX allowed, a pass recorded without.)"""
     from generation.model import int4_rows
 
     assert native_step.compiled() is not None
-    root = tmp_path / "extensions"
-    folder = native_build.build_folder(root)
-    shutil.copytree(native_build.build_folder(real_root()), folder)
+    # This process's own folder, its first run forgotten for the test (a copy elsewhere would be
+    # compiled again: torch's builder keys a module loaded twice by its folder as well).
+    folder = native_build.build_folder(real_root())
+    passed = (folder / native_build.SMOKE_FILE).read_text()
     (folder / native_build.SMOKE_FILE).unlink()
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(root))
-    monkeypatch.setenv(native_build.FAULT, "amx")
+    children: list[dict] = []
+
+    def child(where: Path, extra_env: dict[str, str]) -> str | None:
+        children.append(extra_env)
+        if extra_env.get(native_build.NO_AMX) != "0":
+            return "its first run in a child process died of SIGILL"
+        record = {**native_build.smoke_record(where), "amx": False}
+        (where / native_build.SMOKE_FILE).write_text(json.dumps(record))
+        return None
+
+    monkeypatch.setattr(native_build, "_child", child)
     monkeypatch.setenv(native_build.NO_AMX, "1")  # restored (unset) after the test
     native_step.build.cache_clear()
     try:
         extension = native_step.compiled()
         assert extension is not None  # the C++ step serves
+        assert children == [{}, {native_build.NO_AMX: "0"}]
         assert os.environ[native_build.NO_AMX] == "0" and not native_build.amx_passed(folder)
         assert not extension.int4_rows_available() and int4_rows.int4_kernel() is None
+        # A child that dies otherwise (SIGSEGV: not a missing instruction) is not run again.
+        children.clear()
+        monkeypatch.setattr(
+            native_build, "_child", lambda *_: children.append(1) or "died of SIGSEGV"
+        )
+        assert native_build.build_in_child(folder) == "died of SIGSEGV" and children == [1]
     finally:
+        (folder / native_build.SMOKE_FILE).write_text(passed)
         monkeypatch.undo()
         native_step.build.cache_clear()
         native_step.compiled()  # this process's own build again, its kernel installed
