@@ -15,8 +15,9 @@
 //
 // Two ways to multiply the widened block: AMX's tile product (16 rows at a time), or where the
 // CPU has no AMX, AVX512-BF16's dot products (6 rows x 64 outputs in registers). The second
-// measured no faster than torch's int4 kernel on a Xeon whose AVX512-BF16 units are slow;
-// CPUs with faster ones (AMD's Zen 4) were not measured. Which one: `int4_rows_kind()`
+// measured a little faster than torch's int4 kernel from 10 rows on a Xeon whose AVX512-BF16
+// units are slow (CPUs without AMX were not measured), and not near the copy's speed: so an
+// int4 model without AMX keeps its copy where the budget holds it (generation/model/memory.py). Which one: `int4_rows_kind()`
 // (MUSE_INT4_ROWS: `0` neither, `avx512` the second even with AMX, for tests and benchmarks).
 // Built only where the compiler targets AVX512-BF16 (`-march=native` on such a CPU);
 // elsewhere `int4_rows_available()` is false and the callers keep torch's kernel or the copy.
