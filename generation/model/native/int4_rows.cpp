@@ -241,16 +241,17 @@ at::Tensor int4_rows(const at::Tensor& input, const at::Tensor& packed, const at
   BFloat16* o = result.data_ptr<BFloat16>();
   const int64_t padded = (rows + kTileRows - 1) / kTileRows * kTileRows;
   at::parallel_for(0, outs / kBlock, 1, [&](int64_t first_block, int64_t last_block) {
-    std::vector<__m512i> widened(kChunk / 2 * 4);
+    // On the thread's stack, 64-byte aligned (the vector loads of it are aligned ones).
+    alignas(64) __m512i widened[kChunk / 2 * 4];
     std::vector<float> sums(padded * kBlock);
     int configured = 0;
     for (int64_t b = first_block; b < last_block; ++b) {
       const uint8_t* block = weights + b * in * 32;
       for (int64_t k0 = 0; k0 < in; k0 += kChunk) {
         const int64_t count = std::min(kChunk, in - k0);
-        widen(block, scale, outs, b * kBlock, k0, count, widened.data());
+        widen(block, scale, outs, b * kBlock, k0, count, widened);
         if (kind == Kind::kVector) {
-          multiply_vectors(xs, rows, in, k0, count, widened.data(), sums.data(), k0 == 0);
+          multiply_vectors(xs, rows, in, k0, count, widened, sums.data(), k0 == 0);
           continue;
         }
 #ifdef MUSE_INT4_AMX
@@ -258,7 +259,7 @@ at::Tensor int4_rows(const at::Tensor& input, const at::Tensor& packed, const at
           const int tile_rows = static_cast<int>(std::min<int64_t>(kTileRows, rows - r0));
           if (tile_rows != configured) configure(configured = tile_rows);
           multiply_chunk(xs + r0 * in, in, k0, count,
-                         reinterpret_cast<const char*>(widened.data()),
+                         reinterpret_cast<const char*>(widened),
                          sums.data() + r0 * kBlock, k0 == 0);
         }
 #endif
