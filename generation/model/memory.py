@@ -13,12 +13,12 @@ most `AUTO_WIDE_MAX` of it (widening takes ~3 ns a weight at every start: the se
 bot, the database, the key/value caches of the requests and anything else on the machine share
 the rest): the default model keeps all of its copy, a 1.7B one a third. Where the CPU has AMX,
 the C++ extension multiplies many rows of int4 weights widening them as it goes
-(`generation/model/int4_rows.py`), as fast as with the copy or faster for the default model
-and within a few percent for a 1.7B one (`benchmarks/README.md`, "Memory"): there `auto` keeps
-no copy, and a size keeps as much as fits as everywhere. An int8 copy for many
-rows was measured and not taken: its products are as fast as bf16's at half the bytes, but
-rounding each row of activations to int8 moves the default model's logits eight times as far
-as the int4 weights do (`benchmarks/README.md`, "Decisions").
+(`generation/model/int4_rows.py`), as fast as with the copy or faster (`benchmarks/README.md`,
+"Memory"): there `auto` keeps only the int8 head's copy (it has no such kernel, and many
+requests go measurably faster with it), and a size keeps as much as fits as everywhere. An
+int8 copy for many rows was measured and not taken: its products are as fast as bf16's at half
+the bytes, but rounding each row of activations to int8 moves the default model's logits eight
+times as far as the int4 weights do (`benchmarks/README.md`, "Decisions").
 """
 
 from __future__ import annotations
@@ -115,8 +115,9 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
     """Give `model`'s int4 layers (and head) their bf16 copy as far as the budget
     (`MUSE_MEMORY`) holds it: all of it when the model with it fits; else the head's first
     (its int8 kernel is the slowest at many rows), then layer by layer, each group of
-    projections the step multiplies as one (`fusion.GROUPS`) whole, while the next fits.
-    Whether all of it was kept. A model with no int4 layer is left as it is."""
+    projections the step multiplies as one (`fusion.GROUPS`) whole, while the next fits;
+    `auto` on a CPU that widens int4 weights as it multiplies (`widens_int4`): the head's
+    alone. Whether all of it was kept. A model with no int4 layer is left as it is."""
     from generation.model.bf16_products import COMPUTE, bf16_weights
     from generation.model.file_rows import FileRows
 
@@ -131,14 +132,14 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
     if not extra:
         return False
     budget = budget_bytes(setting)
+    head_only = False
     if parse_memory(setting or "auto") is None:
-        if widens_int4():
-            return False  # as fast without it (see the module's docstring)
         budget = min(budget, model_bytes(model) + AUTO_WIDE_MAX)
+        head_only = widens_int4()  # the int4 layers are as fast without it (module docstring)
     room = budget - model_bytes(model)
     for modules in _wide_groups(model):
         size = 2 * sum(m.in_features * m.out_features for m in modules)
-        if size > room:
+        if size > room or (head_only and head not in modules):
             continue
         for module in modules:
             if module is head:

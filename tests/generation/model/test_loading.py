@@ -263,14 +263,20 @@ def test_auto_keeps_no_large_bf16_copy(fresh_cache, monkeypatch):
     assert memory.wide_kept_bytes(roomy) == memory.wide_bytes(roomy)
 
 
-def test_auto_keeps_no_copy_where_many_rows_widen_as_they_go(fresh_cache, monkeypatch):
+def test_auto_keeps_only_the_head_s_copy_where_many_rows_widen_as_they_go(fresh_cache, monkeypatch):
     """With AMX the extension multiplies many rows of int4 weights about as fast without the
-    copy (`generation/model/int4_rows.py`): `auto` keeps none; a size still keeps what fits."""
+    copy (`generation/model/int4_rows.py`): `auto` keeps only the int8 head's (it has no such
+    kernel); a size still keeps what fits."""
     from generation.model import memory
+    from generation.model.quantize import Int4Linear
 
     cache, _ = fresh_cache
     monkeypatch.setattr(memory, "widens_int4", lambda: True)
-    assert memory.wide_kept_bytes(load_model(None, "cpu", cache, "auto").model) == 0
+    auto = load_model(None, "cpu", cache, "auto").model
+    head = auto.lm_head
+    assert head.wide is not None
+    assert memory.wide_kept_bytes(auto) == 2 * head.in_features * head.out_features
+    assert all(m.wide is None for m in auto.modules() if isinstance(m, Int4Linear))
     roomy = load_model(None, "cpu", cache, "auto", memory="8GiB").model
     assert memory.wide_kept_bytes(roomy) == memory.wide_bytes(roomy)
 
