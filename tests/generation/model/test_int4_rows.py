@@ -17,14 +17,8 @@ from generation.model import int4_rows, memory, native_build, native_step, prefi
 from generation.model.batch_runner import BatchRunner
 from generation.model.loading import LoadedModel, load_model
 from generation.model.quantize import Int4Linear
-from tests.generation.helpers import logit_tolerance
 from tests.generation.model.guards import PROMPTS
-from tests.generation.model.test_native_step import (
-    Counting,
-    prompt_ids,
-    real_root,
-    steps_agree,
-)
+from tests.generation.model.test_native_step import many_rows_agree, prompt_ids, real_root
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -119,21 +113,15 @@ def test_prefills_and_steps_of_many_rows_take_it(bare: LoadedModel, monkeypatch,
 
     if kernel is not None:
         monkeypatch.setattr(int4_rows, "_kernel", counted)
-    runner = BatchRunner(bare.model, bare.tokenizer.pad_token_id)
-    counting = Counting(runner._decode.native)
-    runner._decode.native = counting
     rows = prefill_mode.WIDE_ROWS + 2
-    chosen = [prompt_ids(bare, PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
-    ours, logits = runner.prefill(chosen)
+    runner = BatchRunner(bare.model, bare.tokenizer.pad_token_id)
+    runner.prefill([prompt_ids(bare, PROMPTS[i % len(PROMPTS)]) for i in range(rows)])
     prefill_calls = len(calls)
-    theirs, _ = runner.prefill(chosen)
-    tokens = [int(t) for t in logits.argmax(-1)]
-    for _ in range(3):
-        tokens = steps_agree(runner, ours, theirs, tokens, logit_tolerance(bare))
+    stepped = many_rows_agree(bare)
     if kernel is None:  # torch's int4 kernel in the Python step serves many rows
-        assert not way_here(way) and counting.calls == [] and calls == []
+        assert not way_here(way) and stepped == [] and calls == []
         return
     # Every int4 projection of the prefill's forward (the head is int8), then the C++ step.
     layers = bare.model.config.num_hidden_layers
     assert prefill_calls >= 4 * layers
-    assert counting.calls == [rows] * 3
+    assert stepped == [rows] * 3

@@ -156,17 +156,23 @@ def test_many_rows_with_part_of_the_bf16_copy_take_the_c_step(model_cache_dir: P
     part = load_model(None, "cpu", model_cache_dir, "auto", memory=str(budget))
     kept = wide_kept_bytes(part.model)
     assert 0 < kept <= wide_bytes(bare) // 2 and part.model.lm_head.wide is not None
-    runner = BatchRunner(part.model, part.tokenizer.pad_token_id)
+    assert many_rows_agree(part) == [prefill_mode.WIDE_ROWS + 2] * 3
+
+
+def many_rows_agree(loaded: LoadedModel, steps: int = 3) -> list[int]:
+    """`WIDE_ROWS` + 2 prompts prefilled twice, then `steps` steps of the C++ step and the Python
+    step agreeing; the rows of each step the C++ step took."""
+    runner = BatchRunner(loaded.model, loaded.tokenizer.pad_token_id)
     counting = Counting(runner._decode.native)
     runner._decode.native = counting
     rows = prefill_mode.WIDE_ROWS + 2
-    chosen = [prompt_ids(part, PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
+    chosen = [prompt_ids(loaded, PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
     ours, logits = runner.prefill(chosen)
     theirs, _ = runner.prefill(chosen)
     tokens = [int(t) for t in logits.argmax(-1)]
-    for _ in range(3):
-        tokens = steps_agree(runner, ours, theirs, tokens, logit_tolerance(part))
-    assert counting.calls == [rows] * 3
+    for _ in range(steps):
+        tokens = steps_agree(runner, ours, theirs, tokens, logit_tolerance(loaded))
+    return counting.calls
 
 
 def test_a_column_the_mask_hides_is_not_attended_to(quantised: LoadedModel, runner: BatchRunner):
