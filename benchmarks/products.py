@@ -1,7 +1,8 @@
 """The CPU's matrix-product kernels for one decoding step's shapes: int8 and int4 weight-only
 (`torch._weight_int8pack_mm`, `torch._weight_int4pack_mm_for_cpu`, bf16 activations), bf16 and
 fp32 `linear`; and for many rows, int4 weights widened as they are multiplied (the C++
-extension's `int4_rows`, where the CPU has AMX) against torch's int4 kernel and the bf16 copy.
+extension's `int4_rows`: on AMX, with AVX512-BF16, or with AVX512-VNNI on 16-bit inputs) against
+torch's int4 kernel and the bf16 copy.
 
     .venv/bin/python benchmarks/products.py
 
@@ -32,7 +33,8 @@ from generation.model.bf16_products import bf16_matmul, bf16_weights  # noqa: E4
 from generation.model.native_build import NO_AMX  # noqa: E402
 from generation.model.quantize import GROUP, Int4Linear, Int8Linear  # noqa: E402
 
-WAYS = {"1": "amx", "avx512": "avx512_bf16"}  # MUSE_INT4_ROWS: the way it gives
+# MUSE_INT4_ROWS: the way it gives
+WAYS = {"1": "amx", "avx512": "avx512_bf16", "vnni": "avx512_vnni"}
 SHAPES = [(49152, 576), (1536, 576), (576, 1536), (2048, 2048), (8192, 2048), (2048, 8192)]
 ROWS = (1, 4, 16)
 
@@ -111,12 +113,13 @@ def whole_model() -> None:
 
 def many_rows() -> None:
     """The 1.7B shape's projections for many rows: torch's int4 kernel, the extension's kernel
-    that widens the int4 weights as it multiplies (none without AMX), the bf16 copy."""
+    in each way this CPU has, the bf16 copy."""
     extension = native_step.compiled()
     widening = extension.int4_rows if extension and extension.int4_rows_available() else None
 
     def widened(way: str, *args: torch.Tensor) -> float:
-        """The kernel's `way` (`MUSE_INT4_ROWS`: `1` its best, `avx512` AVX512-BF16), ms."""
+        """The kernel's `way` (`MUSE_INT4_ROWS`: `1` its best, `vnni` AVX512-VNNI, `avx512`
+        AVX512-BF16), ms."""
         os.environ[NO_AMX] = way
         try:
             if widening is None or extension.int4_rows_kind() != WAYS[way]:
@@ -127,8 +130,14 @@ def many_rows() -> None:
 
     torch.manual_seed(0)
     print("\nSmolLM2-1.7B's projections, many rows, ms per call (nan: not on this CPU)\n")
-    print("| weight (out x in) | rows | int4 kernel | widened, AMX | widened, AVX512-BF16 | bf16 |")
-    print("|-------------------|------|-------------|--------------|----------------------|------|")
+    print(
+        "| weight (out x in) | rows | int4 kernel | widened, AMX | widened, AVX512-BF16 "
+        "| int8 inputs, VNNI | bf16 |"
+    )
+    print(
+        "|-------------------|------|-------------|--------------|----------------------"
+        "|-------------------|------|"
+    )
     for out_features, in_features in ((6144, 2048), (2048, 2048), (16384, 2048), (2048, 8192)):
         layer = Int4Linear(torch.nn.Linear(in_features, out_features, bias=False), wide=False)
         packed, scales = layer.weight, layer.scales_and_zeros
@@ -137,11 +146,12 @@ def many_rows() -> None:
             x = torch.randn(rows, in_features).to(torch.bfloat16)
             int4 = per_call_ms(torch._weight_int4pack_mm_for_cpu, x, packed, GROUP, scales)
             amx, vector = widened("1", x, packed, scales), widened("avx512", x, packed, scales)
+            vnni = widened("vnni", x, packed, scales)
             bf16 = per_call_ms(bf16_matmul, x, wide)
             shape = f"{out_features} x {in_features}"
             print(
                 f"| {shape:<17} | {rows:4} | {int4:11.3f} | {amx:12.3f} | {vector:20.3f} "
-                f"| {bf16:4.2f} |"
+                f"| {vnni:17.3f} | {bf16:4.2f} |"
             )
 
 

@@ -1,6 +1,6 @@
 """The C++ extension's product of many rows with int4 weights that have no bf16 copy
-(`generation/model/native/int4_rows.cpp`: widened as they are multiplied, on AMX or with
-AVX512-BF16), for the products outside the C++ step: a prefill's forward and the Python step.
+(`generation/model/native/int4_rows.cpp`: on AMX, with AVX512-VNNI or with AVX512-BF16), for the
+products outside the C++ step: a prefill's forward and the Python step.
 
 It is this process's once the extension is loaded (`native_step.build`, which a quantised
 model's batch runner asks for before its first prefill), and only where the CPU has the kernel;

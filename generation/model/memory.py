@@ -11,14 +11,15 @@ its batch). A size (`MUSE_MEMORY=6GiB`) keeps as much as fits beside the model. 
 most `AUTO_WIDE_MAX` of it (widening takes ~3 ns a weight at every start: the second start of a
 1.7B model stays under 5 s) and only what fits a quarter of the memory available at start (the
 bot, the database, the key/value caches of the requests and anything else on the machine share
-the rest): the default model keeps all of its copy, a 1.7B one a third. Where the CPU has AMX,
-the C++ extension multiplies many rows of int4 weights widening them as it goes
-(`generation/model/int4_rows.py`), as fast as with the copy or faster (`benchmarks/README.md`,
+the rest): the default model keeps all of its copy, a 1.7B one a third. Where the CPU has AMX
+or AVX512-VNNI, the C++ extension multiplies many rows of int4 weights without the copy
+(`generation/model/int4_rows.py`), as fast as with it or faster (`benchmarks/README.md`,
 "Memory"): there `auto` keeps only the int8 head's copy (it has no such kernel, and many
 requests go measurably faster with it), and a size keeps as much as fits as everywhere. An
 int8 copy for many rows was measured and not taken: its products are as fast as bf16's at half
 the bytes, but rounding each row of activations to int8 moves the default model's logits eight
-times as far as the int4 weights do (`benchmarks/README.md`, "Decisions").
+times as far as the int4 weights do (`benchmarks/README.md`, "Decisions"); the VNNI kernel
+holds the inputs to 16 bits, and the logits stay as close as the copy's.
 """
 
 from __future__ import annotations
@@ -168,14 +169,13 @@ def keep_wide(model: nn.Module, setting: str | None) -> bool:
 
 
 def widens_int4() -> bool:
-    """Whether this process multiplies many rows of int4 weights that have no copy on AMX with
-    the C++ extension's kernel that widens them as it goes, about as fast as with the copy
-    (`generation/model/int4_rows.py`; it builds the extension now if it is not yet). Its
-    AVX512-BF16 way, without AMX, is no reason to drop the copy."""
+    """Whether this process multiplies many rows of int4 weights that have no copy with the C++
+    extension's kernel as fast as with the copy or faster: on AMX, or in a way that measured so
+    on this CPU when the extension was built (`native_step.many_rows_beat_copy`; it builds the
+    extension now if it is not yet)."""
     from generation.model import native_step
 
-    extension = native_step.compiled() if native_step.wanted() else None
-    return extension is not None and extension.int4_rows_kind() == "amx"
+    return native_step.many_rows_beat_copy()
 
 
 def _wide_groups(model: nn.Module) -> list[list[nn.Module]]:

@@ -120,7 +120,8 @@ def passed(folder: Path) -> bool:
     """Whether a child already built and ran the library now in `folder` on this CPU."""
     try:
         smoke = json.loads((folder / SMOKE_FILE).read_text())
-        return smoke.items() >= smoke_record(folder).items()
+        # A record without the kernel's race is an older child's: it runs again, and races.
+        return smoke.items() >= smoke_record(folder).items() and "many_rows" in smoke
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -131,6 +132,19 @@ def amx_passed(folder: Path) -> bool:
         return bool(json.loads((folder / SMOKE_FILE).read_text()).get("amx", True))
     except (OSError, ValueError, AttributeError):
         return True
+
+
+def kernel_beats_copy(folder: Path, kind: str) -> bool:
+    """Whether the many-rows kernel's way `kind` (`int4_rows_kind()`) multiplies as fast as the
+    bf16 copy or faster: AMX's always, the others as the child that passed in `folder`
+    measured them on this CPU (`native_smoke.race`)."""
+    if kind == "amx":
+        return True
+    try:
+        kernel_ms, copy_ms = json.loads((folder / SMOKE_FILE).read_text())["many_rows"][kind]
+        return float(kernel_ms) <= float(copy_ms)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def build_in_child(folder: Path) -> str | None:

@@ -8,13 +8,16 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
 import torch
+from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from generation.model.batch_runner import BatchRunner
+from generation.model.bf16_products import bf16_matmul, bf16_weights
 from generation.model.native_build import (
     FAULT,
     NO_AMX,
@@ -25,7 +28,7 @@ from generation.model.native_build import (
 )
 from generation.model.native_step import NativeQuantisedStep
 from generation.model.prefill_mode import WIDE_ROWS
-from generation.model.quantize import quantise
+from generation.model.quantize import Int4Linear, quantise
 
 
 def smoke(extension: ModuleType) -> None:
@@ -66,6 +69,55 @@ def smoke(extension: ModuleType) -> None:
                 raise RuntimeError("the built step does not compute what the Python step does")
 
 
+# The many-rows kernel's ways other than AMX's (faster than the copy wherever it runs), with the
+# MUSE_INT4_ROWS that asks for each.
+RACED = {"avx512_vnni": "vnni", "avx512_bf16": "avx512"}
+RACE_ROWS = 16  # sixteen requests decoding together
+
+
+def race(extension: ModuleType) -> dict[str, list[float]]:
+    """For each of `RACED` this CPU has: ms for `RACE_ROWS` rows through four int4 layers with
+    it and with their bf16 copy, the best of five rounds (`memory.widens_int4` keeps the copy
+    only where it wins). Four layers of 2048 -> 4096, so that the copy's 64 MiB come from memory
+    as a step's weights do."""
+    torch.manual_seed(0)
+    layers = [Int4Linear(nn.Linear(2048, 4096, bias=False), wide=False) for _ in range(4)]
+    copies = [bf16_weights(layer.dequantised()) for layer in layers]
+    x = torch.randn(RACE_ROWS, 2048).to(torch.bfloat16)
+
+    def best_ms(work: object) -> float:
+        rounds = []
+        for _ in range(5):
+            started = time.perf_counter()
+            work()  # type: ignore[operator]
+            rounds.append((time.perf_counter() - started) * 1000)
+        return min(rounds)
+
+    def kernel() -> None:
+        for layer in layers:
+            extension.int4_rows(x, layer.weight, layer.scales_and_zeros)
+
+    def copy() -> None:
+        for weight in copies:
+            bf16_matmul(x, weight)
+
+    measured: dict[str, list[float]] = {}
+    before = os.environ.get(NO_AMX)
+    try:
+        for kind, setting in RACED.items():
+            if before == "0":
+                break  # the kernel is off in this run
+            os.environ[NO_AMX] = setting
+            if extension.int4_rows_kind() == kind:
+                measured[kind] = [best_ms(kernel), best_ms(copy)]
+    finally:
+        if before is None:
+            os.environ.pop(NO_AMX, None)
+        else:
+            os.environ[NO_AMX] = before
+    return measured
+
+
 def main(folder: Path) -> int:
     """The child: build in `folder`, run the step once, write down that it passed."""
     make_folder(folder)
@@ -75,7 +127,8 @@ def main(folder: Path) -> int:
         os.kill(os.getpid(), {"sigill": signal.SIGILL, "segv": signal.SIGSEGV}[fault])
     smoke(extension)
     amx = os.environ.get(NO_AMX) != "0"  # a run again without AMX (`build_in_child`) says so
-    (folder / SMOKE_FILE).write_text(json.dumps({**smoke_record(folder), "amx": amx}))
+    record = {**smoke_record(folder), "amx": amx, "many_rows": race(extension)}
+    (folder / SMOKE_FILE).write_text(json.dumps(record))
     return 0
 
 

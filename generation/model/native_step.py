@@ -8,9 +8,9 @@ dispatch each, and so do a few requests together; the C++ step does them as plai
 the rows and calls torch's weight kernels once per projection (how much that saves:
 `benchmarks/README.md`, "Step"). From `WIDE_ROWS` rows an int4 model multiplies with its bf16
 weights, and the C++ step does too (oneDNN's product, as `bf16_products.bf16_matmul`); where the
-budget left a projection no copy, with the extension's kernel that widens int4 weights as it
-multiplies (`native/int4_rows.cpp`, AMX; installed for the Python callers as well:
-`generation/model/int4_rows.py`), else torch's int4 kernel. An int8 model has no copy, so the
+budget left a projection no copy, with the extension's kernel for many rows of int4 weights
+(`native/int4_rows.cpp`: AMX, AVX512-VNNI or AVX512-BF16; installed for the Python callers as
+well: `generation/model/int4_rows.py`), else torch's int4 kernel. An int8 model has no copy, so the
 Python step serves it there.
 
 It is compiled on first use with torch's extension builder (a C++ compiler and ninja; tens of
@@ -54,6 +54,7 @@ class Build:
 
     extension: ModuleType | None
     reason: str = ""
+    folder: Path | None = None  # where it was built and its child's record lies
 
 
 @functools.cache
@@ -92,7 +93,7 @@ def build() -> Build:
             return _python_step(f"it is not loaded from there: {unsafe}")
         extension = native_build.load_extension(folder)
         int4_rows.install(extension)
-        return Build(extension)
+        return Build(extension, folder=folder)
     except Exception as exc:  # no compiler, no ninja, a failed build: the Python step serves
         return _python_step(f"it could not be built ({exc})")
 
@@ -105,6 +106,17 @@ def _python_step(reason: str) -> Build:
 def compiled() -> ModuleType | None:
     """The compiled extension; None (logged once) where it cannot be used."""
     return build().extension
+
+
+def many_rows_beat_copy() -> bool:
+    """Whether the extension's kernel multiplies many rows of int4 weights without their bf16
+    copy as fast as with it or faster, in the way it takes now (`native_build.kernel_beats_copy`);
+    False where there is none. Builds the extension if it is not yet."""
+    built = build() if wanted() else Build(None)
+    if built.extension is None or built.folder is None:
+        return False
+    kind = built.extension.int4_rows_kind()
+    return bool(kind) and native_build.kernel_beats_copy(built.folder, kind)
 
 
 def clear_stale_lock(folder: Path) -> bool:
@@ -125,6 +137,14 @@ def wanted() -> bool:
     return os.environ.get(SWITCH, "1") != "0"
 
 
+# How the C++ extension multiplies many rows of int4 weights, by `int4_rows_kind()`.
+MANY_ROWS = {
+    "amx": "widen the int4 weights as they multiply, on AMX",
+    "avx512_vnni": "multiply the int4 weights as they are, on AVX512-VNNI",
+    "avx512_bf16": "widen the int4 weights as they multiply, on AVX512-BF16",
+}
+
+
 def availability(weights: str, device: str) -> str:
     """Which step decodes a few requests of a model held as `weights` (`loading.describe`) on
     `device` (its type), for `muse doctor`; builds the C++ step if it serves this model and is
@@ -138,10 +158,9 @@ def availability(weights: str, device: str) -> str:
         return f"the Python step (the C++ step is not used: {built.reason})"
     kind = built.extension.int4_rows_kind() if weights.startswith("int4") else ""
     if kind:
-        units = "AMX" if kind == "amx" else "AVX512-BF16"
         return (
             "the C++ step (built and run first in a child process on this CPU; many rows "
-            f"widen the int4 weights as they multiply, on {units})"
+            f"{MANY_ROWS[kind]})"
         )
     return "the C++ step (built and run first in a child process on this CPU)"
 

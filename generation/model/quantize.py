@@ -238,8 +238,11 @@ def int4_matmul(
     return bf16_matmul(flat, wide)
 
 
-def int4_dequantised(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> torch.Tensor:
-    """The bf16 weights [out, in] that `packed` and its scales stand for. The packed layout holds,
+def int4_dequantised(
+    packed: torch.Tensor, scales_and_zeros: torch.Tensor, dtype: torch.dtype = COMPUTE
+) -> torch.Tensor:
+    """The weights [out, in] that `packed` and its scales stand for, in bf16 (or `dtype`: in fp32
+    they are exact to fp32's rounding of the zero's sum). The packed layout holds,
     for each block of `BLOCK` output rows and each input, a byte per pair of rows j and j + 32
     (low and high four bits). Written into place step by step, the same arithmetic in the same
     order as the plain expression but much faster (it widens a whole model's bf16 copy at load:
@@ -252,7 +255,7 @@ def int4_dequantised(packed: torch.Tensor, scales_and_zeros: torch.Tensor) -> to
     scales, zeros = scales_and_zeros.to(torch.float32).transpose(0, 1).unbind(-1)  # [out, groups]
     weight = levels.view(rows, columns // GROUP, GROUP).to(torch.float32)
     weight.sub_(8.0).mul_(scales[..., None]).add_(zeros[..., None])
-    return weight.view(rows, columns).to(COMPUTE)
+    return weight.view(rows, columns).to(dtype)
 
 
 def quantise(model: nn.Module, bits: int, wide: bool = True) -> int:

@@ -179,8 +179,12 @@ def test_doctor_loads_the_local_model(env, tmp_path: Path, capsys):
     assert " on cpu (int4 + torch.float32) in " in lines[2]  # MUSE_WEIGHTS=auto, a Q4 GGUF
     # A compiler is here: it built and ran once in a child process.
     kind = native_step.compiled().int4_rows_kind()
-    units = {"amx": "AMX", "avx512_bf16": "AVX512-BF16"}.get(kind)
-    amx = f"; many rows widen the int4 weights as they multiply, on {units}" if units else ""
+    way = {
+        "amx": "widen the int4 weights as they multiply, on AMX",
+        "avx512_vnni": "multiply the int4 weights as they are, on AVX512-VNNI",
+        "avx512_bf16": "widen the int4 weights as they multiply, on AVX512-BF16",
+    }.get(kind)
+    amx = f"; many rows {way}" if way else ""
     assert lines[2].endswith(
         f"decode with the C++ step (built and run first in a child process on this CPU{amx})"
     )

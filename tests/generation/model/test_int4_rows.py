@@ -1,29 +1,42 @@
 """The product of many rows with int4 weights that have no bf16 copy
 (generation/model/native/int4_rows.cpp, generation/model/int4_rows.py) on the real default
-model at a budget that holds no copy, each way this CPU has (AMX; AVX512-BF16): the copy's
-numbers to fp32 summation, each row's result its own whatever shares the call, prefills and
-steps of many rows through it, and on a CPU without them a clear error and torch's kernel
-instead."""
+model at a budget that holds no copy, each way this CPU has (AMX; AVX512-VNNI; AVX512-BF16): the
+copy's numbers to fp32 summation (VNNI: the int4 weights' own with inputs held to 16 bits), each
+row's result its own whatever shares the call, prefills and steps of many rows through it, and
+on a CPU without them a clear error and torch's kernel instead."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from generation.model import int4_rows, memory, native_build, native_step, prefill_mode
+from generation.model import (
+    int4_rows,
+    memory,
+    native_build,
+    native_smoke,
+    native_step,
+    prefill_mode,
+)
 from generation.model.batch_runner import BatchRunner
 from generation.model.loading import LoadedModel, load_model
-from generation.model.quantize import Int4Linear
+from generation.model.quantize import Int4Linear, int4_dequantised
 from tests.generation.model.guards import PROMPTS
 from tests.generation.model.test_native_step import many_rows_agree, prompt_ids, real_root
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-# MUSE_INT4_ROWS for each way: AMX where the CPU has it (the default), AVX512-BF16 asked for.
-WAYS = {"amx": "1", "avx512_bf16": "avx512"}
+# MUSE_INT4_ROWS for each way: the best the CPU has (AMX's, the default), the others asked for.
+WAYS = {"amx": "1", "avx512_vnni": "vnni", "avx512_bf16": "avx512"}
+NEEDS = {  # beyond AVX512-BF16 and -BW
+    "amx": ("amx_tile", "amx_bf16"),
+    "avx512_vnni": ("avx512_vnni",),
+    "avx512_bf16": (),
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +59,8 @@ def amx_faulted() -> bool:
 
 
 def way_here(way: str) -> bool:
-    """Whether this CPU has `way` and uses it: AVX512-BF16 for both, AMX's tiles for the first."""
-    needs = ("avx512_bf16", "avx512bw") + (("amx_tile", "amx_bf16") if way == "amx" else ())
-    return cpu_has(*needs) and not amx_faulted()
+    """Whether this CPU has `way` and uses it: AVX512-BF16 for all, and `NEEDS`."""
+    return cpu_has("avx512_bf16", "avx512bw", *NEEDS[way]) and not amx_faulted()
 
 
 @pytest.fixture(params=list(WAYS))
@@ -68,12 +80,19 @@ def int4_layers(loaded: LoadedModel) -> list[Int4Linear]:
 def test_the_kernel_is_there_exactly_where_the_cpu_has_it(bare: LoadedModel, monkeypatch):
     extension = native_step.compiled()
     assert extension is not None
-    best = "amx" if way_here("amx") else "avx512_bf16" if way_here("avx512_bf16") else ""
+    best = next((way for way in WAYS if way_here(way)), "")
     if amx_faulted():
         assert os.environ.get(native_build.NO_AMX) == "0"
     assert extension.int4_rows_kind() == best
     assert (int4_rows.int4_kernel() is not None) is bool(best)
-    assert memory.widens_int4() is (best == "amx")  # so `MUSE_MEMORY=auto` keeps no copy there
+    # The child raced each way but AMX's against the copy: `MUSE_MEMORY=auto` keeps no copy
+    # where the way taken is as fast as it (AMX's always).
+    folder = native_build.build_folder(real_root())
+    raced = json.loads((folder / native_build.SMOKE_FILE).read_text())["many_rows"]
+    assert set(raced) == {w for w in native_smoke.RACED if way_here(w)}
+    assert all(len(times) == 2 and min(times) > 0 for times in raced.values())
+    beats = best == "amx" or (best in raced and raced[best][0] <= raced[best][1])
+    assert memory.widens_int4() is beats
     layer = int4_layers(bare)[0]
     x = torch.zeros(prefill_mode.WIDE_ROWS, layer.in_features, dtype=torch.bfloat16)
     monkeypatch.setenv(native_build.NO_AMX, "0")  # turned off: a clear error, not a product
@@ -92,8 +111,13 @@ def test_many_rows_get_the_copy_s_numbers_each_row_its_own(bare: LoadedModel, wa
     for layer in int4_layers(bare):
         x = torch.randn(40, layer.in_features).to(torch.bfloat16)
         whole = extension.int4_rows(x, layer.weight, layer.scales_and_zeros)
-        # The copy's bf16 weights, summed in fp64: the kernel's fp32 sums, rounded to bf16.
-        want = (x.double() @ layer.dequantised().double().T).float()
+        # The copy's bf16 weights, summed in fp64: the kernel's fp32 sums, rounded to bf16. VNNI:
+        # the exact int4 weights times the inputs as 16-bit integers with a scale per 32.
+        if way == "avx512_vnni":
+            exact = int4_dequantised(layer.weight, layer.scales_and_zeros, torch.float32)
+            want = (sixteen_bits(x).double() @ exact.double().T).float()
+        else:
+            want = (x.double() @ layer.dequantised().double().T).float()
         error = (whole.float() - want).abs()
         assert float((error - 2**-8 * want.abs()).max()) <= 1e-4 * float(want.abs().max())
         for rows in (1, 3, 7, prefill_mode.WIDE_ROWS, 16, 17, 33):
@@ -101,6 +125,16 @@ def test_many_rows_get_the_copy_s_numbers_each_row_its_own(bare: LoadedModel, wa
             assert torch.equal(part, whole[:rows])
         empty = extension.int4_rows(x[:0], layer.weight, layer.scales_and_zeros)
         assert empty.shape == (0, layer.out_features)
+
+
+def sixteen_bits(x: torch.Tensor) -> torch.Tensor:
+    """`x` [rows, in] as the VNNI way holds it: each group of 32 inputs rounded to 16-bit
+    integers (the largest to 32639) times the group's scale, in fp64."""
+    groups = x.float().view(x.shape[0], -1, 32)
+    largest = groups.abs().amax(-1, keepdim=True)
+    inverse = torch.where(largest > 0, 32639 / largest, torch.zeros_like(largest))
+    levels = torch.round(groups * inverse).double()
+    return (levels * (largest / 32639).double()).view(x.shape)
 
 
 def test_prefills_and_steps_of_many_rows_take_it(bare: LoadedModel, monkeypatch, way: str):

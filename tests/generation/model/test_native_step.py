@@ -291,6 +291,23 @@ def test_a_build_folder_made_on_another_cpu_is_not_loaded(monkeypatch, tmp_path,
     assert not native_build.passed(theirs)  # its record names another library and CPU
 
 
+def test_the_child_s_race_decides_whether_many_rows_keep_the_copy(tmp_path):
+    """The child times the many-rows kernel's ways other than AMX's against the bf16 copy
+    (`native_smoke.race`); a way that lost, or that no record names, keeps the copy. The real
+    child's record: tests/generation/model/test_int4_rows.py."""
+    record = {"many_rows": {"avx512_vnni": [1.5, 2.0], "avx512_bf16": [3.0, 2.0]}}
+    (tmp_path / native_build.SMOKE_FILE).write_text(json.dumps(record))
+    assert native_build.kernel_beats_copy(tmp_path, "avx512_vnni")
+    assert not native_build.kernel_beats_copy(tmp_path, "avx512_bf16")
+    assert native_build.kernel_beats_copy(tmp_path, "amx")  # faster than the copy wherever it runs
+    assert not native_build.kernel_beats_copy(tmp_path, "")
+    (tmp_path / native_build.SMOKE_FILE).write_text('{"many_rows": {"avx512_vnni": "fast"}}')
+    assert not native_build.kernel_beats_copy(tmp_path, "avx512_vnni")
+    (tmp_path / native_build.SMOKE_FILE).write_text("{}")  # an older child's: it runs again
+    assert not native_build.kernel_beats_copy(tmp_path, "avx512_vnni")
+    assert not native_build.passed(tmp_path)
+
+
 @pytest.mark.parametrize("how", ["group-writable", "world-writable", "another-owner"])
 def test_a_build_folder_of_another_user_or_writable_by_others_is_not_loaded(
     monkeypatch, tmp_path, fresh_build, caplog, how
@@ -372,7 +389,7 @@ def test_a_build_that_faults_only_with_amx_serves_without_it(monkeypatch):
         children.append(extra_env)
         if extra_env.get(native_build.NO_AMX) != "0":
             return "its first run in a child process died of SIGILL"
-        record = {**native_build.smoke_record(where), "amx": False}
+        record = {**native_build.smoke_record(where), "amx": False, "many_rows": {}}
         (where / native_build.SMOKE_FILE).write_text(json.dumps(record))
         return None
 
