@@ -38,10 +38,12 @@ CPUINFO = Path("/proc/cpuinfo")
 # Tests only: make the child fault (`sigill`, `segv`) after its build, as a build for another
 # CPU would at its first step.
 FAULT = "MUSE_TEST_NATIVE_FAULT"
-# "0": many rows keep off the AMX kernel (native/int4_rows.cpp reads it at every call). Set in
-# the serving process where a child's first run faulted with AMX and passed without it (a
-# virtual machine may announce AMX and fault on it).
+# How many rows multiply int4 weights without a copy (native/int4_rows.cpp reads it at every
+# call). `WITHOUT_AMX` is set in the serving process where a child's first run faulted with AMX
+# and passed without it (a virtual machine may announce AMX and fault on it): the VNNI way (the
+# AVX512-BF16 one where the build has no VNNI).
 NO_AMX = "MUSE_INT4_ROWS"
+WITHOUT_AMX = "vnni"
 CHILD_TIMEOUT_S = 900.0  # a first compile takes tens of seconds, minutes on a busy small machine
 
 
@@ -149,12 +151,12 @@ def kernel_beats_copy(folder: Path, kind: str) -> bool:
 
 def build_in_child(folder: Path) -> str | None:
     """Build and run the step in a child process; None when it passed, else why not. A child
-    that died of SIGILL is run once more with the AMX kernel off (`NO_AMX`): where that one
-    passes, the step serves without it (`amx_passed`)."""
+    that died of SIGILL is run once more with the many-rows kernel kept off AMX (`NO_AMX`):
+    where that one passes, the step serves without AMX (`amx_passed`)."""
     failed = _child(folder, {})
-    if failed is not None and "died of SIGILL" in failed and _child(folder, {NO_AMX: "0"}) is None:
-        return None
-    return failed
+    if failed is None or "died of SIGILL" not in failed:
+        return failed
+    return None if _child(folder, {NO_AMX: WITHOUT_AMX}) is None else failed
 
 
 def _child(folder: Path, extra_env: dict[str, str]) -> str | None:

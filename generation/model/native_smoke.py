@@ -22,6 +22,7 @@ from generation.model.native_build import (
     FAULT,
     NO_AMX,
     SMOKE_FILE,
+    WITHOUT_AMX,
     load_extension,
     make_folder,
     smoke_record,
@@ -126,7 +127,7 @@ def main(folder: Path) -> int:
     if fault:
         os.kill(os.getpid(), {"sigill": signal.SIGILL, "segv": signal.SIGSEGV}[fault])
     smoke(extension)
-    amx = os.environ.get(NO_AMX) != "0"  # a run again without AMX (`build_in_child`) says so
+    amx = os.environ.get(NO_AMX) != WITHOUT_AMX  # a run again without AMX says so
     record = {**smoke_record(folder), "amx": amx, "many_rows": race(extension)}
     (folder / SMOKE_FILE).write_text(json.dumps(record))
     return 0

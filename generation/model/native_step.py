@@ -81,11 +81,17 @@ def build() -> Build:
             failed = native_build.build_in_child(folder)
             if failed is not None:
                 return _python_step(failed)
-        if not native_build.amx_passed(folder):
-            os.environ[native_build.NO_AMX] = "0"
+        without_amx = native_build.WITHOUT_AMX
+        if (
+            not native_build.amx_passed(folder)
+            and os.environ.get(native_build.NO_AMX) != without_amx
+        ):
+            os.environ[native_build.NO_AMX] = without_amx
             log.warning(
                 "the C++ step's first run faulted with this CPU's AMX and passed without it: "
-                "prompts and many requests use torch's int4 kernel or the bf16 copy"
+                "prompts and many requests multiply int4 weights without AMX (%s=%s)",
+                native_build.NO_AMX,
+                without_amx,
             )
         built = native_build.library(folder)
         unsafe = native_build.unsafe(built) if built.exists() else None

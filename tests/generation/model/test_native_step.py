@@ -371,8 +371,8 @@ def test_a_build_whose_first_run_faults_leaves_the_python_step(
 
 def test_a_build_that_faults_only_with_amx_serves_without_it(monkeypatch):
     """A virtual machine may announce AMX and fault on it: a child that dies of SIGILL is run
-    again with the AMX kernel off, and where that one passes the serving process keeps the C++
-    step and keeps off AMX (`NO_AMX`): many rows on torch's int4 kernel or the bf16 copy. (The
+    again with the many-rows kernel off AMX, and where that one passes the serving process
+    keeps the C++ step and keeps off AMX (`NO_AMX`): many rows on the kernel's other ways. (The
     children here stand in for the real ones, which the tests above run, as that CPU's would:
     SIGILL with AMX allowed, a pass recorded without.)"""
     from generation.model import int4_rows
@@ -387,7 +387,7 @@ def test_a_build_that_faults_only_with_amx_serves_without_it(monkeypatch):
 
     def child(where: Path, extra_env: dict[str, str]) -> str | None:
         children.append(extra_env)
-        if extra_env.get(native_build.NO_AMX) != "0":
+        if extra_env.get(native_build.NO_AMX) != native_build.WITHOUT_AMX:
             return "its first run in a child process died of SIGILL"
         record = {**native_build.smoke_record(where), "amx": False, "many_rows": {}}
         (where / native_build.SMOKE_FILE).write_text(json.dumps(record))
@@ -399,9 +399,15 @@ def test_a_build_that_faults_only_with_amx_serves_without_it(monkeypatch):
     try:
         extension = native_step.compiled()
         assert extension is not None  # the C++ step serves
-        assert children == [{}, {native_build.NO_AMX: "0"}]
-        assert os.environ[native_build.NO_AMX] == "0" and not native_build.amx_passed(folder)
-        assert not extension.int4_rows_available() and int4_rows.int4_kernel() is None
+        assert children == [{}, {native_build.NO_AMX: native_build.WITHOUT_AMX}]
+        assert os.environ[native_build.NO_AMX] == native_build.WITHOUT_AMX
+        assert not native_build.amx_passed(folder)
+        # Many rows keep to the kernel's ways without AMX, where the CPU has them.
+        flags = set(native_build.cpu_features().split())
+        vector = {"avx512_bf16", "avx512bw"} <= flags
+        without = "" if not vector else "avx512_vnni" if "avx512_vnni" in flags else "avx512_bf16"
+        assert extension.int4_rows_kind() == without
+        assert (int4_rows.int4_kernel() is not None) is bool(without)
         # A child that dies otherwise (SIGSEGV: not a missing instruction) is not run again.
         children.clear()
         monkeypatch.setattr(
