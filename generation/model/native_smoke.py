@@ -32,10 +32,10 @@ from generation.model.prefill_mode import WIDE_ROWS
 from generation.model.quantize import Int4Linear, quantise
 
 
-def smoke(extension: ModuleType) -> None:
-    """Prefills and two decoding steps of a tiny random int4 Llama through `extension`, of one
-    row and of many, checked against the Python step (a wrong build gives nonsense, a build for
-    another CPU faults)."""
+def tiny_int4_model() -> LlamaForCausalLM:
+    """A tiny random Llama with int4 weights and no bf16 copy: steps of many rows take the int4
+    kernel for many rows where the CPU has it (AMX, which some virtual machines announce and
+    then fault on)."""
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=256,
@@ -47,10 +47,15 @@ def smoke(extension: ModuleType) -> None:
         max_position_embeddings=64,
     )
     model = LlamaForCausalLM(config).eval()
-    # No bf16 copy: steps of many rows take the int4 kernel for many rows where the CPU has it
-    # (AMX, which some virtual machines announce and then fault on).
     quantise(model, 4, wide=False)
-    runner = BatchRunner(model, 0)
+    return model
+
+
+def smoke(extension: ModuleType) -> None:
+    """Prefills and two decoding steps of a tiny random int4 Llama through `extension`, of one
+    row and of many, checked against the Python step (a wrong build gives nonsense, a build for
+    another CPU faults)."""
+    runner = BatchRunner(tiny_int4_model(), 0)
     step = runner._decode
     if step is None:
         raise RuntimeError("the smoke model has no written-out step")
