@@ -11,11 +11,12 @@ its batch). A size (`MUSE_MEMORY=6GiB`) keeps as much as fits beside the model. 
 most `AUTO_WIDE_MAX` of it (widening takes ~3 ns a weight at every start: the second start of a
 1.7B model stays under 5 s) and only what fits a quarter of the memory available at start (the
 bot, the database, the key/value caches of the requests and anything else on the machine share
-the rest): the default model keeps all of its copy, a 1.7B one a third. Where the CPU has AMX
-or AVX512-VNNI, the C++ extension multiplies many rows of int4 weights without the copy
-(`generation/model/int4_rows.py`), as fast as with it or faster (`benchmarks/README.md`,
-"Memory"): there `auto` keeps only the int8 head's copy (it has no such kernel, and many
-requests go measurably faster with it), and a size keeps as much as fits as everywhere. An
+the rest): the default model keeps all of its copy, a 1.7B one a third. Where the C++
+extension multiplies many rows of int4 weights without the copy as fast as with it or faster
+(`generation/model/int4_rows.py`: on AMX, or with AVX512-VNNI where the build's race found it
+so on this CPU; `benchmarks/README.md`, "Memory"): `auto` keeps only the int8 head's copy (it
+has no such kernel, and many requests go measurably faster with it), and a size keeps as much
+as fits as everywhere. An
 int8 copy for many rows was measured and not taken: its products are as fast as bf16's at half
 the bytes, but rounding each row of activations to int8 moves the default model's logits eight
 times as far as the int4 weights do (`benchmarks/README.md`, "Decisions"); the VNNI kernel
