@@ -30,9 +30,10 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(int(threads))
 
 
-# The longest test files, longest first (`pytest --durations`, 2026-12-07): xdist hands each
-# worker one file at a time in collection order, so these start first and the short files even
-# out the end (the suite's wall time is its work over the workers plus the last file's tail).
+# The longest test files, longest first (their total time in `pytest --durations`,
+# 2026-12-07): `make test` hands each xdist worker one file at a time in collection order
+# (`--no-loadscope-reorder`: xdist's own order, by number of tests, left the 130 s loop test with
+# its one test to the end), so these start first and the short files even out the end.
 LONGEST_FIRST = (
     "tests/generation/model/test_native_step.py",
     "tests/generation/model/test_loading.py",
@@ -44,6 +45,11 @@ LONGEST_FIRST = (
     "tests/bot/cli/test_faults.py",
     "tests/bot/cli/test_cli_tune.py",
     "tests/generation/model/test_adapters.py",
+    "tests/bot/discord/test_shared_database.py",
+    "tests/bot/cli/test_durability.py",
+    "tests/bot/discord/test_commands.py",
+    "tests/bot/discord/test_bad_input.py",
+    "tests/bot/cli/test_cli_loop.py",
 )
 
 
