@@ -51,12 +51,12 @@ postgres-server:
 
 # Three pytest workers, a test file each at a time, sharing the cores out (tests/conftest.py): the
 # suite waits on child processes, sockets and the model more than it computes, so three overlap
-# well even on two cores (benchmarks/README.md, "Decisions": pytest workers), the longest files
-# first (tests/conftest.py). TEST_WORKERS=0 runs it in one process.
+# well even on two cores (benchmarks/README.md, "Decisions": pytest workers). TEST_WORKERS=0 runs
+# it in one process.
 TEST_WORKERS ?= 3
 test: $(STAMP) $(LLAMA_SERVER) postgres-server
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The bot suite with its shared engine in a `muse serve` child (MUSE_ENGINE_PROCESS=1's path).
 test-engine-process: $(STAMP) $(LLAMA_SERVER)

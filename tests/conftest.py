@@ -30,37 +30,6 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(int(threads))
 
 
-# The longest test files, longest first (their total time in `pytest --durations`,
-# 2026-12-07): `make test` hands each xdist worker one file at a time in collection order
-# (`--no-loadscope-reorder`: xdist's own order, by number of tests, left the 130 s loop test with
-# its one test to the end), so these start first and the short files even out the end.
-LONGEST_FIRST = (
-    "tests/generation/model/test_native_step.py",
-    "tests/generation/model/test_loading.py",
-    "tests/bot/console/test_console.py",
-    "tests/generation/tuning/test_tuning.py",
-    "tests/bot/core/test_loop_real.py",
-    "tests/generation/engine/test_local_engine.py",
-    "tests/bot/core/test_loop.py",
-    "tests/bot/cli/test_faults.py",
-    "tests/bot/cli/test_cli_tune.py",
-    "tests/generation/model/test_adapters.py",
-    "tests/bot/discord/test_shared_database.py",
-    "tests/bot/cli/test_durability.py",
-    "tests/bot/discord/test_commands.py",
-    "tests/bot/discord/test_bad_input.py",
-    "tests/bot/cli/test_cli_loop.py",
-)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest files first, every other file and every file's own tests in the order they
-    had (after pytest grouped them by their fixtures' parameters)."""
-    rank = {path: place for place, path in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """The PostgreSQL test server: one per pytest process (each xdist worker has its own),
